@@ -1,0 +1,50 @@
+# The two commands of the quick start: `make serve` and `make test`.
+# Everything is installed into .venv in the repository root.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ONNXSERVE := $(VENV)/bin/onnxserve
+STAMP := $(VENV)/.onnxserve-installed
+# The embedded example repository that `make serve` builds once and serves.
+EXAMPLE_REPOSITORY ?= build/model_repository
+GRPC_PORT ?= 8001
+# The labelled sentences for the sentiment example: the shared copy when there
+# is one (CI and the development machines), else the example's own fallback.
+SENTIMENT_DATA ?= $(firstword $(wildcard ../shared/data/sentiment-labelled-sentences))
+export ONNXSERVE_SENTIMENT_DATA ?= $(SENTIMENT_DATA)
+
+.PHONY: install serve test lint examples protos bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(EXAMPLE_REPOSITORY)/.complete: | $(STAMP)
+	$(PY) -m examples.build_repository --repository $(EXAMPLE_REPOSITORY)
+
+examples: $(EXAMPLE_REPOSITORY)/.complete
+
+serve: install examples
+	$(ONNXSERVE) serve --model-repository $(EXAMPLE_REPOSITORY) --host 127.0.0.1 --grpc-port $(GRPC_PORT)
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m pytest -n 2 --durations=15
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+protos: install
+	$(PY) scripts/generate_protos.py
+
+bench: install examples
+	$(PY) benchmarks/run_benchmark.py --repository $(EXAMPLE_REPOSITORY)
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,7 @@
+"""``python -m onnxserve`` runs the command line."""
+
+import sys
+
+from onnxserve.cli import main
+
+sys.exit(main())

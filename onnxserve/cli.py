@@ -1,0 +1,76 @@
+"""The ``onnxserve`` command: one entry point, one subcommand per job.
+
+Each subcommand lives beside the code it drives (``onnxserve.server.cli``,
+``onnxserve.converter.cli``, ...) and exposes ``register(subparsers)``; the
+module that does the work is imported only when the subcommand runs, so
+``onnxserve --help`` and the client's ``infer`` work on a plain client install
+that has neither onnxruntime nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from onnxserve import __version__
+from onnxserve.settings import SettingsError
+
+# Subcommand modules, each with register(subparsers). They import only
+# argparse-level code at module level.
+_SUBCOMMAND_MODULES = (
+    "onnxserve.server.cli",
+    "onnxserve.converter.cli",
+    "onnxserve.client.cli",
+    "onnxserve.bench.cli",
+)
+
+_DESCRIPTION = """\
+Serve ONNX models (typically converted from Keras) over the Open Inference
+Protocol (KServe v2) on gRPC, wire-compatible with Triton's clients.
+
+Settings come from flags, then ONNXSERVE_* environment variables, then a TOML
+file given with --config (a [serve], [convert], [infer] or [bench] table), in
+that order of precedence.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onnxserve",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"onnxserve {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in _SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # A subcommand whose package is absent from this install is left out.
+            if exc.name and module_name.startswith(exc.name):
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", None) or "INFO",
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except SettingsError as exc:
+        parser.exit(2, f"onnxserve {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
