@@ -1,0 +1,1 @@
+"""The onnxserve server: Open Inference Protocol over gRPC on onnxruntime."""

@@ -1,0 +1,113 @@
+"""Server wiring and lifecycle: start, load, ready, drain on SIGTERM, stop.
+
+The gRPC port opens before models load, so liveness answers at once while
+readiness (ServerReady and grpc.health.v1) stays false until every model is
+loaded. On SIGTERM or SIGINT readiness turns NOT_SERVING first, in-flight
+requests get ``grace_period_s`` to finish, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.server.registry import ModelRegistry
+from onnxserve.server.runtime import available_cpus
+from onnxserve.server.service import InferenceService
+from onnxserve.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+
+
+def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # Refuse to share a port silently with another process.
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class InferenceServer:
+    """One server process: the gRPC server, the models, health and reflection."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        cpu_budget = settings.cpu_threads or available_cpus()
+        self.registry = ModelRegistry(settings.model_repository, settings.device, cpu_budget)
+        self.service = InferenceService(self.registry)
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=grpc_options(settings))
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (
+                INFERENCE_SERVICE,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.server,
+        )
+        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        try:
+            self.server.add_insecure_port(address)
+        except RuntimeError:
+            raise OSError(f"cannot listen on {address}: is the port in use?") from None
+        for service in ("", INFERENCE_SERVICE):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        log.info("listening on %s (gRPC); loading models", address)
+        await self.registry.load_all()
+        if self.registry.is_ready():
+            for service in ("", INFERENCE_SERVICE):
+                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            log.info("ready: %s", ", ".join(self.registry.model_names()) or "no models")
+        else:
+            log.error("not ready: some models failed to load (see RepositoryIndex for reasons)")
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_and_drain(self) -> None:
+        await self._stopping.wait()
+        log.info(
+            "stopping: readiness off, %.1fs for in-flight requests", self.settings.grace_period_s
+        )
+        self.service.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.grace_period_s)
+        await self.registry.close()
+        log.info("stopped")
+
+
+async def serve(settings: ServerSettings) -> None:
+    server = InferenceServer(settings)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, server.request_stop)
+    await server.start()
+    await server.wait_and_drain()
+
+
+def run(settings: ServerSettings) -> int:
+    """Run the server until SIGTERM/SIGINT; the process's exit code."""
+    if not settings.model_repository.is_dir():
+        log.error("model repository %s is not a directory", settings.model_repository)
+        return 2
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0

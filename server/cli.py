@@ -1,0 +1,42 @@
+"""``onnxserve serve``: argument parsing only; the work is in onnxserve.server.app."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from onnxserve.settings import add_arguments, resolve
+
+_HELP = "Serve a model repository over the Open Inference Protocol (gRPC)"
+_DESCRIPTION = """\
+Serve every model in a Triton-layout model repository over gRPC, speaking the
+Open Inference Protocol (KServe v2) as Triton does: Triton's and KServe's
+clients work unmodified. grpc.health.v1 and server reflection are served on
+the same port.
+
+example:
+  onnxserve serve --model-repository ./models --grpc-port 8001
+"""
+
+
+def register(subparsers: Any) -> None:
+    from onnxserve.server.settings import ServerSettings
+
+    parser = subparsers.add_parser(
+        "serve",
+        help=_HELP,
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", type=Path, help="TOML settings file ([serve] table)")
+    add_arguments(parser, ServerSettings)
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from onnxserve.server.app import run
+    from onnxserve.server.settings import ServerSettings
+
+    settings = resolve(ServerSettings, args, config_file=args.config, section="serve")
+    return run(settings)

@@ -1,0 +1,327 @@
+"""config.pbtxt: parse it, refuse what onnxserve does not implement, complete it from ONNX.
+
+The file is the protobuf text format of ``inference.ModelConfig``, the same
+schema the ModelConfig RPC returns, so a config written for Triton parses here
+unchanged. Fields that parse but that onnxserve does not implement are refused
+by name rather than silently ignored: a model that asked for sequence batching
+and silently got none would give wrong answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from google.protobuf.message import Message
+from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.server.datatypes import config_to_protocol, config_type_name, protocol_to_config
+from onnxserve.server.errors import ConfigError
+
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+DEFAULT_MODEL_FILENAME = "model.onnx"
+# max_batch_size given to a batchable model whose config does not say.
+DEFAULT_MAX_BATCH_SIZE = 64
+
+# Dotted field paths (repeated and map fields by their own name) that
+# onnxserve implements. Anything else that is set in a config is refused.
+SUPPORTED_FIELDS = frozenset(
+    {
+        "name",
+        "platform",
+        "backend",
+        "runtime",
+        "version_policy",
+        "version_policy.latest",
+        "version_policy.latest.num_versions",
+        "version_policy.all",
+        "version_policy.specific",
+        "version_policy.specific.versions",
+        "max_batch_size",
+        "input",
+        "input.name",
+        "input.data_type",
+        "input.format",
+        "input.dims",
+        "output",
+        "output.name",
+        "output.data_type",
+        "output.dims",
+        "output.label_filename",
+        "optimization",
+        "optimization.graph",
+        "optimization.graph.level",
+        "optimization.execution_accelerators",
+        "optimization.execution_accelerators.gpu_execution_accelerator",
+        "optimization.execution_accelerators.gpu_execution_accelerator.name",
+        "optimization.execution_accelerators.gpu_execution_accelerator.parameters",
+        "optimization.execution_accelerators.gpu_execution_accelerator.parameters.key",
+        "optimization.execution_accelerators.gpu_execution_accelerator.parameters.value",
+        "optimization.execution_accelerators.cpu_execution_accelerator",
+        "optimization.execution_accelerators.cpu_execution_accelerator.name",
+        "optimization.execution_accelerators.cpu_execution_accelerator.parameters",
+        "optimization.execution_accelerators.cpu_execution_accelerator.parameters.key",
+        "optimization.execution_accelerators.cpu_execution_accelerator.parameters.value",
+        "optimization.input_pinned_memory",
+        "optimization.input_pinned_memory.enable",
+        "optimization.output_pinned_memory",
+        "optimization.output_pinned_memory.enable",
+        "dynamic_batching",
+        "dynamic_batching.preferred_batch_size",
+        "dynamic_batching.max_queue_delay_microseconds",
+        "dynamic_batching.preserve_ordering",
+        "dynamic_batching.priority_levels",
+        "dynamic_batching.default_priority_level",
+        "dynamic_batching.default_queue_policy",
+        "dynamic_batching.default_queue_policy.timeout_action",
+        "dynamic_batching.default_queue_policy.default_timeout_microseconds",
+        "dynamic_batching.default_queue_policy.allow_timeout_override",
+        "dynamic_batching.default_queue_policy.max_queue_size",
+        "dynamic_batching.priority_queue_policy",
+        "dynamic_batching.priority_queue_policy.key",
+        "dynamic_batching.priority_queue_policy.value",
+        "dynamic_batching.priority_queue_policy.value.timeout_action",
+        "dynamic_batching.priority_queue_policy.value.default_timeout_microseconds",
+        "dynamic_batching.priority_queue_policy.value.allow_timeout_override",
+        "dynamic_batching.priority_queue_policy.value.max_queue_size",
+        "instance_group",
+        "instance_group.name",
+        "instance_group.kind",
+        "instance_group.count",
+        "instance_group.gpus",
+        "default_model_filename",
+        "metric_tags",
+        "metric_tags.key",
+        "metric_tags.value",
+        "parameters",
+        "parameters.key",
+        "parameters.value",
+        "parameters.value.string_value",
+        "model_warmup",
+        "model_warmup.name",
+        "model_warmup.batch_size",
+        "model_warmup.count",
+        "model_warmup.inputs",
+        "model_warmup.inputs.key",
+        "model_warmup.inputs.value",
+        "model_warmup.inputs.value.data_type",
+        "model_warmup.inputs.value.dims",
+        "model_warmup.inputs.value.zero_data",
+        "model_warmup.inputs.value.random_data",
+        "model_warmup.inputs.value.input_data_file",
+        "model_transaction_policy",  # decoupled=false is the only meaning; checked below
+        "response_cache",  # enable=false only; checked below
+    }
+)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the protocol sees it.
+
+    ``dims`` excludes the batch dimension of a batchable model; -1 marks a
+    dimension of any size.
+    """
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+
+
+def _set_field_paths(message: Message, prefix: str = "") -> Iterator[str]:
+    for descriptor, value in message.ListFields():
+        path = f"{prefix}{descriptor.name}"
+        yield path
+        if descriptor.message_type is None:
+            continue
+        if descriptor.message_type.GetOptions().map_entry:
+            for key in value:
+                yield f"{path}.key"
+                item = value[key]
+                yield f"{path}.value"
+                if isinstance(item, Message):
+                    yield from _set_field_paths(item, f"{path}.value.")
+        elif descriptor.is_repeated:
+            for item in value:
+                yield from _set_field_paths(item, f"{path}.")
+        else:
+            yield from _set_field_paths(value, f"{path}.")
+
+
+def unsupported_fields(config: mc.ModelConfig) -> list[str]:
+    """Set fields of ``config`` that onnxserve does not implement, by dotted path."""
+    found = sorted({p for p in _set_field_paths(config) if p not in SUPPORTED_FIELDS})
+    if config.model_transaction_policy.decoupled:
+        found.append("model_transaction_policy.decoupled")
+    if config.response_cache.enable:
+        found.append("response_cache.enable")
+    return found
+
+
+def parse_config_text(text: str, model_name: str) -> mc.ModelConfig:
+    """Parse config.pbtxt text; errors name the model and the line that failed."""
+    config = mc.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ConfigError(f"config.pbtxt of model '{model_name}' does not parse: {exc}") from None
+    unsupported = unsupported_fields(config)
+    if unsupported:
+        raise ConfigError(
+            f"config.pbtxt of model '{model_name}' sets field(s) onnxserve does not support: "
+            + ", ".join(unsupported)
+        )
+    if config.name and config.name != model_name:
+        raise ConfigError(
+            f"config.pbtxt names the model '{config.name}' but its folder is '{model_name}'; "
+            "they must match"
+        )
+    if config.platform not in ("", PLATFORM):
+        raise ConfigError(
+            f"model '{model_name}': platform '{config.platform}' is not served here; "
+            f"onnxserve serves '{PLATFORM}'"
+        )
+    if config.backend not in ("", BACKEND):
+        raise ConfigError(
+            f"model '{model_name}': backend '{config.backend}' is not served here; "
+            f"onnxserve serves '{BACKEND}'"
+        )
+    if config.max_batch_size < 0:
+        raise ConfigError(f"model '{model_name}': max_batch_size must not be negative")
+    filename = config.default_model_filename
+    if filename and (Path(filename).name != filename or filename.startswith(".")):
+        raise ConfigError(f"model '{model_name}': default_model_filename must be a plain file name")
+    return config
+
+
+def load_config_file(path: Path, model_name: str) -> mc.ModelConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"config.pbtxt of model '{model_name}' cannot be read: {type(exc).__name__}"
+        ) from None
+    return parse_config_text(text, model_name)
+
+
+def _onnx_dims(shape: Sequence[int | str | None]) -> list[int]:
+    return [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+
+
+def _batchable(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
+    return all(t.dims and t.dims[0] == -1 for t in (*inputs, *outputs))
+
+
+def complete_config(
+    config: mc.ModelConfig,
+    model_name: str,
+    onnx_inputs: Sequence[TensorSpec],
+    onnx_outputs: Sequence[TensorSpec],
+) -> mc.ModelConfig:
+    """Fill in what the config leaves out from the ONNX file, and check what it says.
+
+    ``onnx_inputs``/``onnx_outputs`` carry the ONNX graph's full shapes (batch
+    dim included, -1 for symbolic dims). A model whose every input and output
+    has a dynamic first dimension is batchable; given no max_batch_size it gets
+    DEFAULT_MAX_BATCH_SIZE and dynamic batching, as Triton's auto-complete does.
+    """
+    done = mc.ModelConfig()
+    done.CopyFrom(config)
+    done.name = model_name
+    done.platform = PLATFORM
+    done.backend = BACKEND
+    batchable = _batchable(onnx_inputs, onnx_outputs)
+    if not config.input and not config.output and config.max_batch_size == 0 and batchable:
+        done.max_batch_size = DEFAULT_MAX_BATCH_SIZE
+        if done.WhichOneof("scheduling_choice") is None:
+            done.dynamic_batching.SetInParent()
+    if done.max_batch_size > 0 and not batchable:
+        fixed = [t.name for t in (*onnx_inputs, *onnx_outputs) if not t.dims or t.dims[0] != -1]
+        raise ConfigError(
+            f"model '{model_name}': max_batch_size is {done.max_batch_size} but "
+            f"{', '.join(fixed)} in the ONNX file have no dynamic first dimension to batch on"
+        )
+    skip = 1 if done.max_batch_size > 0 else 0
+    _complete_tensors(done.input, onnx_inputs, skip, model_name, "input")
+    _complete_tensors(done.output, onnx_outputs, skip, model_name, "output")
+    if not done.HasField("version_policy"):
+        done.version_policy.latest.num_versions = 1
+    if not done.instance_group:
+        group = done.instance_group.add()
+        group.count = 1
+    for index, group in enumerate(done.instance_group):
+        if group.count < 1:
+            group.count = 1
+        if not group.name:
+            group.name = f"{model_name}_{index}"
+    return done
+
+
+def _complete_tensors(
+    declared: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput],
+    actual: Sequence[TensorSpec],
+    skip: int,
+    model_name: str,
+    kind: str,
+) -> None:
+    by_name = {t.name: t for t in actual}
+    seen = set()
+    for tensor in declared:
+        onnx = by_name.get(tensor.name)
+        if onnx is None:
+            raise ConfigError(
+                f"model '{model_name}': config {kind} '{tensor.name}' is not an {kind} of the "
+                f"ONNX graph, whose {kind}s are {', '.join(by_name) or 'none'}"
+            )
+        seen.add(tensor.name)
+        onnx_dims = list(onnx.dims[skip:])
+        if tensor.data_type == mc.TYPE_INVALID:
+            tensor.data_type = protocol_to_config(onnx.datatype)
+        elif config_to_protocol(tensor.data_type) != onnx.datatype:
+            raise ConfigError(
+                f"model '{model_name}': config says {kind} '{tensor.name}' is "
+                f"{config_type_name(tensor.data_type)} but the ONNX graph has "
+                f"TYPE_{'STRING' if onnx.datatype == 'BYTES' else onnx.datatype}"
+            )
+        if not tensor.dims:
+            tensor.dims.extend(onnx_dims)
+        elif len(tensor.dims) != len(onnx_dims) or any(
+            c != o and o != -1 and c != -1 for c, o in zip(tensor.dims, onnx_dims, strict=True)
+        ):
+            raise ConfigError(
+                f"model '{model_name}': config dims {list(tensor.dims)} of {kind} "
+                f"'{tensor.name}' do not match the ONNX graph's {onnx_dims}"
+                + (" (dims exclude the batch dimension)" if skip else "")
+            )
+    if kind == "input" and declared:
+        missing = [n for n in by_name if n not in seen]
+        if missing:
+            raise ConfigError(
+                f"model '{model_name}': the ONNX graph needs input(s) {', '.join(missing)} "
+                "that config.pbtxt does not list"
+            )
+    if not declared:
+        for onnx in actual:
+            tensor = declared.add()  # type: ignore[attr-defined]
+            tensor.name = onnx.name
+            tensor.data_type = protocol_to_config(onnx.datatype)
+            tensor.dims.extend(onnx.dims[skip:])
+
+
+def tensor_specs(
+    tensors: Sequence[mc.ModelInput] | Sequence[mc.ModelOutput],
+) -> tuple[TensorSpec, ...]:
+    """The completed config's inputs or outputs as TensorSpecs."""
+    specs = []
+    for tensor in tensors:
+        datatype = config_to_protocol(tensor.data_type)
+        assert datatype is not None, "complete_config guarantees a data type"
+        specs.append(TensorSpec(tensor.name, datatype, tuple(int(d) for d in tensor.dims)))
+    return tuple(specs)
+
+
+def onnx_dims(shape: Sequence[int | str | None]) -> tuple[int, ...]:
+    """onnxruntime's shape (ints, symbolic names, None) as dims with -1 for unknown."""
+    return tuple(_onnx_dims(shape))

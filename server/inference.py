@@ -1,0 +1,220 @@
+"""One inference request: decode and validate it before onnxruntime sees it, encode the answer.
+
+Validation is complete and happens once, here: after it, every input is a
+numpy array of the model's dtype and shape, all inputs agree on the batch
+size, and every requested output exists. Each failure is an InvalidInput
+naming the input and what was expected, so callers never get INTERNAL for
+bad input. Raw tensors become zero-copy views of the request's bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnxserve.client import codec
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.server.config import TensorSpec
+from onnxserve.server.errors import InvalidInput
+
+# Request parameters the protocol reserves (Triton's clients send these).
+_RESERVED_PARAMETERS = frozenset({"priority", "timeout", "binary_data_output", "headers"})
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What a request is checked against: the completed config's view of the model."""
+
+    name: str
+    inputs: Mapping[str, TensorSpec]
+    outputs: Mapping[str, TensorSpec]
+    max_batch_size: int
+
+    @property
+    def batchable(self) -> bool:
+        return self.max_batch_size > 0
+
+
+@dataclass
+class InferRequest:
+    """A validated request, ready for a scheduler.
+
+    ``batch_size`` is the number of rows along the batch dimension (1 for a
+    model that does not batch); ``priority`` and ``timeout_us`` are 0 when the
+    request did not set them.
+    """
+
+    model_name: str
+    model_version: str
+    id: str
+    inputs: dict[str, np.ndarray]
+    output_names: tuple[str, ...]
+    batch_size: int
+    raw_output: bool
+    priority: int = 0
+    timeout_us: int = 0
+    arrival_ns: int = field(default_factory=time.monotonic_ns)
+
+
+def _int_parameter(parameters: Mapping[str, pb.InferParameter], key: str) -> int:
+    if key not in parameters:
+        return 0
+    parameter = parameters[key]
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind == "int64_param":
+        value = parameter.int64_param
+    elif kind == "uint64_param":
+        value = parameter.uint64_param
+    else:
+        raise InvalidInput(f"request parameter '{key}' must be an integer, not {kind}")
+    if value < 0:
+        raise InvalidInput(f"request parameter '{key}' must not be negative")
+    return int(value)
+
+
+def _check_shape(spec: TensorSpec, shape: Sequence[int], model: ModelSignature) -> int:
+    """Check one input's shape; return its batch size (1 when the model does not batch)."""
+    expected_rank = len(spec.dims) + (1 if model.batchable else 0)
+    if len(shape) != expected_rank:
+        wanted = ["batch", *spec.dims] if model.batchable else list(spec.dims)
+        raise InvalidInput(
+            f"input '{spec.name}' has shape {list(shape)} (rank {len(shape)}) but model "
+            f"'{model.name}' expects rank {expected_rank}: {wanted} (-1 is any size)"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidInput(f"input '{spec.name}' has a negative dimension in shape {list(shape)}")
+    batch = 1
+    body = shape
+    if model.batchable:
+        batch = int(shape[0])
+        body = shape[1:]
+        if batch < 1 or batch > model.max_batch_size:
+            raise InvalidInput(
+                f"input '{spec.name}' has batch size {batch} but model '{model.name}' takes "
+                f"1 to {model.max_batch_size} (max_batch_size)"
+            )
+    for axis, (got, want) in enumerate(zip(body, spec.dims, strict=True)):
+        if want != -1 and got != want:
+            raise InvalidInput(
+                f"input '{spec.name}' has shape {list(shape)} but model '{model.name}' expects "
+                f"dimension {axis + (1 if model.batchable else 0)} to be {want} "
+                f"(expected {(['batch'] if model.batchable else []) + list(spec.dims)})"
+            )
+    return batch
+
+
+def _as_text(array: np.ndarray, name: str) -> np.ndarray:
+    """BYTES elements as str: onnxruntime turns bytes objects into their repr."""
+    flat = array.reshape(-1)
+    out = np.empty(flat.shape, dtype=object)
+    for index, element in enumerate(flat):
+        try:
+            out[index] = element.decode("utf-8") if isinstance(element, bytes) else str(element)
+        except UnicodeDecodeError:
+            raise InvalidInput(
+                f"input '{name}' element {index} is not valid UTF-8; "
+                "ONNX string tensors hold UTF-8 text"
+            ) from None
+    return out.reshape(array.shape)
+
+
+def decode_request(
+    request: pb.ModelInferRequest, model: ModelSignature, version: str
+) -> InferRequest:
+    """Turn a ModelInferRequest into validated numpy inputs, or raise InvalidInput."""
+    raw_contents = request.raw_input_contents
+    use_raw = len(raw_contents) > 0
+    if use_raw and len(raw_contents) != len(request.inputs):
+        raise InvalidInput(
+            f"the request has {len(raw_contents)} raw_input_contents for {len(request.inputs)} "
+            "inputs; send raw contents for every input or for none"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    batch_sizes: dict[str, int] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        spec = model.inputs.get(name)
+        if spec is None:
+            raise InvalidInput(
+                f"unknown input '{name}' for model '{model.name}'; its inputs are "
+                f"{', '.join(model.inputs)}"
+            )
+        if name in inputs:
+            raise InvalidInput(f"input '{name}' appears more than once in the request")
+        if tensor.datatype != spec.datatype:
+            raise InvalidInput(
+                f"input '{name}' has datatype {tensor.datatype or '(empty)'} but model "
+                f"'{model.name}' expects {spec.datatype}"
+            )
+        shape = tuple(tensor.shape)
+        batch_sizes[name] = _check_shape(spec, shape, model)
+        try:
+            if use_raw:
+                if tensor.HasField("contents"):
+                    raise InvalidInput(
+                        f"input '{name}' has both raw and typed contents; send one of them"
+                    )
+                array = codec.raw_to_array(raw_contents[index], spec.datatype, shape)
+            else:
+                array = codec.contents_to_array(tensor.contents, spec.datatype, shape)
+        except codec.CodecError as exc:
+            raise InvalidInput(f"input '{name}': {exc}") from None
+        if spec.datatype == "BYTES":
+            array = _as_text(array, name)
+        inputs[name] = array
+    missing = [name for name in model.inputs if name not in inputs]
+    if missing:
+        raise InvalidInput(
+            f"model '{model.name}' needs input(s) {', '.join(missing)} which the request lacks"
+        )
+    if len(set(batch_sizes.values())) > 1:
+        sizes = ", ".join(f"{n}: {b}" for n, b in batch_sizes.items())
+        raise InvalidInput(f"inputs disagree on the batch size ({sizes}); they must share it")
+    if request.outputs:
+        output_names = []
+        for requested in request.outputs:
+            if requested.name not in model.outputs:
+                raise InvalidInput(
+                    f"unknown output '{requested.name}' requested from model '{model.name}'; "
+                    f"its outputs are {', '.join(model.outputs)}"
+                )
+            if requested.name not in output_names:
+                output_names.append(requested.name)
+        names = tuple(output_names)
+    else:
+        names = tuple(model.outputs)
+    parameters = request.parameters
+    return InferRequest(
+        model_name=model.name,
+        model_version=version,
+        id=request.id,
+        inputs=inputs,
+        output_names=names,
+        batch_size=next(iter(batch_sizes.values()), 1),
+        raw_output=use_raw or not request.inputs,
+        priority=_int_parameter(parameters, "priority"),
+        timeout_us=_int_parameter(parameters, "timeout"),
+    )
+
+
+def encode_response(
+    request: InferRequest, outputs: Mapping[str, np.ndarray], model: ModelSignature
+) -> pb.ModelInferResponse:
+    """Build the response: raw contents when the request came raw (FP16/BF16 always raw)."""
+    response = pb.ModelInferResponse(
+        model_name=request.model_name, model_version=request.model_version, id=request.id
+    )
+    any_raw = request.raw_output or any(
+        model.outputs[n].datatype in ("FP16", "BF16") for n in request.output_names
+    )
+    for name in request.output_names:
+        array = outputs[name]
+        datatype = model.outputs[name].datatype
+        tensor = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        if any_raw:
+            response.raw_output_contents.append(codec.array_to_raw(array, datatype))
+        else:
+            codec.array_to_contents(array, datatype, tensor.contents)
+    return response

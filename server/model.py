@@ -1,0 +1,124 @@
+"""One loaded model version: its completed config, its onnxruntime session, its statistics."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.server.config import complete_config, tensor_specs
+from onnxserve.server.errors import ConfigError
+from onnxserve.server.inference import ModelSignature
+from onnxserve.server.runtime import CUDA, OnnxSession, plan_session
+from onnxserve.server.statistics import ExecutionTiming, ModelStatistics
+
+log = logging.getLogger(__name__)
+
+# The ModelConfig parameter through which the providers in use are reported.
+PROVIDERS_PARAMETER = "onnxserve.execution_providers"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """Server-wide inputs to loading a model."""
+
+    device: str
+    cpu_budget: int
+    cuda_usable: bool | None  # None: not yet known in this process
+
+
+class ModelVersion:
+    """A servable model version. ``execute`` runs on a worker thread."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        config: mc.ModelConfig,
+        session: OnnxSession,
+        cuda_requested: bool = False,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.version_label = str(version)
+        self.config = config
+        self.session = session
+        self.cuda_requested = cuda_requested
+        self.statistics = ModelStatistics()
+        self.signature = ModelSignature(
+            name=name,
+            inputs={t.name: t for t in tensor_specs(config.input)},
+            outputs={t.name: t for t in tensor_specs(config.output)},
+            max_batch_size=config.max_batch_size,
+        )
+        self.instance_count = sum(max(g.count, 1) for g in config.instance_group) or 1
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.providers
+
+    def metadata(self, versions: Sequence[str]) -> pb.ModelMetadataResponse:
+        """ModelMetadata with a leading -1 on batchable models, as perf_analyzer expects."""
+        lead = [-1] if self.signature.batchable else []
+        response = pb.ModelMetadataResponse(
+            name=self.name, versions=list(versions), platform=self.config.platform
+        )
+        for spec in self.signature.inputs.values():
+            response.inputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
+        for spec in self.signature.outputs.values():
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
+        return response
+
+    def execute(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> tuple[dict[str, np.ndarray], ExecutionTiming]:
+        """Run one (possibly merged) batch and time its three phases."""
+        started = time.perf_counter_ns()
+        prepared = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+        ready = time.perf_counter_ns()
+        results = self.session.run(prepared, output_names)
+        ran = time.perf_counter_ns()
+        outputs = dict(zip(output_names, results, strict=True))
+        done = time.perf_counter_ns()
+        first = next(iter(prepared.values()), None)
+        batch = int(first.shape[0]) if self.signature.batchable and first is not None else 1
+        return outputs, ExecutionTiming(batch, ready - started, ran - ready, done - ran)
+
+
+def load_model_version(
+    name: str, version: int, path: Path, declared: mc.ModelConfig, options: LoadOptions
+) -> ModelVersion:
+    """Create the session and the completed config; raises ConfigError on any problem."""
+    named = mc.ModelConfig()
+    named.CopyFrom(declared)
+    named.name = name
+    plan = plan_session(named, options.device, options.cpu_budget, options.cuda_usable)
+    session = OnnxSession(path, named, plan)
+    if plan.wants_cuda and CUDA not in session.providers:
+        if options.device == "cuda":
+            raise ConfigError(
+                f"model '{name}': CUDA was asked for but onnxruntime fell back to the CPU "
+                "(are the CUDA and cuDNN libraries onnxruntime-gpu needs installed?)"
+            )
+        log.warning(
+            "model '%s' version %d: onnxruntime could not use CUDA (its CUDA or cuDNN "
+            "libraries are missing or no GPU is visible) and runs on the CPU instead",
+            name,
+            version,
+        )
+    config = complete_config(named, name, session.inputs, session.outputs)
+    config.parameters[PROVIDERS_PARAMETER].string_value = ",".join(session.providers)
+    log.info(
+        "loaded model '%s' version %d: max_batch_size %d, providers %s, %d intra-op threads",
+        name,
+        version,
+        config.max_batch_size,
+        ",".join(session.providers),
+        plan.intra_op_threads,
+    )
+    return ModelVersion(name, version, config, session, cuda_requested=plan.wants_cuda)

@@ -1,0 +1,263 @@
+"""onnxruntime sessions: execution providers, thread budgets, and running a graph.
+
+onnxruntime-gpu lists CUDAExecutionProvider as available even where the CUDA
+libraries are missing, then silently falls back to the CPU at session creation.
+The providers actually in use are therefore read back from each session and
+reported (log warning + the model's ModelConfig parameters); with
+``--device cuda`` a fallback is a load error instead.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.server.config import TensorSpec, onnx_dims
+from onnxserve.server.datatypes import ort_to_protocol
+from onnxserve.server.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+_GPU_ACCELERATORS = {"cuda": CUDA, "tensorrt": TENSORRT}
+_CPU_ACCELERATORS = {"openvino": "OpenVINOExecutionProvider", "dnnl": "DnnlExecutionProvider"}
+_ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16
+# Model config parameters (Triton's onnxruntime backend names) read here.
+_INT_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count", "execution_mode")
+_BOOL_PARAMETERS = ("enable_mem_arena", "enable_mem_pattern", "allow_spinning")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity, capped by a cgroup CPU quota if any.
+
+    onnxruntime's default thread pool sizes itself to the machine's cores and
+    ignores container limits, which throttles pods on Kubernetes.
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, int(quota + 0.999)))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:  # cgroup v2
+        text = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if text and text[0] != "max":
+            return int(text[0]) / int(text[1])
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # cgroup v1
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """What a session is asked for: providers in priority order and thread counts."""
+
+    providers: list[tuple[str, dict[str, str]]]
+    intra_op_threads: int
+    inter_op_threads: int
+    wants_cuda: bool
+
+
+def _parameter(config: mc.ModelConfig, key: str) -> str | None:
+    return config.parameters[key].string_value if key in config.parameters else None
+
+
+def plan_session(
+    config: mc.ModelConfig, device: str, cpu_budget: int, cuda_usable: bool | None
+) -> SessionPlan:
+    """Decide providers and threads for one model from --device and its config."""
+    import onnxruntime as ort
+
+    available = set(ort.get_available_providers())
+    kinds = {g.kind for g in config.instance_group}
+    instances = sum(max(g.count, 1) for g in config.instance_group) or 1
+    cpu_only = device == "cpu" or kinds == {mc.ModelInstanceGroup.KIND_CPU}
+    accelerators = config.optimization.execution_accelerators
+    providers: list[tuple[str, dict[str, str]]] = []
+    wants_cuda = False
+    if not cpu_only and CUDA in available and cuda_usable is not False:
+        gpus = [gpu for g in config.instance_group for gpu in g.gpus]
+        cuda_options: dict[str, str] = {"device_id": str(gpus[0] if gpus else 0)}
+        for accelerator in accelerators.gpu_execution_accelerator:
+            provider = _GPU_ACCELERATORS.get(accelerator.name)
+            if provider is None:
+                raise ConfigError(
+                    f"model '{config.name}': unknown gpu_execution_accelerator "
+                    f"'{accelerator.name}'; known: {', '.join(_GPU_ACCELERATORS)}"
+                )
+            if provider == CUDA:
+                cuda_options.update(accelerator.parameters)
+            elif provider in available:
+                providers.append((provider, {**cuda_options, **accelerator.parameters}))
+            else:
+                raise ConfigError(
+                    f"model '{config.name}': accelerator '{accelerator.name}' is not available "
+                    "in this onnxruntime build"
+                )
+        providers.append((CUDA, cuda_options))
+        wants_cuda = True
+    elif device == "cuda" and not cpu_only:
+        raise ConfigError(
+            f"model '{config.name}': --device cuda was asked for but this onnxruntime "
+            "cannot use CUDA (install onnxruntime-gpu with CUDA and cuDNN, or use --device auto)"
+        )
+    for accelerator in accelerators.cpu_execution_accelerator:
+        provider = _CPU_ACCELERATORS.get(accelerator.name)
+        if provider is None or provider not in available:
+            raise ConfigError(
+                f"model '{config.name}': cpu_execution_accelerator '{accelerator.name}' is not "
+                "available in this onnxruntime build"
+            )
+        providers.append((provider, dict(accelerator.parameters)))
+    providers.append((CPU, {}))
+    intra = _int_parameter(config, "intra_op_thread_count")
+    inter = _int_parameter(config, "inter_op_thread_count")
+    return SessionPlan(
+        providers=providers,
+        intra_op_threads=intra or max(1, cpu_budget // instances),
+        inter_op_threads=inter or 1,
+        wants_cuda=wants_cuda,
+    )
+
+
+def _int_parameter(config: mc.ModelConfig, key: str) -> int:
+    value = _parameter(config, key)
+    if value is None:
+        return 0
+    try:
+        number = int(value)
+    except ValueError:
+        raise ConfigError(
+            f"model '{config.name}': parameter {key} must be an integer, not '{value}'"
+        ) from None
+    if number < 0:
+        raise ConfigError(f"model '{config.name}': parameter {key} must not be negative")
+    return number
+
+
+def _bool_parameter(config: mc.ModelConfig, key: str) -> bool | None:
+    value = _parameter(config, key)
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"model '{config.name}': parameter {key} must be true or false")
+
+
+def session_options(config: mc.ModelConfig, plan: SessionPlan) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = plan.intra_op_threads
+    options.inter_op_num_threads = plan.inter_op_threads
+    options.log_severity_level = 3  # provider fallbacks are reported by us, once, in words
+    level = config.optimization.graph.level
+    options.graph_optimization_level = {
+        -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+    if _int_parameter(config, "execution_mode") == 1:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    arena = _bool_parameter(config, "enable_mem_arena")
+    if arena is not None:
+        options.enable_cpu_mem_arena = arena
+    pattern = _bool_parameter(config, "enable_mem_pattern")
+    if pattern is not None:
+        options.enable_mem_pattern = pattern
+    # Spinning intra-op threads burn the cores the gRPC threads need between
+    # batches; a server is better off without it unless told otherwise.
+    spinning = _bool_parameter(config, "allow_spinning")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+class OnnxSession:
+    """One onnxruntime InferenceSession plus what the server needs to know about it."""
+
+    def __init__(self, model_path: Path, config: mc.ModelConfig, plan: SessionPlan) -> None:
+        import onnxruntime as ort
+
+        try:
+            self._session = ort.InferenceSession(
+                str(model_path),
+                sess_options=session_options(config, plan),
+                providers=[(name, opts) for name, opts in plan.providers],
+            )
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            # Keep the message (it says what is wrong with the graph) but drop paths.
+            message = str(exc).replace(str(model_path), model_path.name)
+            raise ConfigError(
+                f"model '{config.name}': onnxruntime cannot load it: {message}"
+            ) from None
+        self.providers: list[str] = list(self._session.get_providers())
+        self.inputs = tuple(self._spec(node) for node in self._session.get_inputs())
+        self.outputs = tuple(self._spec(node) for node in self._session.get_outputs())
+        self._bf16_io = any(t.datatype == "BF16" for t in (*self.inputs, *self.outputs))
+
+    @staticmethod
+    def _spec(node: Any) -> TensorSpec:
+        datatype = ort_to_protocol(node.type)
+        if datatype is None:
+            raise ConfigError(
+                f"tensor '{node.name}' has type {node.type}, which the protocol cannot carry"
+            )
+        return TensorSpec(node.name, datatype, onnx_dims(node.shape))
+
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
+        """Run the graph (releases the GIL while onnxruntime computes)."""
+        if self._bf16_io:
+            return self._run_bfloat16(feeds, output_names)
+        return list(self._session.run(list(output_names), dict(feeds)))
+
+    def _run_bfloat16(
+        self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
+    ) -> list[np.ndarray]:
+        # onnxruntime's numpy bridge has no bfloat16; move those tensors as
+        # uint16 bits tagged with the ONNX element type instead.
+        import ml_dtypes
+        import onnxruntime as ort
+
+        values = {}
+        for name, array in feeds.items():
+            if array.dtype == ml_dtypes.bfloat16:
+                values[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                    np.ascontiguousarray(array).view(np.uint16), onnx_element_type=_ONNX_BFLOAT16
+                )
+            else:
+                values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+        results = self._session.run_with_ort_values(list(output_names), values)
+        arrays = []
+        for value in results:
+            if value.data_type() == "tensor(bfloat16)":
+                shape = tuple(value.shape())
+                count = int(np.prod(shape, dtype=np.int64))
+                buffer = (ctypes.c_uint16 * count).from_address(value.data_ptr())
+                arrays.append(
+                    np.array(buffer, dtype=np.uint16).view(ml_dtypes.bfloat16).reshape(shape)
+                )
+            else:
+                arrays.append(value.numpy())
+        return arrays

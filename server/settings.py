@@ -1,0 +1,58 @@
+"""The server's settings: one typed object, a docstring (help) per field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything ``onnxserve serve`` can be told, from flags, ONNXSERVE_* or [serve]."""
+
+    model_repository: Path = field(
+        metadata={
+            "help": "Model repository in Triton's layout: <repo>/<model>/<version>/model.onnx "
+            "and an optional <repo>/<model>/config.pbtxt",
+            "metavar": "DIR",
+        }
+    )
+    host: str = field(
+        default="0.0.0.0",
+        metadata={"help": "Address to listen on; 0.0.0.0 lets Kubernetes probes reach the pod IP"},
+    )
+    grpc_port: int = field(default=8001, metadata={"help": "gRPC port (Triton's default is 8001)"})
+    device: Device = field(
+        default="auto",
+        metadata={
+            "help": "Where models run: auto uses CUDA when onnxruntime can, cpu never does, "
+            "cuda refuses to load a model that cannot run on CUDA"
+        },
+    )
+    max_message_bytes: int = field(
+        default=256 * 1024 * 1024,
+        metadata={
+            "help": "Largest request or response message in bytes; bigger requests get "
+            "RESOURCE_EXHAUSTED (gRPC's own default of 4 MiB is too small for image batches)"
+        },
+    )
+    cpu_threads: int = field(
+        default=0,
+        metadata={
+            "help": "CPU threads for onnxruntime, shared by all model instances; 0 means "
+            "the CPUs this process may use, honouring a container's CPU limit"
+        },
+    )
+    grace_period_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "On SIGTERM: seconds in-flight requests get to finish after readiness "
+            "turns NOT_SERVING"
+        },
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
+        default="INFO", metadata={"help": "Log level"}
+    )

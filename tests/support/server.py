@@ -1,0 +1,110 @@
+"""Start a real ``onnxserve serve`` process on a free loopback port for a test.
+
+Tests talk to the server the way users do: over gRPC, from another process's
+point of view. The server's log is kept so a failing test can show it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningServer:
+    """One server process; use as a context manager or call start()/stop()."""
+
+    def __init__(
+        self,
+        repository: Path,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        self.repository = Path(repository)
+        self.extra_args = list(extra_args)
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.startup_timeout = startup_timeout
+        self._env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+        # Kept open for the life of the process it logs; closed in stop().
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
+            prefix="onnxserve-", suffix=".log", delete=False
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RunningServer:
+        cmd = [
+            sys.executable,
+            "-m",
+            "onnxserve",
+            "serve",
+            "--model-repository",
+            str(self.repository),
+            "--host",
+            "127.0.0.1",
+            "--grpc-port",
+            str(self.port),
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self._env
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        with grpc.insecure_channel(self.address) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"server exited with {self.process.returncode}:\n{self.log()}"
+                    )
+                try:
+                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {self.startup_timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (the server drains), then SIGKILL after ``timeout``; the exit code."""
+        try:
+            if self.process is None or self.process.poll() is not None:
+                return None if self.process is None else self.process.returncode
+            self.process.terminate()
+            try:
+                return self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                return self.process.wait()
+        finally:
+            self._log.close()
+
+    def __enter__(self) -> RunningServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
