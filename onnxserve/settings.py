@@ -85,7 +85,9 @@ def _convert(value: Any, annotation: Any, source: str, name: str) -> Any:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = ()) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, cls: type, *, positional: tuple[str, ...] = ()
+) -> None:
     """Add one flag per dataclass field (``model_repository`` -> ``--model-repository``)."""
     hints = _field_types(cls)
     for field in dataclasses.fields(cls):
@@ -150,7 +152,9 @@ def resolve(
         if flag is not _NOT_GIVEN:
             values[field.name] = _convert(flag, hints[field.name], "the command line", field.name)
         elif env_name in environ:
-            values[field.name] = _convert(environ[env_name], hints[field.name], env_name, field.name)
+            values[field.name] = _convert(
+                environ[env_name], hints[field.name], env_name, field.name
+            )
         elif field.name in file_values:
             values[field.name] = _convert(
                 file_values[field.name], hints[field.name], str(config_file), field.name

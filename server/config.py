@@ -15,6 +15,7 @@ from pathlib import Path
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
+
 from onnxserve.client.protocol import model_config_pb2 as mc
 from onnxserve.server.datatypes import config_to_protocol, config_type_name, protocol_to_config
 from onnxserve.server.errors import ConfigError

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from onnxserve.client import codec
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.server.config import TensorSpec

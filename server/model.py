@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import model_config_pb2 as mc
 from onnxserve.server.config import complete_config, tensor_specs

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from onnxserve.client.protocol import model_config_pb2 as mc
 from onnxserve.server.config import TensorSpec, onnx_dims
 from onnxserve.server.datatypes import ort_to_protocol

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
+
 from onnxserve.server.errors import RequestTimeout
 from onnxserve.server.inference import InferRequest
 from onnxserve.server.model import ModelVersion

@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+
+from onnxserve import __version__
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.server.errors import ModelUnavailable, NotImplementedByServer, ServerError
 from onnxserve.server.inference import decode_request, encode_response
 from onnxserve.server.registry import ModelRegistry
-
-from onnxserve import __version__
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
 
