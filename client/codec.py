@@ -27,8 +27,10 @@ __all__ = [
     "array_to_raw",
     "contents_to_array",
     "datatype_of",
+    "decode_output",
     "deserialize_bytes_tensor",
     "element_count",
+    "encode_input",
     "item_size",
     "numpy_dtype",
     "raw_to_array",
@@ -238,3 +240,45 @@ def array_to_contents(
         )
     else:
         target.extend(flat.tolist())
+
+
+def encode_input(
+    name: str, value: npt.ArrayLike, datatype: str | None = None
+) -> tuple[pb.ModelInferRequest.InferInputTensor, bytes]:
+    """An input tensor's description and its raw bytes, ready for a raw request.
+
+    ``datatype`` defaults to :func:`datatype_of` the array (str, bytes and
+    object arrays are BYTES); given, the array is cast to it first, which lets
+    a caller send a Python list of floats as FP32. The array itself is not
+    copied beyond the one serialisation into bytes that protobuf requires.
+    """
+    array = np.asarray(value)
+    if datatype is None:
+        datatype = datatype_of(array)
+    else:
+        numpy_dtype(datatype)  # raises the unknown-datatype error
+        if datatype != "BYTES" and array.dtype.kind in _BYTES_KINDS:
+            raise CodecError(
+                f"input '{name}': a {array.dtype} array cannot be sent as {datatype}"
+            )
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name=name, datatype=datatype, shape=[int(d) for d in array.shape]
+    )
+    return tensor, array_to_raw(array, datatype)
+
+
+def decode_output(
+    tensor: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None
+) -> np.ndarray:
+    """One output tensor as an array: from its raw bytes when given, else its typed contents.
+
+    Numeric raw outputs are read-only zero-copy views of ``raw``; BYTES outputs
+    are object arrays of ``bytes``.
+    """
+    shape = tuple(int(d) for d in tensor.shape)
+    try:
+        if raw is not None:
+            return raw_to_array(raw, tensor.datatype, shape)
+        return contents_to_array(tensor.contents, tensor.datatype, shape)
+    except CodecError as exc:
+        raise CodecError(f"output '{tensor.name}': {exc}") from None

@@ -1,0 +1,276 @@
+"""The asyncio client: :class:`AsyncClient`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+import grpc
+import grpc.aio
+import numpy as np
+import numpy.typing as npt
+
+from onnxserve.client import calls
+from onnxserve.client._base import ClientBase
+from onnxserve.client.errors import DeadlineExceededError, InferenceServerError, from_rpc_error
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.client.types import (
+    InferRequest,
+    InferResult,
+    ModelMetadata,
+    ModelStatistics,
+    ParameterValue,
+    RepositoryModel,
+    ServerMetadata,
+)
+
+__all__ = ["AsyncClient"]
+
+T = TypeVar("T")
+
+
+class AsyncClient(ClientBase):
+    """The asyncio twin of :class:`Client`: same arguments, same calls, awaited.
+
+    Requests are built and answers decoded by the same functions as the
+    blocking client's (:mod:`onnxserve.client.calls`). Channels open on first
+    use inside the running event loop, so the client may be constructed
+    anywhere but must then be used from one loop. Thousands of calls may be in
+    flight at once; gRPC multiplexes them over the channels.
+
+    Example::
+
+        import asyncio
+        import numpy as np
+        from onnxserve.client import AsyncClient
+
+        async def main() -> None:
+            async with AsyncClient("localhost:8001", channels_per_url=2) as client:
+                a = np.ones((1, 16), np.float32)
+                outs = await asyncio.gather(
+                    *(client.infer("simple", {"INPUT0": a, "INPUT1": a}) for _ in range(100))
+                )
+                print(outs[0]["OUTPUT0"])
+
+        asyncio.run(main())
+    """
+
+    def _open(self) -> None:
+        self._channels: list[grpc.aio.Channel] = []
+        self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
+        self._closed = False
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _stub(self) -> pb_grpc.GRPCInferenceServiceStub:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        if not self._stubs:
+            for target in self.targets:
+                if self._credentials is not None:
+                    channel = grpc.aio.secure_channel(
+                        target, self._credentials, **self._channel_kwargs()
+                    )
+                else:
+                    channel = grpc.aio.insecure_channel(target, **self._channel_kwargs())
+                self._channels.append(channel)
+                self._stubs.append(pb_grpc.GRPCInferenceServiceStub(channel))
+        return self._stubs[self._next_index()]
+
+    async def _invoke(self, call: calls.Call[T], timeout: float | None) -> T:
+        """Send one unary call, retrying as the policy allows within one deadline."""
+        deadline = self._deadline(timeout)
+        attempts = 0
+        while True:
+            method = getattr(self._stub(), call.method)
+            attempts += 1
+            try:
+                response = await method(
+                    call.request, timeout=max(deadline.remaining(), 0.0), metadata=self.metadata
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                delay = self.retry.next_delay(
+                    error.code, attempts, call.idempotent, deadline.remaining()
+                )
+                if delay is None:
+                    raise error from None
+                await asyncio.sleep(delay)
+                continue
+            return call.parse(response)
+
+    async def close(self) -> None:
+        """Close every channel; calls in flight are cancelled."""
+        self._closed = True
+        channels, self._channels, self._stubs = self._channels, [], []
+        for channel in channels:
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- health and metadata ----------------------------------------------
+
+    async def is_live(self, *, timeout: float | None = None) -> bool:
+        """Whether the server process is up (ServerLive)."""
+        return await self._invoke(calls.server_live(), timeout)
+
+    async def is_ready(self, *, timeout: float | None = None) -> bool:
+        """Whether the server accepts inferences (ServerReady)."""
+        return await self._invoke(calls.server_ready(), timeout)
+
+    async def is_model_ready(
+        self, name: str, version: str | int | None = None, *, timeout: float | None = None
+    ) -> bool:
+        """Whether a model (a version, or its default versions) can serve now."""
+        return await self._invoke(calls.model_ready(name, version), timeout)
+
+    async def wait_until_ready(
+        self, model: str | None = None, *, timeout: float = 30.0, interval: float = 0.1
+    ) -> None:
+        """Wait until the server (and ``model``) is ready; see :meth:`Client.wait_until_ready`."""
+        deadline = self._deadline(timeout)
+        last: InferenceServerError | None = None
+        while deadline.remaining() > 0:
+            try:
+                per_call = min(max(deadline.remaining(), 0.01), 5.0)
+                ready = (
+                    await self.is_model_ready(model, timeout=per_call)
+                    if model
+                    else await self.is_ready(timeout=per_call)
+                )
+                if ready:
+                    return
+            except InferenceServerError as exc:
+                last = exc
+            await asyncio.sleep(min(interval, max(deadline.remaining(), 0)))
+        what = f"model '{model}'" if model else "server"
+        detail = f" (last error: {last})" if last else ""
+        raise DeadlineExceededError(f"{what} not ready after {timeout}s{detail}")
+
+    async def server_metadata(self, *, timeout: float | None = None) -> ServerMetadata:
+        """Server name, version and supported extensions."""
+        return await self._invoke(calls.server_metadata(), timeout)
+
+    async def model_metadata(
+        self, name: str, version: str | int | None = None, *, timeout: float | None = None
+    ) -> ModelMetadata:
+        """A model's versions, platform, and input/output names, datatypes and shapes."""
+        return await self._invoke(calls.model_metadata(name, version), timeout)
+
+    async def model_config(
+        self, name: str, version: str | int | None = None, *, timeout: float | None = None
+    ) -> mc.ModelConfig:
+        """The model's configuration as the ``inference.ModelConfig`` protobuf message."""
+        return await self._invoke(calls.model_config(name, version), timeout)
+
+    async def statistics(
+        self,
+        name: str | None = None,
+        version: str | int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[ModelStatistics]:
+        """Inference statistics of one model, or of every model when ``name`` is None."""
+        return await self._invoke(calls.statistics(name, version), timeout)
+
+    async def repository_index(
+        self, *, ready_only: bool = False, timeout: float | None = None
+    ) -> list[RepositoryModel]:
+        """The models in the server's repository and their states."""
+        return await self._invoke(calls.repository_index(ready_only), timeout)
+
+    async def load_model(
+        self,
+        name: str,
+        parameters: Mapping[str, bool | int | str | bytes] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Ask the server to load (or reload) a model from its repository."""
+        await self._invoke(calls.load_model(name, parameters), timeout)
+
+    async def unload_model(self, name: str, *, timeout: float | None = None) -> None:
+        """Ask the server to unload a model."""
+        await self._invoke(calls.unload_model(name), timeout)
+
+    # -- inference ----------------------------------------------------------
+
+    async def infer(
+        self,
+        name: str,
+        inputs: Mapping[str, npt.ArrayLike],
+        *,
+        outputs: Sequence[str] | None = None,
+        version: str | int | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        parameters: Mapping[str, ParameterValue] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run a model once; see :meth:`Client.infer`.
+
+        Example::
+
+            out = await client.infer("simple", {"INPUT0": a, "INPUT1": b})
+        """
+        call = calls.infer(
+            name,
+            inputs,
+            outputs=outputs,
+            version=version,
+            request_id=request_id,
+            parameters=parameters,
+        )
+        return await self._invoke(call, timeout)
+
+    async def stream_infer(
+        self,
+        requests: AsyncIterable[InferRequest] | Iterable[InferRequest],
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[InferResult]:
+        """Send requests over one ModelStreamInfer stream; yield answers as they come.
+
+        ``requests`` may be a plain or an async iterable, consumed lazily. See
+        :meth:`Client.stream_infer` for how errors are reported.
+
+        Example::
+
+            async for result in client.stream_infer(requests):
+                print(result.id, result.raise_for_error().outputs)
+        """
+        deadline = self._deadline(timeout)
+        failure: list[BaseException] = []
+
+        async def encoded() -> AsyncIterator[pb.ModelInferRequest]:
+            try:
+                if isinstance(requests, AsyncIterable):
+                    async for item in requests:
+                        yield calls.request_from(item)
+                else:
+                    for item in requests:
+                        yield calls.request_from(item)
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        call = self._stub().ModelStreamInfer(
+            encoded(), timeout=deadline.remaining(), metadata=self.metadata
+        )
+        try:
+            async for response in call:
+                yield calls.stream_result(response)
+        except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
+            raise from_rpc_error(exc) from None
+        finally:
+            call.cancel()
+        if failure:
+            raise failure[0]

@@ -1,0 +1,294 @@
+"""The blocking client: :class:`Client`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+
+from onnxserve.client import calls
+from onnxserve.client._base import ClientBase
+from onnxserve.client.errors import DeadlineExceededError, InferenceServerError, from_rpc_error
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.client.types import (
+    InferRequest,
+    InferResult,
+    ModelMetadata,
+    ModelStatistics,
+    ParameterValue,
+    RepositoryModel,
+    ServerMetadata,
+)
+
+__all__ = ["Client"]
+
+T = TypeVar("T")
+
+
+class Client(ClientBase):
+    """A blocking client for any Open Inference Protocol (KServe v2 / Triton) gRPC server.
+
+    Numpy in, numpy out: ``infer`` takes arrays (or anything ``np.asarray``
+    accepts) by input name and returns arrays by output name. Every call has a
+    deadline (``timeout`` seconds, 60 by default, overridable per call) and
+    read-only calls are retried on UNAVAILABLE with exponential backoff
+    (``retry``). Failures raise :class:`InferenceServerError` subclasses.
+    The client is thread-safe; share one per process.
+
+    Args:
+        url: ``host:port``, ``grpc://host:port`` or ``grpcs://host:port`` (TLS),
+            or a list of them to spread calls over, round robin.
+        tls: True for TLS with the system's roots, or a :class:`TLSConfig`
+            (custom roots, client certificate for mTLS, server name override).
+        token: Sent as ``authorization: Bearer <token>`` on every call; refused
+            over plaintext unless ``allow_insecure_token``.
+        headers: Extra metadata sent with every call.
+        timeout: Default deadline of each call, in seconds (retries included).
+        retry: Retry policy; ``RetryPolicy(retry_infer=True)`` also retries infer.
+        keepalive: HTTP/2 keepalive pings (off unless given).
+        max_message_bytes: Largest message sent or received.
+        channels_per_url: Channels (TCP connections) opened to each URL; calls go
+            round them, which spreads load over server processes sharing a port.
+        compression: gRPC compression for requests.
+        channel_args: Extra gRPC channel arguments.
+
+    Example::
+
+        import numpy as np
+        from onnxserve.client import Client
+
+        with Client("localhost:8001") as client:
+            a = np.ones((1, 16), np.float32)
+            out = client.infer("simple", {"INPUT0": a, "INPUT1": a})
+            print(out["OUTPUT0"])
+    """
+
+    def _open(self) -> None:
+        self._channels: list[grpc.Channel] = []
+        self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
+        for target in self.targets:
+            if self._credentials is not None:
+                channel = grpc.secure_channel(target, self._credentials, **self._channel_kwargs())
+            else:
+                channel = grpc.insecure_channel(target, **self._channel_kwargs())
+            self._channels.append(channel)
+            self._stubs.append(pb_grpc.GRPCInferenceServiceStub(channel))
+        self._closed = False
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _stub(self) -> pb_grpc.GRPCInferenceServiceStub:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        return self._stubs[self._next_index()]
+
+    def _invoke(self, call: calls.Call[T], timeout: float | None) -> T:
+        """Send one unary call, retrying as the policy allows within one deadline."""
+        deadline = self._deadline(timeout)
+        attempts = 0
+        while True:
+            method = getattr(self._stub(), call.method)
+            attempts += 1
+            try:
+                response = method(
+                    call.request, timeout=max(deadline.remaining(), 0.0), metadata=self.metadata
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc)
+                delay = self.retry.next_delay(
+                    error.code, attempts, call.idempotent, deadline.remaining()
+                )
+                if delay is None:
+                    raise error from None
+                time.sleep(delay)
+                continue
+            return call.parse(response)
+
+    def close(self) -> None:
+        """Close every channel; calls in flight are cancelled."""
+        self._closed = True
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- health and metadata ----------------------------------------------
+
+    def is_live(self, *, timeout: float | None = None) -> bool:
+        """Whether the server process is up (ServerLive)."""
+        return self._invoke(calls.server_live(), timeout)
+
+    def is_ready(self, *, timeout: float | None = None) -> bool:
+        """Whether the server accepts inferences (ServerReady)."""
+        return self._invoke(calls.server_ready(), timeout)
+
+    def is_model_ready(
+        self, name: str, version: str | int | None = None, *, timeout: float | None = None
+    ) -> bool:
+        """Whether a model (a version, or its default versions) can serve now."""
+        return self._invoke(calls.model_ready(name, version), timeout)
+
+    def wait_until_ready(
+        self, model: str | None = None, *, timeout: float = 30.0, interval: float = 0.1
+    ) -> None:
+        """Block until the server (and ``model``, if named) is ready.
+
+        Raises :class:`DeadlineExceededError` if that does not happen within
+        ``timeout`` seconds; connection failures in between are waited out.
+        """
+        deadline = self._deadline(timeout)
+        last: InferenceServerError | None = None
+        while deadline.remaining() > 0:
+            try:
+                per_call = min(max(deadline.remaining(), 0.01), 5.0)
+                ready = (
+                    self.is_model_ready(model, timeout=per_call)
+                    if model
+                    else self.is_ready(timeout=per_call)
+                )
+                if ready:
+                    return
+            except InferenceServerError as exc:
+                last = exc
+            time.sleep(min(interval, max(deadline.remaining(), 0)))
+        what = f"model '{model}'" if model else "server"
+        detail = f" (last error: {last})" if last else ""
+        raise DeadlineExceededError(f"{what} not ready after {timeout}s{detail}")
+
+    def server_metadata(self, *, timeout: float | None = None) -> ServerMetadata:
+        """Server name, version and supported extensions."""
+        return self._invoke(calls.server_metadata(), timeout)
+
+    def model_metadata(
+        self, name: str, version: str | int | None = None, *, timeout: float | None = None
+    ) -> ModelMetadata:
+        """A model's versions, platform, and input/output names, datatypes and shapes."""
+        return self._invoke(calls.model_metadata(name, version), timeout)
+
+    def model_config(
+        self, name: str, version: str | int | None = None, *, timeout: float | None = None
+    ) -> mc.ModelConfig:
+        """The model's configuration as the ``inference.ModelConfig`` protobuf message."""
+        return self._invoke(calls.model_config(name, version), timeout)
+
+    def statistics(
+        self,
+        name: str | None = None,
+        version: str | int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> list[ModelStatistics]:
+        """Inference statistics of one model, or of every model when ``name`` is None."""
+        return self._invoke(calls.statistics(name, version), timeout)
+
+    def repository_index(
+        self, *, ready_only: bool = False, timeout: float | None = None
+    ) -> list[RepositoryModel]:
+        """The models in the server's repository and their states."""
+        return self._invoke(calls.repository_index(ready_only), timeout)
+
+    def load_model(
+        self,
+        name: str,
+        parameters: Mapping[str, bool | int | str | bytes] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Ask the server to load (or reload) a model from its repository."""
+        self._invoke(calls.load_model(name, parameters), timeout)
+
+    def unload_model(self, name: str, *, timeout: float | None = None) -> None:
+        """Ask the server to unload a model."""
+        self._invoke(calls.unload_model(name), timeout)
+
+    # -- inference ----------------------------------------------------------
+
+    def infer(
+        self,
+        name: str,
+        inputs: Mapping[str, npt.ArrayLike],
+        *,
+        outputs: Sequence[str] | None = None,
+        version: str | int | None = None,
+        timeout: float | None = None,
+        request_id: str | None = None,
+        parameters: Mapping[str, ParameterValue] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run a model once: arrays by input name in, arrays by output name out.
+
+        Inputs go raw; their datatypes follow their dtypes (str/bytes/object
+        arrays are BYTES, ``ml_dtypes.bfloat16`` is BF16), so pass arrays of the
+        dtype the model declares (``model_metadata`` says which). ``outputs``
+        limits the answer to those names. Numeric outputs are read-only views
+        of the response (``.copy()`` to modify); BYTES outputs are object
+        arrays of ``bytes``.
+
+        Example::
+
+            out = client.infer("simple", {"INPUT0": a, "INPUT1": b}, outputs=["OUTPUT0"])
+        """
+        call = calls.infer(
+            name,
+            inputs,
+            outputs=outputs,
+            version=version,
+            request_id=request_id,
+            parameters=parameters,
+        )
+        return self._invoke(call, timeout)
+
+    def stream_infer(
+        self, requests: Iterable[InferRequest], *, timeout: float | None = None
+    ) -> Iterator[InferResult]:
+        """Send requests over one ModelStreamInfer stream and yield the answers as they come.
+
+        ``requests`` is consumed lazily, so it may be a generator that produces
+        requests as answers arrive. A request the server rejects yields an
+        :class:`InferResult` whose ``error`` is set; the stream goes on. A
+        failure of the stream itself raises. ``timeout`` bounds the whole
+        stream. Streams are not retried.
+
+        Example::
+
+            reqs = (InferRequest("simple", {"INPUT0": a, "INPUT1": a}, request_id=str(i))
+                    for i in range(10))
+            for result in client.stream_infer(reqs):
+                print(result.id, result.raise_for_error().outputs["OUTPUT0"])
+        """
+        deadline = self._deadline(timeout)
+        failure: list[BaseException] = []
+
+        def encoded() -> Iterator[pb.ModelInferRequest]:
+            # gRPC consumes this in its own thread and would hide an exception
+            # behind "Exception iterating requests!": keep it to raise here.
+            try:
+                for item in requests:
+                    yield calls.request_from(item)
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+
+        responses = self._stub().ModelStreamInfer(
+            encoded(), timeout=deadline.remaining(), metadata=self.metadata
+        )
+        try:
+            for response in responses:
+                yield calls.stream_result(response)
+        except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
+            raise from_rpc_error(exc) from None
+        finally:
+            responses.cancel()
+        if failure:
+            raise failure[0]
