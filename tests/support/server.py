@@ -36,12 +36,16 @@ class RunningServer:
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         startup_timeout: float = 120.0,
+        require_ready: bool = True,
     ) -> None:
         self.repository = Path(repository)
         self.extra_args = list(extra_args)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.startup_timeout = startup_timeout
+        # False: start() returns once every model has been tried, ready or not
+        # (for repositories that hold broken models on purpose).
+        self.require_ready = require_ready
         self._env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
         # Kept open for the life of the process it logs; closed in stop().
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
@@ -69,6 +73,12 @@ class RunningServer:
         self.wait_ready()
         return self
 
+    def _started(self, stub: pb_grpc.GRPCInferenceServiceStub) -> bool:
+        if self.require_ready:
+            return bool(stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready)
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=1)
+        return all(model.state != "LOADING" for model in index.models)
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         with grpc.insecure_channel(self.address) as channel:
@@ -80,12 +90,12 @@ class RunningServer:
                         f"server exited with {self.process.returncode}:\n{self.log()}"
                     )
                 try:
-                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+                    if self._started(stub):
                         return
                 except grpc.RpcError:
                     pass
                 time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {self.startup_timeout}s:\n{self.log()}")
+        raise TimeoutError(f"server not started after {self.startup_timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         return Path(self._log.name).read_text(errors="replace")
