@@ -1,0 +1,201 @@
+"""The Python API: ``convert(model, repository, name, ...)`` runs the whole pipeline.
+
+load -> trace -> export -> verify -> (optimize / int8 / fp16) -> write. Each
+step is a function of its own module with plain inputs and outputs; this module
+only strings them together, reports progress and builds the report. Every
+check runs before anything is written, so a failure leaves the repository as
+it was.
+
+Conversion runs with GPUs hidden from TensorFlow (``CUDA_VISIBLE_DEVICES=""``
+set before TensorFlow is imported, see :mod:`onnxserve.converter.environment`):
+with a GPU, Keras traces LSTMs as cuDNN kernels that ONNX cannot express.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from onnxserve.converter.environment import hide_gpus
+from onnxserve.converter.errors import ConversionError
+from onnxserve.converter.report import ConversionReport, TensorSummary
+from onnxserve.converter.settings import MAX_OPSET, MIN_OPSET, ConvertSettings
+
+__all__ = ["convert", "convert_with_settings"]
+
+log = logging.getLogger("onnxserve.converter")
+Progress = Callable[[str], None]
+
+
+def convert(
+    model: Any,
+    repository: str | os.PathLike[str],
+    name: str,
+    *,
+    version: int | None = None,
+    opset: int = 17,
+    max_batch_size: int = 64,
+    optimize: str = "none",
+    quantize: str = "none",
+    fp16: bool = False,
+    dynamic_sequence: bool = True,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    min_agreement: float = 0.99,
+    variant_atol: float = 1e-4,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> ConversionReport:
+    """Convert a Keras model into ``<repository>/<name>/<version>/model.onnx`` + config.pbtxt.
+
+    ``model`` is an in-memory ``keras.Model`` or a path to a ``.keras`` / ``.h5``
+    file or a SavedModel directory. ``progress`` receives one line per stage
+    (default: the 'onnxserve.converter' logger at INFO). Raises a
+    :class:`ConversionError` subclass, having written nothing, when any step
+    fails. GPUs are hidden from TensorFlow during conversion (see the module
+    docstring).
+    """
+    hide_gpus()
+    from onnxserve.converter.export import export_onnx
+    from onnxserve.converter.load import from_keras_model, load_model
+    from onnxserve.converter.repository import build_config, check_target, write_entry
+    from onnxserve.converter.trace import trace_model
+    from onnxserve.converter.variants import apply_variants
+    from onnxserve.converter.verify import run_cases, verify_onnx
+
+    say = progress or log.info
+    started = time.monotonic()
+    repository = Path(repository)
+    _check_options(opset, max_batch_size, optimize, quantize, fp16)
+    check_target(repository, name, version)
+
+    def stage(number: int, text: str) -> None:
+        say(f"[{number}/6 {time.monotonic() - started:5.1f}s] {text}")
+
+    if isinstance(model, (str, os.PathLike)):
+        stage(1, f"loading {model}")
+        loaded = load_model(model)
+    else:
+        stage(1, "checking the in-memory Keras model")
+        loaded = from_keras_model(model)
+    stage(2, "tracing with an explicit input signature")
+    traced = trace_model(loaded, dynamic_sequence=dynamic_sequence)
+    stage(3, f"exporting to ONNX (opset {opset}) with tf2onnx")
+    exported = export_onnx(traced, opset=opset)
+    for warning in exported.warnings:
+        log.warning("%s", warning)
+    _stamp(exported.model, loaded.source)
+    stage(4, "verifying with onnx.checker and onnxruntime against Keras")
+    checks = verify_onnx(
+        exported.model,
+        traced,
+        max_batch_size=max_batch_size,
+        rtol=rtol,
+        atol=atol,
+        seed=seed,
+        progress=say,
+    )
+    final_model, variant = exported.model, None
+    if optimize != "none" or quantize != "none" or fp16:
+        stage(5, "optimizing / quantizing and judging the result against Keras")
+        final_model, variant = apply_variants(
+            exported.model,
+            run_cases(traced, max_batch_size, seed),
+            optimize=optimize,
+            quantize=quantize,
+            fp16=fp16,
+            min_agreement=min_agreement,
+            variant_atol=variant_atol,
+        )
+    config = build_config(final_model, name, max_batch_size)
+    stage(6, f"writing to {repository / name}")
+    written = write_entry(repository, name, final_model, config, version)
+    report = ConversionReport(
+        name=name,
+        version=written.version,
+        source=loaded.source,
+        model_path=written.model_path,
+        config_path=written.config_path,
+        config_written=written.config_written,
+        opset=opset,
+        max_batch_size=max_batch_size,
+        size_bytes=written.size_bytes,
+        inputs=_summaries(final_model.graph.input, config.input),
+        outputs=_summaries(final_model.graph.output, config.output),
+        checks=checks,
+        rtol=rtol,
+        atol=atol,
+        variant=variant,
+        warnings=list(exported.warnings),
+        loop_nodes=list(exported.loop_nodes),
+        seconds=time.monotonic() - started,
+    )
+    return report
+
+
+def convert_with_settings(
+    settings: ConvertSettings, progress: Progress | None = None
+) -> ConversionReport:
+    """``convert`` driven by a resolved :class:`ConvertSettings` (what the CLI does)."""
+    values = dataclasses.asdict(settings)
+    values.pop("log_level")
+    model = values.pop("model")
+    repository = values.pop("repository")
+    name = values.pop("name")
+    return convert(model, repository, name, progress=progress, **values)
+
+
+def _check_options(
+    opset: int, max_batch_size: int, optimize: str, quantize: str, fp16: bool
+) -> None:
+    """Refuse bad options before the slow steps."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ConversionError(f"opset {opset} is not supported; use {MIN_OPSET} to {MAX_OPSET}")
+    if max_batch_size < 1:
+        raise ConversionError(f"max_batch_size must be 1 or more, got {max_batch_size}")
+    if optimize not in ("none", "basic", "extended"):
+        raise ConversionError(f"optimize {optimize!r}: use none, basic or extended")
+    if quantize not in ("none", "int8"):
+        raise ConversionError(f"quantize {quantize!r}: use none or int8")
+    if quantize == "int8" and fp16:
+        raise ConversionError("int8 quantization and fp16 exclude each other; choose one")
+
+
+def _stamp(model: Any, source: str) -> None:
+    """Record where the model came from in the ONNX metadata."""
+    import keras
+    import tensorflow as tf
+
+    model.producer_name = "onnxserve convert (tf2onnx)"
+    for key, value in (
+        ("onnxserve.source", source),
+        ("onnxserve.keras_version", keras.__version__),
+        ("onnxserve.tensorflow_version", tf.__version__),
+    ):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+def _summaries(values: Any, configs: Any) -> list[TensorSummary]:
+    from onnxserve.client.protocol import model_config_pb2 as mc
+
+    summaries = []
+    for value, config in zip(values, configs, strict=False):
+        shape = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in value.type.tensor_type.shape.dim
+        )
+        summaries.append(
+            TensorSummary(
+                name=config.name,
+                data_type=mc.DataType.Name(config.data_type),
+                dims=tuple(config.dims),
+                onnx_shape=shape,
+            )
+        )
+    return summaries

@@ -1,0 +1,70 @@
+"""``onnxserve convert``: argument parsing only; the work is in onnxserve.converter.api.
+
+Imports nothing heavy at module level: TensorFlow, tf2onnx and onnxruntime are
+imported when the command runs (and then with GPUs hidden), so that
+``onnxserve --help`` is fast and works on a client-only install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from onnxserve.converter.errors import ConversionError
+from onnxserve.converter.settings import ConvertSettings
+from onnxserve.settings import add_arguments, resolve
+
+__all__ = ["register", "run"]
+
+_DESCRIPTION = """\
+Convert a Keras model (.keras, legacy .h5, or a SavedModel directory written by
+model.export()) to ONNX, check it against Keras with onnxruntime (fp32 within
+1e-5 at batch sizes 1, an odd size and --max-batch-size), and write
+<repository>/<name>/<version>/model.onnx and <repository>/<name>/config.pbtxt
+for `onnxserve serve`. Nothing is written when a check fails, and an existing
+version is never overwritten. TensorFlow runs with GPUs hidden.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``convert`` subcommand."""
+    parser = subparsers.add_parser(
+        "convert",
+        help="convert a Keras model to a verified ONNX model repository entry",
+        description=_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser, ConvertSettings, positional=("model",))
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TOML file with a [convert] table of the settings above",
+    )
+    parser.set_defaults(handler=run)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Resolve the settings, convert, print the report; 1 with a message on failure."""
+    settings = resolve(ConvertSettings, args, config_file=args.config, section="convert")
+    from onnxserve.converter.api import convert_with_settings
+
+    started = time.monotonic()
+    try:
+        report = convert_with_settings(settings, progress=_progress)
+    except ConversionError as exc:
+        print(
+            f"onnxserve convert: error: {exc}\n"
+            f"(nothing was written; failed after {time.monotonic() - started:.1f}s)",
+            file=sys.stderr,
+        )
+        return 1
+    print(report.format())
+    return 0

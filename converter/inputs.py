@@ -1,0 +1,61 @@
+"""Representative check inputs: what the ONNX model is compared with Keras on.
+
+Random floats are fine for images and features, but an Embedding given ids
+outside its vocabulary reads garbage (TensorFlow clips or errors, ONNX Gather
+errors), so token-id inputs get integers within the vocabulary, whatever the
+input's dtype (Keras 3 Sequential text models often take float32 ids). For a
+model that masks padding (mask_zero=True) the ids are zero-padded sequences of
+random lengths, so that the masking is what gets checked.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from onnxserve.converter.trace import InputInfo
+
+__all__ = ["generate", "generate_batch"]
+
+# Integer inputs that feed no Embedding get small non-negative values.
+_DEFAULT_INTEGER_RANGE = 10
+
+
+def generate(
+    info: InputInfo,
+    batch: int,
+    rng: np.random.Generator,
+    example_shape: tuple[int, ...] | None = None,
+) -> np.ndarray:
+    """One input array of ``batch`` rows with the input's dtype and example shape."""
+    shape = (batch, *(example_shape if example_shape is not None else info.example_shape))
+    dtype = np.dtype(info.dtype)
+    if info.vocabulary is not None:
+        low = 1 if info.padded else 0
+        ids = rng.integers(low, max(info.vocabulary, low + 1), size=shape)
+        if info.padded and len(shape) >= 2 and shape[1] > 1:
+            # Padded sequences: each row keeps a random number (>= 1) of leading tokens.
+            lengths = rng.integers(1, shape[1] + 1, size=shape[0])
+            ids[np.arange(shape[1])[None, :] >= lengths[:, None]] = 0
+        return ids.astype(dtype)
+    if dtype.kind == "b":
+        return rng.random(shape) < 0.5
+    if dtype.kind in "iu":
+        return rng.integers(0, _DEFAULT_INTEGER_RANGE, size=shape).astype(dtype)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def generate_batch(
+    inputs: list[InputInfo], batch: int, seed: int, sequence_length: int | None = None
+) -> dict[str, np.ndarray]:
+    """Check inputs for every model input; ``sequence_length`` overrides dynamic sequence dims."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    for info in inputs:
+        example = info.example_shape
+        if sequence_length is not None and info.dynamic_sequence:
+            example = (sequence_length, *example[1:])
+        arrays[info.name] = generate(info, batch, rng, example)
+    return arrays

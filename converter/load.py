@@ -1,0 +1,106 @@
+"""Load step: a path or an in-memory model becomes a :class:`LoadedModel`.
+
+Keras 3 loads ``.keras`` and (where it still can) legacy ``.h5`` files into a
+``keras.Model``. A SavedModel directory, as ``model.export()`` writes it, cannot
+be turned back into a ``keras.Model``; it is loaded with TensorFlow and
+converted through its ``serving_default`` signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from onnxserve.converter.environment import import_tensorflow
+from onnxserve.converter.errors import ModelLoadError
+
+__all__ = ["KERAS_SUFFIXES", "LoadedModel", "from_keras_model", "load_model"]
+
+KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to trace: either a keras.Model or a restored SavedModel.
+
+    ``source`` says where it came from, for the report.
+    """
+
+    source: str
+    keras_model: Any | None = None
+    saved_model: Any | None = None
+
+    @property
+    def kind(self) -> str:
+        return "keras" if self.keras_model is not None else "saved_model"
+
+
+def from_keras_model(model: Any, source: str = "in-memory keras.Model") -> LoadedModel:
+    """Wrap an in-memory model after checking it is a keras.Model with known inputs."""
+    import_tensorflow()
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise ModelLoadError(
+            f"expected a keras.Model, a .keras/.h5 file or a SavedModel directory, "
+            f"got {type(model).__name__}"
+        )
+    try:
+        inputs = model.inputs
+    except (AttributeError, ValueError):
+        inputs = None
+    if not inputs:
+        raise ModelLoadError(
+            f"the model {model.name!r} has no defined inputs: build it on keras.Input(...) "
+            "(a Sequential or functional model), or save it and convert the file"
+        )
+    return LoadedModel(source=source, keras_model=model)
+
+
+def load_model(path: str | Path) -> LoadedModel:
+    """Load a .keras / .h5 file or a SavedModel directory; ModelLoadError if that fails."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist")
+    if path.is_dir():
+        return _load_saved_model(path)
+    if path.suffix.lower() not in KERAS_SUFFIXES:
+        raise ModelLoadError(
+            f"{path} is not a Keras model: expected a .keras or .h5 file, "
+            "or a SavedModel directory (as model.export() writes it)"
+        )
+    import_tensorflow()
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for unreadable files
+        raise ModelLoadError(f"Keras cannot load {path}: {_first_line(exc)}") from exc
+    return from_keras_model(model, source=str(path))
+
+
+def _load_saved_model(path: Path) -> LoadedModel:
+    if not ((path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file()):
+        raise ModelLoadError(
+            f"{path} is a directory but not a TensorFlow SavedModel (it has no saved_model.pb)"
+        )
+    tf = import_tensorflow()
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(
+            f"TensorFlow cannot load the SavedModel {path}: {_first_line(exc)}"
+        ) from exc
+    signatures = getattr(loaded, "signatures", {})
+    if "serving_default" not in signatures:
+        raise ModelLoadError(
+            f"the SavedModel {path} has no 'serving_default' signature; export it with "
+            "keras model.export(path) or tf.saved_model.save(..., signatures=...)"
+        )
+    return LoadedModel(source=str(path), saved_model=loaded)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]

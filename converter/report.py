@@ -1,0 +1,103 @@
+"""The conversion report: what was written, and how close it is to Keras."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onnxserve.converter.variants import VariantResult
+from onnxserve.converter.verify import CaseResult
+
+__all__ = ["ConversionReport", "TensorSummary"]
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    """One input or output as the server will see it (config.pbtxt terms)."""
+
+    name: str
+    data_type: str  # TYPE_FP32, ...
+    dims: tuple[int, ...]  # without the batch dim; -1 = dynamic
+    onnx_shape: tuple[str | int, ...]  # with named dims, e.g. ('batch', 'sequence')
+
+
+@dataclass
+class ConversionReport:
+    """Everything a user (or a test) wants to know after a conversion."""
+
+    name: str
+    version: int
+    source: str
+    model_path: Path
+    config_path: Path
+    config_written: bool
+    opset: int
+    max_batch_size: int
+    size_bytes: int
+    inputs: list[TensorSummary]
+    outputs: list[TensorSummary]
+    checks: list[CaseResult]
+    rtol: float
+    atol: float
+    variant: VariantResult | None = None
+    warnings: list[str] = field(default_factory=list)
+    loop_nodes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def max_abs_difference(self) -> float:
+        return max((o.max_abs for c in self.checks for o in c.outputs), default=0.0)
+
+    @property
+    def max_rel_difference(self) -> float:
+        return max((o.max_rel for c in self.checks for o in c.outputs), default=0.0)
+
+    def max_abs_by_output(self) -> dict[str, float]:
+        result: dict[str, float] = {}
+        for case in self.checks:
+            for o in case.outputs:
+                result[o.name] = max(result.get(o.name, 0.0), o.max_abs)
+        return result
+
+    def format(self) -> str:
+        """A readable multi-line summary (what the CLI prints)."""
+        lines = [
+            f"Converted {self.source}",
+            f"  wrote     {self.model_path} ({_size(self.size_bytes)}), opset {self.opset}",
+            f"  config    {self.config_path}"
+            + ("" if self.config_written else " (existing, kept: same inputs and outputs)"),
+            f"  model     {self.name!r} version {self.version}, "
+            f"max_batch_size {self.max_batch_size}",
+        ]
+        for title, tensors in (("input ", self.inputs), ("output", self.outputs)):
+            for t in tensors:
+                shape = ", ".join(str(d) for d in t.onnx_shape)
+                lines.append(f"  {title}    {t.name}: {t.data_type} [{shape}]")
+        lines.append(
+            f"  fp32 check vs Keras (rtol={self.rtol:g}, atol={self.atol:g}): passed on "
+            + ", ".join(c.label for c in self.checks)
+        )
+        for case in self.checks:
+            for o in case.outputs:
+                lines.append(
+                    f"    {case.label:<32} {o.name}: "
+                    f"max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}"
+                )
+        if self.variant is not None:
+            v = self.variant
+            text = f"  {v.description}: max abs difference {v.max_abs:.3g}"
+            if v.agreement is not None:
+                text += f", label agreement {v.agreement:.4f}"
+            lines.append(text + f" (needs {v.criterion}: passed)")
+        for warning in self.warnings:
+            lines.append(f"  WARNING: {warning}")
+        lines.append(f"  took {self.seconds:.1f}s")
+        return "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n:.1f} GiB"

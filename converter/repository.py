@@ -1,0 +1,284 @@
+"""Write step: a verified ONNX model becomes a repository entry in Triton's layout.
+
+``<repository>/<name>/config.pbtxt`` and ``<repository>/<name>/<version>/model.onnx``.
+Writes are atomic: everything is written into a hidden temporary folder inside
+the repository (same file system) and moved into place with one ``os.rename``,
+so a server scanning the repository, or a crash, never sees half a model. An
+existing version is never overwritten, and an existing config.pbtxt is never
+replaced: a new version must have the same inputs and outputs as the config
+declares, or the conversion fails before anything is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from google.protobuf import text_format
+
+from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.converter.errors import RepositoryError
+
+__all__ = [
+    "MODEL_FILENAME",
+    "WrittenEntry",
+    "build_config",
+    "check_target",
+    "existing_versions",
+    "validate_name",
+    "write_entry",
+]
+
+MODEL_FILENAME = "model.onnx"
+CONFIG_FILENAME = "config.pbtxt"
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+# The server's rule for model folder names.
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+_ONNX_TO_CONFIG = {
+    onnx.TensorProto.BOOL: mc.TYPE_BOOL,
+    onnx.TensorProto.UINT8: mc.TYPE_UINT8,
+    onnx.TensorProto.UINT16: mc.TYPE_UINT16,
+    onnx.TensorProto.UINT32: mc.TYPE_UINT32,
+    onnx.TensorProto.UINT64: mc.TYPE_UINT64,
+    onnx.TensorProto.INT8: mc.TYPE_INT8,
+    onnx.TensorProto.INT16: mc.TYPE_INT16,
+    onnx.TensorProto.INT32: mc.TYPE_INT32,
+    onnx.TensorProto.INT64: mc.TYPE_INT64,
+    onnx.TensorProto.FLOAT16: mc.TYPE_FP16,
+    onnx.TensorProto.FLOAT: mc.TYPE_FP32,
+    onnx.TensorProto.DOUBLE: mc.TYPE_FP64,
+    onnx.TensorProto.STRING: mc.TYPE_STRING,
+    onnx.TensorProto.BFLOAT16: mc.TYPE_BF16,
+}
+
+
+@dataclass(frozen=True)
+class WrittenEntry:
+    """Where the model went."""
+
+    name: str
+    version: int
+    model_path: Path
+    config_path: Path
+    config_written: bool
+    size_bytes: int
+
+
+def validate_name(name: str) -> None:
+    """The server's model-name rule; checked before any work so a typo fails fast."""
+    if not _MODEL_NAME.match(name):
+        raise RepositoryError(
+            f"model name {name!r} is not valid: letters, digits, '_', '.', '-' "
+            "(starting with a letter or digit), at most 128 characters"
+        )
+
+
+def existing_versions(folder: Path) -> list[int]:
+    """The version numbers present in a model folder (numeric subfolders), sorted."""
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def check_target(repository: Path, name: str, version: int | None) -> None:
+    """Fail early (before converting) when the requested version already exists."""
+    validate_name(name)
+    if repository.exists() and not repository.is_dir():
+        raise RepositoryError(f"repository {repository} exists and is not a directory")
+    if version is not None:
+        if version < 1:
+            raise RepositoryError(f"version must be 1 or more, got {version}")
+        if version in existing_versions(repository / name):
+            raise RepositoryError(
+                f"{repository / name / str(version)} already exists; versions are never "
+                "overwritten (leave out --version to add the next one)"
+            )
+
+
+def _tensor_configs(
+    values: list[onnx.ValueInfoProto], max_batch_size: int
+) -> list[tuple[str, int, list[int]]]:
+    tensors = []
+    for value in values:
+        tensor_type = value.type.tensor_type
+        data_type = _ONNX_TO_CONFIG.get(tensor_type.elem_type)
+        if data_type is None:
+            raise RepositoryError(
+                f"tensor {value.name!r} has ONNX type "
+                f"{onnx.TensorProto.DataType.Name(tensor_type.elem_type)}, which the protocol lacks"
+            )
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in tensor_type.shape.dim]
+        if max_batch_size > 0:
+            dims = dims[1:]
+        tensors.append((value.name, data_type, dims))
+    return tensors
+
+
+def build_config(model: onnx.ModelProto, name: str, max_batch_size: int) -> mc.ModelConfig:
+    """config.pbtxt content: dims without the batch dim (-1 where dynamic), dynamic batching."""
+    config = mc.ModelConfig(
+        name=name,
+        platform=PLATFORM,
+        backend=BACKEND,
+        max_batch_size=max_batch_size,
+    )
+    for tensor_name, data_type, dims in _tensor_configs(list(model.graph.input), max_batch_size):
+        config.input.add(name=tensor_name, data_type=data_type, dims=dims)
+    for tensor_name, data_type, dims in _tensor_configs(list(model.graph.output), max_batch_size):
+        config.output.add(name=tensor_name, data_type=data_type, dims=dims)
+    if max_batch_size > 0:
+        config.dynamic_batching.SetInParent()
+    return config
+
+
+def _signature(config: mc.ModelConfig) -> tuple[object, ...]:
+    def tensors(items: object) -> list[tuple[str, int, tuple[int, ...]]]:
+        return sorted((t.name, t.data_type, tuple(t.dims)) for t in items)  # type: ignore[attr-defined]
+
+    return config.max_batch_size, tensors(config.input), tensors(config.output)
+
+
+def _check_existing_config(path: Path, new: mc.ModelConfig) -> None:
+    """An existing config.pbtxt must declare what the new version has (or nothing)."""
+    try:
+        old = text_format.Parse(path.read_text(), mc.ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise RepositoryError(f"cannot read the existing {path}: {exc}") from exc
+    if not old.input and not old.output:
+        if old.max_batch_size and old.max_batch_size != new.max_batch_size:
+            raise RepositoryError(
+                f"{path} declares max_batch_size {old.max_batch_size}, the new version "
+                f"{new.max_batch_size}; use the same --max-batch-size or a new model name"
+            )
+        return
+    if _signature(old) != _signature(new):
+        raise RepositoryError(
+            f"{path} declares other inputs/outputs (or max_batch_size) than the new model has; "
+            "all versions of a model share one config.pbtxt, so convert to a new model name. "
+            f"Existing: {text_format.MessageToString(old, as_one_line=True)[:400]}; new: "
+            f"{text_format.MessageToString(new, as_one_line=True)[:400]}"
+        )
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_entry(
+    repository: Path,
+    name: str,
+    model: onnx.ModelProto,
+    config: mc.ModelConfig,
+    version: int | None = None,
+) -> WrittenEntry:
+    """Write the entry atomically; never overwrite a version or a config.pbtxt.
+
+    Without ``version`` the next free number is taken; if another writer takes
+    it at the same moment, the next one after that is tried.
+    """
+    repository = Path(repository)
+    check_target(repository, name, version)
+    folder = repository / name
+    if folder.is_dir() and (folder / CONFIG_FILENAME).is_file():
+        _check_existing_config(folder / CONFIG_FILENAME, config)
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RepositoryError(f"cannot create the repository {repository}: {exc}") from exc
+    model_bytes = model.SerializeToString()
+    config_text = text_format.MessageToString(config).encode()
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.converting-", dir=repository))
+    try:
+        for _attempt in range(100):
+            number = (
+                version if version is not None else (max(existing_versions(folder), default=0) + 1)
+            )
+            if not folder.exists():
+                # A new model: build the whole folder and move it into place at once.
+                entry = staging / "entry"
+                (entry / str(number)).mkdir(parents=True)
+                _write_file(entry / str(number) / MODEL_FILENAME, model_bytes)
+                _write_file(entry / CONFIG_FILENAME, config_text)
+                try:
+                    os.rename(entry, folder)
+                except OSError as exc:
+                    if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and folder.exists():
+                        shutil.rmtree(entry, ignore_errors=True)
+                        continue  # someone created the model meanwhile: add a version instead
+                    raise
+                _fsync_dir(repository)
+                return _written(folder, name, number, config_written=True, size=len(model_bytes))
+            # An existing model: move in a version folder; add config.pbtxt only if absent.
+            config_written = False
+            if not (folder / CONFIG_FILENAME).exists():
+                staged_config = staging / CONFIG_FILENAME
+                _write_file(staged_config, config_text)
+                try:
+                    os.link(staged_config, folder / CONFIG_FILENAME)  # fails if it exists
+                    config_written = True
+                except FileExistsError:
+                    _check_existing_config(folder / CONFIG_FILENAME, config)
+            target = folder / str(number)
+            if target.exists():
+                if version is not None:
+                    raise RepositoryError(
+                        f"{target} already exists; versions are never overwritten"
+                    )
+                continue
+            staged_version = staging / str(number)
+            staged_version.mkdir()
+            _write_file(staged_version / MODEL_FILENAME, model_bytes)
+            try:
+                os.rename(staged_version, target)
+            except OSError as exc:
+                shutil.rmtree(staged_version, ignore_errors=True)
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) and version is None:
+                    continue
+                raise RepositoryError(f"cannot write {target}: {exc}") from exc
+            _fsync_dir(folder)
+            return _written(
+                folder, name, number, config_written=config_written, size=len(model_bytes)
+            )
+        raise RepositoryError(f"could not find a free version number in {folder}")
+    except OSError as exc:
+        raise RepositoryError(f"writing to {repository} failed: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _written(
+    folder: Path, name: str, version: int, *, config_written: bool, size: int
+) -> WrittenEntry:
+    return WrittenEntry(
+        name=name,
+        version=version,
+        model_path=folder / str(version) / MODEL_FILENAME,
+        config_path=folder / CONFIG_FILENAME,
+        config_written=config_written,
+        size_bytes=size,
+    )

@@ -1,0 +1,462 @@
+"""Trace step: a loaded model becomes a ``tf.function`` with an explicit input signature.
+
+Why a tf.function and not ``tf2onnx.convert.from_keras``: from_keras breaks on
+Keras 3 Sequential models (tf2onnx issue 2448), while tracing the model's call
+with explicit ``tf.TensorSpec``s works for every model, lets us choose the ONNX
+input names (the Keras input names) and, by returning a dict, the output names
+(the Keras output names or dict keys) instead of 'Identity:0'.
+
+The batch dimension is always dynamic. The sequence dimension (axis 1) of
+token and ``(batch, time, features)`` inputs is made dynamic too when the
+traced function really runs at another length ("where the model allows"); a
+model that flattens the sequence into a Dense layer keeps its fixed length.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from onnxserve.converter.environment import import_tensorflow
+from onnxserve.converter.errors import ExportError, UnsupportedModelError
+from onnxserve.converter.load import LoadedModel
+
+__all__ = ["InputInfo", "TracedModel", "trace_model"]
+
+Arrays = Mapping[str, np.ndarray]
+
+# The sequence length used for generated inputs where the model declares none.
+DEFAULT_SEQUENCE_LENGTH = 16
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """One model input as traced.
+
+    ``shape`` is the traced shape (None = dynamic, axis 0 is the batch);
+    ``example_shape`` is a concrete shape (without batch) for generated check
+    inputs; ``vocabulary`` is set for token-id inputs that feed an Embedding,
+    whose generated values must be ids within the vocabulary; ``padded`` is
+    set when the model masks padding (Embedding mask_zero=True), so that check
+    inputs are zero-padded sequences and the masking is exercised.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple[int | None, ...]
+    example_shape: tuple[int, ...]
+    vocabulary: int | None = None
+    padded: bool = False
+
+    @property
+    def dynamic_sequence(self) -> bool:
+        return len(self.shape) >= 2 and self.shape[1] is None
+
+
+@dataclass
+class TracedModel:
+    """The traced function and what the later steps need to know about it.
+
+    ``reference`` computes the original model's outputs (Keras, or the
+    SavedModel's signature) for a dict of numpy inputs: the ground truth the
+    ONNX model is checked against. ``loop_causes`` lists the layer settings
+    that make recurrent layers unfusable in ONNX (reported if a Loop appears).
+    """
+
+    function: Any
+    input_signature: list[Any]
+    inputs: list[InputInfo]
+    output_names: list[str]
+    reference: Callable[[Arrays], dict[str, np.ndarray]]
+    loop_causes: list[str] = field(default_factory=list)
+    source_kind: str = "keras"
+
+
+def trace_model(loaded: LoadedModel, *, dynamic_sequence: bool = True) -> TracedModel:
+    """Trace a loaded model; see the module docstring for the choices made."""
+    if loaded.keras_model is not None:
+        return _trace_keras(loaded.keras_model, dynamic_sequence)
+    return _trace_saved_model(loaded.saved_model)
+
+
+# ---------------------------------------------------------------- Keras models
+
+
+def _walk_layers(layer: Any) -> Iterator[Any]:
+    """Every layer inside ``layer`` (nested models, Bidirectional/TimeDistributed wrappers)."""
+    seen: set[int] = set()
+    stack = [layer]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        for attr in ("layers", "_layers"):
+            children = getattr(current, attr, None)
+            if isinstance(children, (list, tuple)):
+                stack.extend(children)
+        for attr in ("forward_layer", "backward_layer", "layer", "cell"):
+            child = getattr(current, attr, None)
+            if child is not None and hasattr(child, "name") and hasattr(child, "weights"):
+                stack.append(child)
+
+
+def _clean_name(name: str, fallback: str) -> str:
+    """An ONNX/protocol friendly tensor name; Keras' automatic names become ``fallback``."""
+    name = name.split(":")[0]
+    if not name or name.startswith("keras_tensor"):
+        return fallback
+    return _NAME_CHARS.sub("_", name)
+
+
+def _dedupe(names: Sequence[str]) -> list[str]:
+    result: list[str] = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in result:
+            n += 1
+            candidate = f"{name}_{n}"
+        result.append(candidate)
+    return result
+
+
+def _vocabularies(model: Any, tensors: Sequence[Any]) -> list[int | None]:
+    """For each input tensor, the input_dim of the Embedding it feeds, if any."""
+    import keras
+
+    embeddings = [
+        layer for layer in _walk_layers(model) if isinstance(layer, keras.layers.Embedding)
+    ]
+    found: list[int | None] = [None] * len(tensors)
+    for layer in embeddings:
+        try:
+            layer_input = layer.input
+        except (AttributeError, ValueError):  # shared layer or not called on a symbolic input
+            continue
+        for i, tensor in enumerate(tensors):
+            if layer_input is tensor:
+                vocab = int(layer.input_dim)
+                found[i] = vocab if found[i] is None else min(found[i], vocab)
+    if embeddings:
+        smallest = min(int(layer.input_dim) for layer in embeddings)
+        first = model.layers[0] if getattr(model, "layers", None) else None
+        for i, tensor in enumerate(tensors):
+            integer = np.issubdtype(np.dtype(str(tensor.dtype)), np.integer)
+            sequential_embedding = isinstance(model, keras.Sequential) and first in embeddings
+            if found[i] is None and (integer or sequential_embedding):
+                found[i] = smallest
+    return found
+
+
+def _masks_padding(model: Any) -> bool:
+    import keras
+
+    return any(
+        isinstance(layer, keras.layers.Embedding) and getattr(layer, "mask_zero", False)
+        for layer in _walk_layers(model)
+    )
+
+
+def _keras_loop_causes(model: Any) -> list[str]:
+    """Layer settings that make tf2onnx emit an ONNX Loop instead of a fused LSTM op."""
+    import keras
+
+    layers = list(_walk_layers(model))
+    rnns = [layer for layer in layers if isinstance(layer, keras.layers.RNN)]
+    causes: list[str] = []
+    if not rnns:
+        return causes
+    masks = [
+        f"Embedding '{layer.name}' with mask_zero=True"
+        for layer in layers
+        if isinstance(layer, keras.layers.Embedding) and getattr(layer, "mask_zero", False)
+    ]
+    masks += [
+        f"Masking layer '{layer.name}'"
+        for layer in layers
+        if isinstance(layer, keras.layers.Masking)
+    ]
+    if masks:
+        causes.append("masking (" + ", ".join(masks) + ") feeds the recurrent layers")
+    for layer in rnns:
+        cell = getattr(layer, "cell", layer)
+        if isinstance(layer, keras.layers.GRU):
+            causes.append(f"GRU layer '{layer.name}'")
+        elif isinstance(layer, keras.layers.SimpleRNN):
+            causes.append(f"SimpleRNN layer '{layer.name}'")
+        elif not isinstance(layer, keras.layers.LSTM):
+            causes.append(f"recurrent layer '{layer.name}' ({type(layer).__name__})")
+        if float(getattr(cell, "recurrent_dropout", 0.0) or 0.0) > 0:
+            causes.append(f"recurrent_dropout={cell.recurrent_dropout} in '{layer.name}'")
+        activation = getattr(getattr(cell, "recurrent_activation", None), "__name__", "")
+        if "hard_sigmoid" in activation:
+            causes.append(f"hard_sigmoid recurrent activation in '{layer.name}'")
+    return causes
+
+
+def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
+    tf = import_tensorflow()
+
+    struct = getattr(model, "_inputs_struct", None)
+    if isinstance(struct, dict):
+        keys = [str(k) for k in struct]
+        tensors = list(struct.values())
+        call_kind = "dict"
+        names = [_clean_name(k, f"input_{i}") for i, k in enumerate(keys)]
+    else:
+        tensors = list(model.inputs)
+        keys = []
+        call_kind = (
+            "single" if len(tensors) == 1 and not isinstance(struct, (list, tuple)) else "list"
+        )
+        default = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
+        names = [_clean_name(str(t.name), default[i]) for i, t in enumerate(tensors)]
+    names = _dedupe(names)
+    vocabularies = _vocabularies(model, tensors)
+
+    declared: list[tuple[int | None, ...]] = []
+    dtypes: list[str] = []
+    for name, tensor in zip(names, tensors, strict=False):
+        dtype = np.dtype(str(tensor.dtype)) if str(tensor.dtype) != "string" else None
+        if dtype is None or dtype.kind not in "biuf":
+            raise UnsupportedModelError(
+                f"input {name!r} has dtype {tensor.dtype}; only numeric and boolean inputs can be "
+                "converted (move string preprocessing such as TextVectorization out of the model)"
+            )
+        dtypes.append(dtype.name)
+        shape = tuple(tensor.shape)
+        declared.append((None, *shape[1:]))
+
+    def arguments(values: Sequence[Any]) -> Any:
+        if call_kind == "dict":
+            return dict(zip(keys, values, strict=False))
+        if call_kind == "single":
+            return values[0]
+        return list(values)
+
+    output_names: list[str] = []
+
+    def flatten(result: Any) -> dict[str, Any]:
+        if isinstance(result, dict):
+            raw = [str(k) for k in result]
+            values = list(result.values())
+        elif isinstance(result, (list, tuple)):
+            values = list(result)
+            raw = _keras_output_names(model, len(values))
+        else:
+            values = [result]
+            raw = _keras_output_names(model, 1)
+        cleaned = _dedupe([_clean_name(n, f"output_{i}") for i, n in enumerate(raw)])
+        return dict(zip(cleaned, values, strict=False))
+
+    def build(shapes: Sequence[tuple[int | None, ...]]) -> tuple[Any, list[Any]]:
+        specs = [
+            tf.TensorSpec(shape, tf.as_dtype(dtype), name=name)
+            for name, dtype, shape in zip(names, dtypes, shapes, strict=False)
+        ]
+
+        def call(*values: Any) -> dict[str, Any]:
+            return flatten(model(arguments(values), training=False))
+
+        return tf.function(call, input_signature=specs, autograph=False), specs
+
+    def eager(values: Sequence[Any]) -> Any:
+        tensors_in = [
+            tf.constant(v, dtype=tf.as_dtype(d)) for v, d in zip(values, dtypes, strict=True)
+        ]
+        return model(arguments(tensors_in), training=False)
+
+    candidates = [
+        i
+        for i, shape in enumerate(declared)
+        if len(shape) in (2, 3)
+        and shape[1] is not None
+        and (len(shape) == 3 or vocabularies[i] is not None or np.dtype(dtypes[i]).kind in "iu")
+    ]
+    shapes = list(declared)
+    function = specs = None
+    if dynamic_sequence and candidates:
+        relaxed = [
+            (None, None, *shape[2:]) if i in candidates else shape
+            for i, shape in enumerate(declared)
+        ]
+        try:
+            function, specs = build(relaxed)
+            function.get_concrete_function()
+            _probe(function, eager, names, dtypes, relaxed, declared, vocabularies)
+            shapes = relaxed
+        except Exception:
+            function = specs = None
+    if function is None:
+        try:
+            function, specs = build(shapes)
+            function.get_concrete_function()
+        except Exception as exc:
+            raise ExportError(f"tracing the Keras model failed: {_first_line(exc)}") from exc
+
+    probe = function.get_concrete_function().structured_outputs
+    output_names.extend(probe.keys())
+
+    inputs = [
+        InputInfo(
+            name=name,
+            dtype=dtype,
+            shape=tuple(shape),
+            example_shape=_example_shape(declared_shape),
+            vocabulary=vocab,
+            padded=vocab is not None and _masks_padding(model),
+        )
+        for name, dtype, shape, declared_shape, vocab in zip(
+            names, dtypes, shapes, declared, vocabularies, strict=False
+        )
+    ]
+
+    def reference(values: Arrays) -> dict[str, np.ndarray]:
+        tensors_in = [tf.constant(values[i.name], dtype=tf.as_dtype(i.dtype)) for i in inputs]
+        result = flatten(model(arguments(tensors_in), training=False))
+        return {k: np.asarray(v) for k, v in result.items()}
+
+    return TracedModel(
+        function=function,
+        input_signature=list(specs or []),
+        inputs=inputs,
+        output_names=output_names,
+        reference=reference,
+        loop_causes=_keras_loop_causes(model),
+        source_kind="keras",
+    )
+
+
+def _keras_output_names(model: Any, count: int) -> list[str]:
+    """The Keras names of the model's outputs (the layers that produce them)."""
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != count:
+        names = []
+        for tensor in getattr(model, "outputs", None) or []:
+            history = getattr(tensor, "_keras_history", None)
+            operation = getattr(history, "operation", None) or (history[0] if history else None)
+            names.append(getattr(operation, "name", "") or "")
+    if len(names) != count:
+        names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+    return names
+
+
+def _example_shape(declared: tuple[int | None, ...]) -> tuple[int, ...]:
+    return tuple(DEFAULT_SEQUENCE_LENGTH if d is None else int(d) for d in declared[1:])
+
+
+def _probe(
+    function: Any,
+    eager: Callable[[list[np.ndarray]], Any],
+    names: Sequence[str],
+    dtypes: Sequence[str],
+    relaxed: Sequence[tuple[int | None, ...]],
+    declared: Sequence[tuple[int | None, ...]],
+    vocabularies: Sequence[int | None],
+) -> None:
+    """Run Keras and the relaxed function at a length the model was not built with.
+
+    Tracing alone is not proof: TensorFlow defers some shape checks (a Dense
+    after Flatten traces fine with an unknown length and fails at run time).
+    And Keras itself must accept the length (a functional model built on
+    ``Input(shape=(12,))`` refuses others), or the ONNX model would accept
+    inputs that Keras calls invalid and that could not be checked against it.
+    """
+    from onnxserve.converter.inputs import generate
+
+    values = []
+    for name, dtype, shape, declared_shape, vocab in zip(
+        names, dtypes, relaxed, declared, vocabularies, strict=False
+    ):
+        example = list(_example_shape(declared_shape))
+        if len(shape) >= 2 and shape[1] is None and declared_shape[1] is not None:
+            example[0] = int(declared_shape[1]) + 3
+        info = InputInfo(name, dtype, tuple(shape), tuple(example), vocab)
+        values.append(generate(info, 2, np.random.default_rng(1)))
+    eager(values)
+    function(*values)
+
+
+# ------------------------------------------------------------ SavedModels
+
+
+def _trace_saved_model(loaded: Any) -> TracedModel:
+    tf = import_tensorflow()
+    signature = loaded.signatures["serving_default"]
+    _, keyword_specs = signature.structured_input_signature
+    original = list(keyword_specs)
+    default = ["input"] if len(original) == 1 else [f"input_{i}" for i in range(len(original))]
+    names = _dedupe([_clean_name(n, default[i]) for i, n in enumerate(original)])
+    vocab = _saved_model_vocabulary(loaded)
+    inputs: list[InputInfo] = []
+    specs = []
+    for name, key in zip(names, original, strict=False):
+        spec = keyword_specs[key]
+        dtype = spec.dtype.as_numpy_dtype
+        if np.dtype(dtype).kind not in "biuf":
+            raise UnsupportedModelError(
+                f"input {key!r} has dtype {spec.dtype.name}; not convertible"
+            )
+        shape = tuple(spec.shape.as_list())
+        token_ids = vocab is not None and (np.dtype(dtype).kind in "iu" or len(shape) == 2)
+        inputs.append(
+            InputInfo(
+                name=name,
+                dtype=np.dtype(dtype).name,
+                shape=shape,
+                example_shape=_example_shape(shape),
+                vocabulary=vocab if token_ids else None,
+            )
+        )
+        specs.append(tf.TensorSpec(shape, spec.dtype, name=name))
+    raw_outputs = list(signature.structured_outputs)
+    out_names = _dedupe([_clean_name(str(n), f"output_{i}") for i, n in enumerate(raw_outputs)])
+
+    def call(*values: Any) -> dict[str, Any]:
+        result = signature(**dict(zip(original, values, strict=False)))
+        return {new: result[old] for new, old in zip(out_names, raw_outputs, strict=False)}
+
+    function = tf.function(call, input_signature=specs, autograph=False)
+    try:
+        function.get_concrete_function()
+    except Exception as exc:
+        raise ExportError(f"tracing the SavedModel failed: {_first_line(exc)}") from exc
+
+    def reference(values: Arrays) -> dict[str, np.ndarray]:
+        result = signature(
+            **{old: tf.constant(values[i.name]) for old, i in zip(original, inputs, strict=False)}
+        )
+        return {
+            new: np.asarray(result[old]) for new, old in zip(out_names, raw_outputs, strict=False)
+        }
+
+    return TracedModel(
+        function=function,
+        input_signature=specs,
+        inputs=inputs,
+        output_names=out_names,
+        reference=reference,
+        loop_causes=[],
+        source_kind="saved_model",
+    )
+
+
+def _saved_model_vocabulary(loaded: Any) -> int | None:
+    """The smallest embedding table's row count, from the SavedModel's variable names."""
+    sizes = [
+        int(v.shape[0])
+        for v in getattr(loaded, "variables", [])
+        if "embedding" in v.name.lower() and len(v.shape) == 2
+    ]
+    return min(sizes) if sizes else None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]
