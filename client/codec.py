@@ -162,9 +162,7 @@ def deserialize_bytes_tensor(buffer: bytes, count: int | None = None) -> np.ndar
         elements.append(bytes(view[offset : offset + length]))
         offset += length
     if count is not None and len(elements) != count:
-        raise CodecError(
-            f"BYTES tensor holds {len(elements)} elements but its shape needs {count}"
-        )
+        raise CodecError(f"BYTES tensor holds {len(elements)} elements but its shape needs {count}")
     result = np.empty(len(elements), dtype=object)
     result[:] = elements
     return result
@@ -225,9 +223,7 @@ def contents_to_array(
     return array.reshape(tuple(shape))
 
 
-def array_to_contents(
-    array: np.ndarray, datatype: str, contents: pb.InferTensorContents
-) -> None:
+def array_to_contents(array: np.ndarray, datatype: str, contents: pb.InferTensorContents) -> None:
     """Fill typed contents from an array (the form clients that avoid raw bytes read)."""
     field = _CONTENTS_FIELD.get(datatype)
     if field is None:
@@ -235,9 +231,7 @@ def array_to_contents(
     flat = np.asarray(array).reshape(-1)
     target = getattr(contents, field)
     if datatype == "BYTES":
-        target.extend(
-            e.encode("utf-8") if isinstance(e, str) else bytes(e) for e in flat.tolist()
-        )
+        target.extend(e.encode("utf-8") if isinstance(e, str) else bytes(e) for e in flat.tolist())
     else:
         target.extend(flat.tolist())
 
@@ -258,18 +252,14 @@ def encode_input(
     else:
         numpy_dtype(datatype)  # raises the unknown-datatype error
         if datatype != "BYTES" and array.dtype.kind in _BYTES_KINDS:
-            raise CodecError(
-                f"input '{name}': a {array.dtype} array cannot be sent as {datatype}"
-            )
+            raise CodecError(f"input '{name}': a {array.dtype} array cannot be sent as {datatype}")
     tensor = pb.ModelInferRequest.InferInputTensor(
         name=name, datatype=datatype, shape=[int(d) for d in array.shape]
     )
     return tensor, array_to_raw(array, datatype)
 
 
-def decode_output(
-    tensor: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None
-) -> np.ndarray:
+def decode_output(tensor: pb.ModelInferResponse.InferOutputTensor, raw: bytes | None) -> np.ndarray:
     """One output tensor as an array: from its raw bytes when given, else its typed contents.
 
     Numeric raw outputs are read-only zero-copy views of ``raw``; BYTES outputs

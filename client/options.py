@@ -193,9 +193,7 @@ class ChannelPlan:
     tls: bool
 
 
-def plan_channels(
-    url: str | Sequence[str], channels_per_url: int, tls: bool
-) -> ChannelPlan:
+def plan_channels(url: str | Sequence[str], channels_per_url: int, tls: bool) -> ChannelPlan:
     """Lay out ``channels_per_url`` channels for each URL, interleaved for round robin.
 
     With several server processes behind one port (SO_REUSEPORT) each channel

@@ -132,9 +132,7 @@ def test_strings_and_bytes_are_sent_as_framed_bytes(value: object) -> None:
     request = calls.build_infer_request("m", {"s": value})
     assert request.inputs[0].datatype == "BYTES"
     assert list(request.inputs[0].shape) == [2, 2]
-    expected = b"".join(
-        struct.pack("<I", len(e)) + e for e in (b"ab", "é".encode(), b"", b"xyz")
-    )
+    expected = b"".join(struct.pack("<I", len(e)) + e for e in (b"ab", "é".encode(), b"", b"xyz"))
     assert request.raw_input_contents[0] == expected
 
 
@@ -208,7 +206,11 @@ def test_request_carries_version_id_outputs_and_typed_parameters() -> None:
     assert p["ratio"].double_param == 0.5
     assert p["tag"].string_param == "t"
     assert calls.decode_parameters(request.parameters) == {
-        "flag": True, "priority": 1, "big": 2**63, "ratio": 0.5, "tag": "t"
+        "flag": True,
+        "priority": 1,
+        "big": 2**63,
+        "ratio": 0.5,
+        "tag": "t",
     }
 
 
