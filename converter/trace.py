@@ -216,7 +216,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
             "single" if len(tensors) == 1 and not isinstance(struct, (list, tuple)) else "list"
         )
         default = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
-        names = [_clean_name(str(t.name), default[i]) for i, t in enumerate(tensors)]
+        names = [_clean_name(_input_layer_name(t), default[i]) for i, t in enumerate(tensors)]
     names = _dedupe(names)
     vocabularies = _vocabularies(model, tensors)
 
@@ -331,6 +331,18 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         loop_causes=_keras_loop_causes(model),
         source_kind="keras",
     )
+
+
+def _input_layer_name(tensor: Any) -> str:
+    """The name of the InputLayer behind a model input ('tokens' for Input(name='tokens')).
+
+    Not the tensor's own name: an in-memory model's input tensors are called
+    'keras_tensor_N' while the same model loaded from a file has them named
+    after their InputLayer, and the ONNX names must not depend on that.
+    """
+    history = getattr(tensor, "_keras_history", None)
+    operation = getattr(history, "operation", None)
+    return str(getattr(operation, "name", "") or getattr(tensor, "name", ""))
 
 
 def _keras_output_names(model: Any, count: int) -> list[str]:

@@ -1,0 +1,401 @@
+"""The Keras -> ONNX converter on real Keras models, real tf2onnx and real onnxruntime.
+
+Every family of issue 4 is trained for one step, saved as .keras, converted
+into a temporary repository and checked here independently of the converter's
+own verification: names, named dims, config.pbtxt, and onnxruntime's answers
+against Keras on inputs the converter never saw.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+from onnxserve.client.protocol import model_config_pb2 as mc
+from tests import converter_fixtures as fx
+from tests.converter_models import LENGTH, VOCABULARY
+
+pytestmark = pytest.mark.slow
+
+# family -> (inputs {name: (config type, dims)}, outputs {name: (config type, dims)}, loop?)
+# None as a name means "the Keras name of that tensor" (Sequential models name them).
+EXPECTED: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
+    "seed_lstm": ({None: ("TYPE_FP32", [-1])}, {None: ("TYPE_FP32", [1])}, False),
+    "cnn": ({"image": ("TYPE_FP32", [16, 16, 3])}, {"probabilities": ("TYPE_FP32", [3])}, False),
+    "gru": ({"tokens": ("TYPE_INT32", [LENGTH])}, {"positive": ("TYPE_FP32", [1])}, True),
+    "bidirectional_lstm": (
+        {"tokens": ("TYPE_INT32", [LENGTH])},
+        {"positive": ("TYPE_FP32", [1])},
+        False,
+    ),
+    "conv1d_text": ({"tokens": ("TYPE_INT32", [LENGTH])}, {"positive": ("TYPE_FP32", [1])}, False),
+    "attention": (
+        {"tokens": ("TYPE_INT32", [LENGTH])},
+        {"probabilities": ("TYPE_FP32", [2])},
+        False,
+    ),
+    "multi_io": (
+        {"tokens": ("TYPE_INT32", [LENGTH]), "features": ("TYPE_FP32", [4])},
+        {
+            "score": ("TYPE_FP32", [1]),
+            "logits": ("TYPE_FP32", [3]),
+            "label": ("TYPE_INT32", [1]),
+        },
+        False,
+    ),
+    "masked_lstm": (
+        {"tokens": ("TYPE_INT32", [LENGTH])},
+        {"positive": ("TYPE_FP32", [1])},
+        True,
+    ),
+}
+
+
+def expected_io(family: str) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    inputs, outputs, loop = EXPECTED[family]
+    model = fx.trained(family)
+    if None in inputs:
+        inputs = {model.inputs[0]._keras_history.operation.name: inputs[None]}
+    if None in outputs:
+        outputs = {model.layers[-1].name: outputs[None]}
+    return inputs, outputs, loop
+
+
+def make_inputs(family: str, batch: int, seed: int = 123, length: int = LENGTH) -> dict[str, Any]:
+    """Inputs the converter never saw: ids in the vocabulary, zero-padded for the masked model."""
+    rng = np.random.default_rng(seed)
+    inputs, _, _ = expected_io(family)
+    arrays: dict[str, Any] = {}
+    for name, (data_type, dims) in inputs.items():
+        dtype = {"TYPE_FP32": np.float32, "TYPE_INT32": np.int32}[data_type]
+        shape = [batch, *(length if d == -1 else d for d in dims)]
+        if name == "features" or name == "image":
+            arrays[name] = rng.random(shape).astype(dtype)
+        else:
+            ids = rng.integers(1, VOCABULARY, size=shape)
+            if family == "masked_lstm":
+                ids[:, rng.integers(2, LENGTH) :] = 0
+            arrays[name] = ids.astype(dtype)
+    return arrays
+
+
+def run_onnx(path: Path, inputs: dict[str, Any]) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, inputs), strict=True))
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def assert_matches_keras(family: str, model_path: Path, batch: int, atol: float = 1e-5) -> float:
+    inputs = make_inputs(family, batch)
+    got = run_onnx(model_path, inputs)
+    want = fx.keras_outputs(family, inputs)
+    assert set(got) == set(want)
+    worst = 0.0
+    for name, expected in want.items():
+        assert got[name].dtype == expected.dtype, name
+        assert got[name].shape == expected.shape, name
+        np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=atol, err_msg=name)
+        worst = max(worst, float(np.max(np.abs(got[name].astype(np.float64) - expected))))
+    return worst
+
+
+@pytest.mark.parametrize("family", list(EXPECTED))
+def test_family_converts_from_keras_file(family: str, tmp_path: Path) -> None:
+    from onnxserve.converter import convert
+
+    lines: list[str] = []
+    report = convert(fx.saved(family), tmp_path, family, max_batch_size=8, progress=lines.append)
+    inputs, outputs, loop = expected_io(family)
+
+    # Files in Triton's layout.
+    assert report.version == 1
+    assert report.model_path == tmp_path / family / "1" / "model.onnx"
+    assert report.model_path.is_file() and report.config_path.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [family]  # no staging left behind
+    assert report.size_bytes == report.model_path.stat().st_size
+
+    # config.pbtxt: what the server loads as is.
+    config = read_config(tmp_path / family / "config.pbtxt")
+    assert config.name == family
+    assert config.platform == "onnxruntime_onnx" and config.backend == "onnxruntime"
+    assert config.max_batch_size == 8
+    assert config.HasField("dynamic_batching")
+    assert {i.name: (mc.DataType.Name(i.data_type), list(i.dims)) for i in config.input} == inputs
+    assert {o.name: (mc.DataType.Name(o.data_type), list(o.dims)) for o in config.output} == outputs
+
+    # ONNX graph: names and named dims.
+    import onnx
+
+    model = onnx.load(str(report.model_path))
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        assert dims[0].dim_param == "batch", value.name
+        if inputs[value.name][1] == [-1]:
+            assert dims[1].dim_param == "sequence"
+    for value in model.graph.output:
+        assert value.type.tensor_type.shape.dim[0].dim_param == "batch", value.name
+    assert not any(
+        p.dim_param.startswith("unk__")
+        for v in model.graph.input
+        for p in v.type.tensor_type.shape.dim
+    )
+
+    # The converter's own check: within 1e-5 at batch 1, an odd size and the max.
+    assert [c.batch_size for c in report.checks][:3] == [1, 5, 8]
+    assert report.max_abs_difference <= 1e-5
+    assert all(c.passed for c in report.checks)
+
+    # Independently: onnxruntime on the written file vs Keras, new inputs, odd batch.
+    assert_matches_keras(family, report.model_path, batch=3)
+
+    # Loops are reported when (and only when) they are there.
+    assert bool(report.loop_nodes) == loop
+    assert any("ONNX Loop" in w for w in report.warnings) == loop
+    if loop:
+        assert "3-5x slower" in report.warnings[0]
+    # Progress was shown, stage by stage, and the report names what was written.
+    assert [line.split("]")[0].split()[0] for line in lines if line.startswith("[")] == [
+        f"[{n}/6" for n in range(1, 7) if n != 5
+    ]
+    text = report.format()
+    assert str(report.model_path) in text and "max abs" in text
+
+
+def test_sequential_seed_model_gets_a_dynamic_sequence_length(tmp_path: Path) -> None:
+    """The seed model accepts other lengths in Keras, so the ONNX model does too."""
+    from onnxserve.converter import convert
+
+    report = convert(fx.trained("seed_lstm"), tmp_path, "seed", max_batch_size=4)
+    assert any(c.sequence_length == LENGTH + 3 for c in report.checks)
+    inputs = make_inputs("seed_lstm", 2, length=LENGTH * 2)
+    got = run_onnx(report.model_path, inputs)
+    want = fx.keras_outputs("seed_lstm", inputs)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5)
+
+
+def test_functional_model_with_fixed_length_keeps_it(tmp_path: Path) -> None:
+    """A functional model on Input(shape=(12,)) refuses other lengths in Keras: kept fixed."""
+    from onnxserve.converter import convert
+
+    report = convert(fx.trained("conv1d_text"), tmp_path, "conv", max_batch_size=4)
+    assert report.inputs[0].onnx_shape == ("batch", LENGTH)
+    assert all(c.sequence_length is None for c in report.checks)
+
+
+def test_seed_model_from_saved_model(tmp_path: Path) -> None:
+    from onnxserve.converter import convert
+
+    report = convert(fx.saved("seed_lstm", "saved_model"), tmp_path, "seed", max_batch_size=8)
+    assert [i.name for i in report.inputs] == ["input"]  # Keras' 'keras_tensor' renamed
+    assert [o.name for o in report.outputs] == ["output_0"]  # the serving signature's name
+    assert report.inputs[0].onnx_shape == ("batch", LENGTH)
+    assert report.max_abs_difference <= 1e-5
+    inputs = make_inputs("seed_lstm", 5)
+    want = next(iter(fx.keras_outputs("seed_lstm", inputs).values()))
+    got = run_onnx(report.model_path, {"input": next(iter(inputs.values()))})["output_0"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_seed_model_from_legacy_h5(tmp_path: Path) -> None:
+    from onnxserve.converter import convert
+
+    report = convert(fx.saved("seed_lstm", "h5"), tmp_path, "seed_h5", max_batch_size=4)
+    assert report.max_abs_difference <= 1e-5
+    assert_matches_keras("seed_lstm", report.model_path, batch=3)
+
+
+def test_same_name_twice_gives_versions_1_and_2_and_never_overwrites(tmp_path: Path) -> None:
+    from onnxserve.converter import RepositoryError, convert
+
+    model = fx.trained("cnn")
+    first = convert(model, tmp_path, "cnn", max_batch_size=4)
+    config_before = first.config_path.read_bytes()
+    model_before = first.model_path.read_bytes()
+    second = convert(model, tmp_path, "cnn", max_batch_size=4)
+    assert (first.version, second.version) == (1, 2)
+    assert sorted(p.name for p in (tmp_path / "cnn").iterdir()) == ["1", "2", "config.pbtxt"]
+    assert first.config_written and not second.config_written
+    assert first.config_path.read_bytes() == config_before
+    with pytest.raises(RepositoryError, match="never overwritten"):
+        convert(model, tmp_path, "cnn", version=1, max_batch_size=4)
+    assert first.model_path.read_bytes() == model_before
+    third = convert(model, tmp_path, "cnn", version=7, max_batch_size=4)
+    assert third.model_path == tmp_path / "cnn" / "7" / "model.onnx"
+    # A different signature under the same name is refused: versions share config.pbtxt.
+    with pytest.raises(RepositoryError, match="other inputs/outputs"):
+        convert(model, tmp_path, "cnn", max_batch_size=16)
+    assert sorted(p.name for p in (tmp_path / "cnn").iterdir()) == ["1", "2", "7", "config.pbtxt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["cnn"]
+
+
+def test_failed_check_writes_nothing(tmp_path: Path) -> None:
+    """With a zero tolerance the LSTM's 1e-7 differences fail the check: nothing is written."""
+    from onnxserve.converter import VerificationError, convert
+
+    with pytest.raises(VerificationError, match="does not match the Keras model"):
+        convert(fx.trained("seed_lstm"), tmp_path / "repo", "seed", rtol=0.0, atol=0.0)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_unsupported_operation_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    """keras.ops.argmax compiles to Bitcast with the TensorFlow backend: ONNX has none."""
+    import keras
+
+    from onnxserve.converter import UnsupportedModelError, convert
+
+    inputs = keras.Input(shape=(4,), name="x")
+    scores = keras.layers.Dense(3)(inputs)
+    model = keras.Model(inputs, {"label": keras.ops.argmax(scores, axis=-1)})
+    with pytest.raises(UnsupportedModelError, match="Bitcast") as caught:
+        convert(model, tmp_path, "argmax")
+    assert "argmax" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda d: d / "missing.keras", "does not exist"),
+        (lambda d: _write(d / "notes.txt", b"hello"), "not a Keras model"),
+        (lambda d: _write(d / "garbage.keras", b"this is not a zip file"), "Keras cannot load"),
+        (lambda d: _write(d / "garbage.h5", b"neither is this an HDF5 file"), "Keras cannot load"),
+        (lambda d: _mkdir(d / "empty_dir"), "not a TensorFlow SavedModel"),
+    ],
+)
+def test_bad_model_paths_are_clear_errors(tmp_path: Path, make: Any, message: str) -> None:
+    from onnxserve.converter import ModelLoadError, convert
+
+    source = tmp_path / "sources"
+    source.mkdir()
+    with pytest.raises(ModelLoadError, match=message):
+        convert(make(source), tmp_path / "repo", "bad")
+    assert not (tmp_path / "repo").exists()
+
+
+def test_not_a_keras_model_object(tmp_path: Path) -> None:
+    from onnxserve.converter import ModelLoadError, convert
+
+    with pytest.raises(ModelLoadError, match=r"expected a keras\.Model"):
+        convert(object(), tmp_path, "bad")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+def test_int8_quantization_is_judged_on_label_agreement(tmp_path: Path) -> None:
+    import onnx
+
+    from onnxserve.converter import convert
+
+    report = convert(
+        fx.trained("seed_lstm"),
+        tmp_path,
+        "seed_int8",
+        max_batch_size=8,
+        quantize="int8",
+        min_agreement=0.9,
+    )
+    assert report.variant is not None
+    assert report.variant.description == "int8 dynamic quantization"
+    assert report.variant.agreement is not None and report.variant.agreement >= 0.9
+    assert 0 < report.variant.max_abs < 0.1  # changed, but not by much
+    ops = {n.op_type for n in onnx.load(str(report.model_path)).graph.node}
+    assert ops & {"DynamicQuantizeLSTM", "DynamicQuantizeLinear", "MatMulInteger"}
+    assert "label agreement" in report.format()
+
+
+def test_fp16_keeps_float32_inputs_and_outputs(tmp_path: Path) -> None:
+    import onnx
+
+    from onnxserve.converter import convert
+
+    report = convert(fx.trained("cnn"), tmp_path, "cnn16", max_batch_size=8, fp16=True)
+    assert report.variant is not None and report.variant.agreement is not None
+    assert report.variant.agreement >= 0.99
+    model = onnx.load(str(report.model_path))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    config = read_config(report.config_path)
+    assert [mc.DataType.Name(i.data_type) for i in config.input] == ["TYPE_FP32"]
+    got = run_onnx(report.model_path, make_inputs("cnn", 4))
+    assert got["probabilities"].dtype == np.float32
+
+
+def test_extended_optimization_stays_within_serving_tolerance(tmp_path: Path) -> None:
+    from onnxserve.converter import convert
+
+    report = convert(
+        fx.trained("attention"), tmp_path, "attention", max_batch_size=8, optimize="extended"
+    )
+    assert report.variant is not None
+    assert report.variant.description == "extended optimization"
+    assert report.variant.max_abs <= 1e-4
+    assert_matches_keras("attention", report.model_path, batch=5, atol=1e-4)
+
+
+def test_quantize_and_fp16_together_are_refused_before_any_work(tmp_path: Path) -> None:
+    from onnxserve.converter import ConversionError, convert
+
+    with pytest.raises(ConversionError, match="exclude each other"):
+        convert(tmp_path / "does-not-matter.keras", tmp_path, "x", quantize="int8", fp16=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "onnxserve", "convert", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_cli_converts_twice_and_refuses_bad_input(tmp_path: Path) -> None:
+    model = fx.saved("conv1d_text")
+    repo = tmp_path / "repo"
+    config = tmp_path / "convert.toml"
+    config.write_text("[convert]\nmax_batch_size = 4\nopset = 17\n")
+    for expected_version in (1, 2):
+        done = _cli(
+            str(model), "--repository", str(repo), "--name", "text", "--config", str(config)
+        )
+        assert done.returncode == 0, done.stderr
+        assert f"'text' version {expected_version}" in done.stdout
+        assert "[4/6" in done.stderr and "max abs" in done.stdout
+    assert read_config(repo / "text" / "config.pbtxt").max_batch_size == 4
+    assert sorted(p.name for p in (repo / "text").iterdir()) == ["1", "2", "config.pbtxt"]
+
+    missing = _cli(
+        str(tmp_path / "nope.keras"), "--repository", str(tmp_path / "r2"), "--name", "x"
+    )
+    assert missing.returncode == 1
+    assert "does not exist" in missing.stderr and "nothing was written" in missing.stderr
+    assert not (tmp_path / "r2").exists()
+
+    again = _cli(str(model), "--repository", str(repo), "--name", "text", "--version", "2")
+    assert again.returncode == 1 and "never overwritten" in again.stderr
+    assert sorted(p.name for p in (repo / "text").iterdir()) == ["1", "2", "config.pbtxt"]

@@ -1,0 +1,142 @@
+"""Converter parts that need neither TensorFlow nor Keras: fast, not marked slow.
+
+The repository writer, config building, label agreement and the CLI's
+lightness are checked on small ONNX graphs built by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from google.protobuf import text_format
+from onnx import TensorProto, helper
+
+from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.converter.errors import RepositoryError
+from onnxserve.converter.repository import build_config, existing_versions, write_entry
+from onnxserve.converter.variants import label_agreement
+from onnxserve.converter.verify import check_batch_sizes, compare_outputs
+
+
+def tiny_model(width: int = 3, out_type: int = TensorProto.FLOAT) -> onnx.ModelProto:
+    """y = cast(x * 2): inputs [batch, sequence, width] float, output of out_type."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", width])
+    y = helper.make_tensor_value_info("y", out_type, ["batch", "sequence", width])
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["m"]),
+        helper.make_node("Cast", ["m"], ["y"], to=out_type),
+    ]
+    graph = helper.make_graph(nodes, "tiny", [x], [y], [two])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_build_config_drops_the_batch_dim_and_maps_types() -> None:
+    config = build_config(tiny_model(out_type=TensorProto.INT64), "tiny", 16)
+    assert config.platform == "onnxruntime_onnx" and config.backend == "onnxruntime"
+    assert config.max_batch_size == 16 and config.HasField("dynamic_batching")
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("x", mc.TYPE_FP32, [-1, 3])
+    ]
+    assert [(o.name, o.data_type, list(o.dims)) for o in config.output] == [
+        ("y", mc.TYPE_INT64, [-1, 3])
+    ]
+    text = text_format.MessageToString(config)
+    assert "dynamic_batching {\n}" in text and 'platform: "onnxruntime_onnx"' in text
+
+
+def test_write_entry_versions_atomic_and_never_overwrites(tmp_path: Path) -> None:
+    model = tiny_model()
+    config = build_config(model, "tiny", 8)
+    first = write_entry(tmp_path, "tiny", model, config)
+    second = write_entry(tmp_path, "tiny", model, config)
+    assert (first.version, second.version) == (1, 2)
+    assert existing_versions(tmp_path / "tiny") == [1, 2]
+    assert onnx.load(str(second.model_path)).graph.name == "tiny"
+    with pytest.raises(RepositoryError, match="never overwritten"):
+        write_entry(tmp_path, "tiny", model, config, version=2)
+    # No staging folders left behind, hidden or not.
+    assert [p.name for p in tmp_path.iterdir()] == ["tiny"]
+    # A different signature is refused and writes nothing.
+    other = tiny_model(width=4)
+    with pytest.raises(RepositoryError, match="other inputs/outputs"):
+        write_entry(tmp_path, "tiny", other, build_config(other, "tiny", 8))
+    assert existing_versions(tmp_path / "tiny") == [1, 2]
+
+
+def test_write_entry_adds_a_config_to_a_folder_without_one(tmp_path: Path) -> None:
+    (tmp_path / "tiny" / "3").mkdir(parents=True)
+    model = tiny_model()
+    entry = write_entry(tmp_path, "tiny", model, build_config(model, "tiny", 8))
+    assert entry.version == 4 and entry.config_written
+    assert text_format.Parse(entry.config_path.read_text(), mc.ModelConfig()).name == "tiny"
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "../up", "x" * 129, "sp ace"])
+def test_bad_model_names_are_refused(tmp_path: Path, name: str) -> None:
+    model = tiny_model()
+    with pytest.raises(RepositoryError, match="not valid"):
+        write_entry(tmp_path, name, model, build_config(model, "x", 8))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_batch_sizes() -> None:
+    assert check_batch_sizes(64) == [1, 5, 64]
+    assert check_batch_sizes(4) == [1, 3, 4]
+    assert check_batch_sizes(2) == [1, 2]
+    assert check_batch_sizes(1) == [1]
+
+
+def test_compare_outputs_uses_allclose_and_reports_relative_differences() -> None:
+    ref = {"y": np.array([[1.0, 0.0, -2.0]], np.float32)}
+    close = compare_outputs({"y": ref["y"] + 5e-6}, ref, rtol=1e-5, atol=1e-5)[0]
+    assert close.within_tolerance and close.max_abs == pytest.approx(5e-6, rel=1e-2)
+    far = compare_outputs({"y": ref["y"] * 1.001}, ref, rtol=1e-5, atol=1e-5)[0]
+    assert not far.within_tolerance and far.max_rel == pytest.approx(1e-3, rel=1e-2)
+    missing = compare_outputs({}, ref, rtol=1e-5, atol=1e-5)[0]
+    assert not missing.within_tolerance
+
+
+def test_label_agreement() -> None:
+    probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.4, 0.6]])
+    assert label_agreement(probs, probs) == 1.0
+    assert label_agreement(probs[:, ::-1], probs) == 0.0
+    sigmoid = np.array([[0.2], [0.7], [0.55]])
+    assert label_agreement(np.array([[0.3], [0.6], [0.45]]), sigmoid) == pytest.approx(2 / 3)
+    assert label_agreement(np.array([[3.0], [-1.0]]), np.array([[2.0], [-1.5]])) is None
+    assert label_agreement(np.array([1, 2, 3]), np.array([1, 2, 4])) == pytest.approx(2 / 3)
+
+
+def test_convert_help_imports_no_tensorflow() -> None:
+    code = (
+        "import sys; from onnxserve.cli import build_parser; build_parser(); "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'tf2onnx', 'onnx', 'onnxruntime') "
+        "if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ
+    )
+    assert done.stdout.strip() == "[]"
+    helped = subprocess.run(
+        [sys.executable, "-m", "onnxserve", "convert", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for flag in (
+        "--repository",
+        "--name",
+        "--version",
+        "--opset",
+        "--max-batch-size",
+        "--optimize",
+        "--quantize",
+        "--fp16",
+    ):
+        assert flag in helped.stdout
