@@ -1,0 +1,164 @@
+"""``onnxserve infer`` against the real protocol server: inputs from files and JSON, outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxserve.cli import main
+from onnxserve.client.cli import format_outputs, parse_input
+from onnxserve.settings import SettingsError
+from tests.support.server import RunningServer
+
+A = np.arange(32, dtype=np.float32).reshape(2, 16)
+B = np.full((2, 16), 0.25, np.float32)
+SIMPLE = {"INPUT0": ("FP32", (-1, 16)), "INPUT1": ("FP32", (-1, 16))}
+
+
+def test_json_inputs_take_the_declared_datatype_and_batch_dimension() -> None:
+    name, array = parse_input("INPUT0=" + json.dumps(list(range(16))), SIMPLE)
+    assert name == "INPUT0"
+    assert array.dtype == np.float32 and array.shape == (1, 16)
+    _, text = parse_input('t=["a", "é"]', {"t": ("BYTES", (-1, 2))})
+    assert text.dtype == object and text.shape == (1, 2)
+    _, undeclared = parse_input("x=[1, 2]", {})
+    assert undeclared.dtype == np.int64 and undeclared.shape == (2,)
+
+
+def test_input_files(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", A.astype(np.float16))
+    (tmp_path / "b.json").write_text(json.dumps(B.tolist()))
+    _, from_npy = parse_input(f"INPUT0={tmp_path / 'a.npy'}", SIMPLE)
+    assert from_npy.dtype == np.float16  # a .npy file keeps its own dtype
+    np.testing.assert_array_equal(from_npy, A.astype(np.float16))
+    _, from_json = parse_input(f"INPUT1={tmp_path / 'b.json'}", SIMPLE)
+    np.testing.assert_array_equal(from_json, B)
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ("INPUT0", "NAME=VALUE"),
+        ("=[1]", "NAME=VALUE"),
+        ("INPUT0=missing.npy", "does not exist"),
+        ("INPUT0=missing.json", "does not exist"),
+        ("INPUT0=[1, 2", "inline JSON"),
+        ('INPUT0=["x"]', "not FP32"),
+    ],
+)
+def test_bad_input_specs_say_what_is_wrong(spec: str, words: str) -> None:
+    with pytest.raises(SettingsError, match=words):
+        parse_input(spec, SIMPLE)
+
+
+def test_json_output_form_decodes_bytes_and_half_floats() -> None:
+    import ml_dtypes
+
+    out = io.StringIO()
+    format_outputs(
+        {
+            "s": np.array([b"ok", b"\xff"], dtype=object),
+            "h": np.array([[0.5, -1.0]], dtype=ml_dtypes.bfloat16),
+        },
+        "json",
+        out,
+    )
+    document = json.loads(out.getvalue())
+    assert document["s"] == {"datatype": "BYTES", "shape": [2], "data": ["ok", "base64:/w=="]}
+    assert document["h"] == {"datatype": "BF16", "shape": [1, 2], "data": [[0.5, -1.0]]}
+
+
+def test_infer_prints_json_outputs(
+    protocol_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    np.save(tmp_path / "a.npy", A)
+    code = main(
+        [
+            "infer",
+            "simple",
+            "--url",
+            protocol_server.address,
+            "--input",
+            f"INPUT0={tmp_path / 'a.npy'}",
+            "--input",
+            "INPUT1=" + json.dumps(B.tolist()),
+            "--format",
+            "json",
+            "--save-dir",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert set(document) == {"OUTPUT0", "OUTPUT1"}
+    assert document["OUTPUT0"]["datatype"] == "FP32"
+    assert document["OUTPUT0"]["shape"] == [2, 16]
+    np.testing.assert_array_equal(np.array(document["OUTPUT0"]["data"], np.float32), A + B)
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "OUTPUT1.npy"), A - B)
+
+
+def test_infer_reads_the_url_from_the_environment_and_filters_outputs(
+    protocol_server: RunningServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("ONNXSERVE_URL", protocol_server.address)
+    row = json.dumps([1.0] * 16)
+    code = main(
+        ["infer", "simple", "--input", f"INPUT0={row}", "--input", f"INPUT1={row}",
+         "--output", "OUTPUT1"]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("OUTPUT1 FP32 [1, 16]\n")
+    assert "OUTPUT0" not in printed
+    assert "[[0., 0., 0." in printed
+
+
+def test_infer_reads_settings_from_a_toml_file(
+    protocol_server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "onnxserve.toml"
+    config.write_text(f'[infer]\nurl = "{protocol_server.address}"\nformat = "json"\n')
+    code = main(
+        ["infer", "identity_bytes", "--config", str(config), "--input",
+         'INPUT0=[["a", "b", "c", "d"]]']
+    )  # fmt: skip
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["OUTPUT0"]["data"] == [["a", "b", "c", "d"]]
+
+
+def test_server_errors_exit_1_with_the_code_and_message(
+    protocol_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["infer", "no_such_model", "--url", protocol_server.address, "--input", "x=[1]"])
+    assert code == 1
+    assert "[NOT_FOUND]" in capsys.readouterr().err
+    code = main(["infer", "simple", "--url", protocol_server.address, "--input", "INPUT0=[1]"])
+    assert code == 1
+    assert "[INVALID_ARGUMENT]" in capsys.readouterr().err
+
+
+def test_a_token_over_plaintext_is_a_usage_error(protocol_server: RunningServer) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["infer", "simple", "--url", protocol_server.address, "--token", "t",
+              "--input", "INPUT0=[1]"])  # fmt: skip
+    assert info.value.code == 2
+
+
+def test_the_installed_command_runs(protocol_server: RunningServer) -> None:
+    row = json.dumps([2.0] * 16)
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxserve", "infer", "simple", "--url", protocol_server.address,
+         "--input", f"INPUT0={row}", "--input", f"INPUT1={row}", "--format", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["OUTPUT0"]["data"] == [[4.0] * 16]
