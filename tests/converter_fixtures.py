@@ -11,7 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tests import converter_models
+from tests.converter_models import LENGTH, VOCABULARY
 
 
 @functools.cache
@@ -40,8 +43,6 @@ def saved(family: str, fmt: str = "keras") -> Path:
 
 def keras_outputs(family: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """Keras' own answer for named inputs, keyed like the ONNX outputs are."""
-    import numpy as np
-
     model = trained(family)
     struct = getattr(model, "_inputs_struct", None)
     if isinstance(struct, dict):
@@ -52,3 +53,65 @@ def keras_outputs(family: str, inputs: dict[str, Any]) -> dict[str, Any]:
     if isinstance(result, dict):
         return {k: np.asarray(v) for k, v in result.items()}
     return {model.layers[-1].name: np.asarray(result)}
+
+
+# family -> (inputs {name: (config type, dims)}, outputs {name: (config type, dims)}, loop?)
+# None as a name means "the Keras name of that tensor" (Sequential models name them).
+EXPECTED: dict[str, tuple[dict[str, Any], dict[str, Any], bool]] = {
+    "seed_lstm": ({None: ("TYPE_FP32", [-1])}, {None: ("TYPE_FP32", [1])}, False),
+    "cnn": ({"image": ("TYPE_FP32", [16, 16, 3])}, {"probabilities": ("TYPE_FP32", [3])}, False),
+    "gru": ({"tokens": ("TYPE_INT32", [LENGTH])}, {"positive": ("TYPE_FP32", [1])}, True),
+    "bidirectional_lstm": (
+        {"tokens": ("TYPE_INT32", [LENGTH])},
+        {"positive": ("TYPE_FP32", [1])},
+        False,
+    ),
+    "conv1d_text": ({"tokens": ("TYPE_INT32", [LENGTH])}, {"positive": ("TYPE_FP32", [1])}, False),
+    "attention": (
+        {"tokens": ("TYPE_INT32", [LENGTH])},
+        {"probabilities": ("TYPE_FP32", [2])},
+        False,
+    ),
+    "multi_io": (
+        {"tokens": ("TYPE_INT32", [LENGTH]), "features": ("TYPE_FP32", [4])},
+        {
+            "score": ("TYPE_FP32", [1]),
+            "logits": ("TYPE_FP32", [3]),
+            "label": ("TYPE_INT32", [1]),
+        },
+        False,
+    ),
+    "masked_lstm": (
+        {"tokens": ("TYPE_INT32", [LENGTH])},
+        {"positive": ("TYPE_FP32", [1])},
+        True,
+    ),
+}
+
+
+def expected_io(family: str) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    inputs, outputs, loop = EXPECTED[family]
+    model = trained(family)
+    if None in inputs:
+        inputs = {model.inputs[0]._keras_history.operation.name: inputs[None]}
+    if None in outputs:
+        outputs = {model.layers[-1].name: outputs[None]}
+    return inputs, outputs, loop
+
+
+def make_inputs(family: str, batch: int, seed: int = 123, length: int = LENGTH) -> dict[str, Any]:
+    """Inputs the converter never saw: ids in the vocabulary, zero-padded for the masked model."""
+    rng = np.random.default_rng(seed)
+    inputs, _, _ = expected_io(family)
+    arrays: dict[str, Any] = {}
+    for name, (data_type, dims) in inputs.items():
+        dtype = {"TYPE_FP32": np.float32, "TYPE_INT32": np.int32}[data_type]
+        shape = [batch, *(length if d == -1 else d for d in dims)]
+        if name == "features" or name == "image":
+            arrays[name] = rng.random(shape).astype(dtype)
+        else:
+            ids = rng.integers(1, VOCABULARY, size=shape)
+            if family == "masked_lstm":
+                ids[:, rng.integers(2, LENGTH) :] = 0
+            arrays[name] = ids.astype(dtype)
+    return arrays
