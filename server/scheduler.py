@@ -79,5 +79,9 @@ class DirectScheduler:
 
 
 def create_scheduler(model: ModelVersion) -> Scheduler:
-    """The scheduler a model's config asks for."""
+    """The scheduler a model's config asks for: dynamic batching, or one run per request."""
+    if model.config.HasField("dynamic_batching") and model.config.max_batch_size > 0:
+        from onnxserve.server.batching import DynamicBatcher
+
+        return DynamicBatcher(model)
     return DirectScheduler(model)

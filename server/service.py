@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "onnxserve"
 # Triton extension names this server fully provides.
-EXTENSIONS = ("model_configuration", "statistics")
+EXTENSIONS = ("model_configuration", "statistics", "schedule_policy")
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
