@@ -1,0 +1,420 @@
+"""Load generators: grpc.aio in this process, or h2load in its own.
+
+Both send the same pre-encoded ModelInfer requests and report what a client
+saw: how many requests, how long, the latency of each. They differ in cost:
+the python driver spends tens of microseconds of this process's CPU per call,
+which on a machine shared with the server is taken from the server; h2load
+(nghttp2's HTTP/2 load tester, written in C) spends a few. h2load sees HTTP
+status only, and gRPC answers errors with HTTP 200 and a ``grpc-status``
+trailer, so its gRPC failures are counted by the runner from the server's
+statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from onnxserve.bench.workload import INFER_METHOD, encode_frame
+
+__all__ = [
+    "CHANNEL_OPTIONS",
+    "DriverRun",
+    "H2LoadDriver",
+    "H2LoadError",
+    "PythonDriver",
+    "find_h2load",
+    "parse_h2load_log",
+    "parse_h2load_output",
+]
+
+# Requests and answers may be large (image batches); gRPC's 4 MiB default is not.
+CHANNEL_OPTIONS = (
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+)
+
+# progress(fraction of the phase, detail text)
+ProgressFn = Callable[[float, str], None]
+
+
+@dataclass
+class DriverRun:
+    """What the client saw during one measured phase.
+
+    ``successes`` is None when the driver cannot tell gRPC errors apart (h2load);
+    ``latencies_ns`` then holds every answered request.
+    """
+
+    requests: int
+    successes: int | None
+    failure_codes: dict[str, int]
+    latencies_ns: np.ndarray
+    seconds: float
+    late_sends: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _phase_fraction(started: float, seconds: float, done: int, total: int) -> float:
+    if total:
+        return done / total
+    return (time.perf_counter() - started) / seconds if seconds > 0 else 0.0
+
+
+class PythonDriver:
+    """grpc.aio on one channel (one HTTP/2 connection), bytes in and bytes out.
+
+    The answers are not parsed: a call that returns without an error status is
+    a success, which is what the server's statistics count too.
+    """
+
+    name = "python"
+
+    def __init__(self, target: str, payloads: Sequence[bytes], timeout: float) -> None:
+        if not payloads:
+            raise ValueError("no request to send")
+        self.target = target
+        self.payloads = list(payloads)
+        self.timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._call: grpc.aio.UnaryUnaryMultiCallable | None = None
+
+    async def __aenter__(self) -> PythonDriver:
+        self._channel = grpc.aio.insecure_channel(self.target, options=list(CHANNEL_OPTIONS))
+        # No serializers: the pre-encoded bytes go out as they are.
+        self._call = self._channel.unary_unary(INFER_METHOD)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    async def warmup(self, concurrency: int, rate: float | None, seconds: float) -> None:
+        if seconds > 0:
+            await self.run(concurrency, rate, seconds=seconds, requests=0)
+
+    async def run(
+        self,
+        concurrency: int,
+        rate: float | None,
+        *,
+        seconds: float,
+        requests: int,
+        progress: ProgressFn | None = None,
+    ) -> DriverRun:
+        """Closed loop at ``concurrency``, or open loop at ``rate`` requests/s.
+
+        The phase ends when ``requests`` were sent (if non-zero) or ``seconds``
+        passed, and every call in flight has finished, so the server's
+        statistics read after it hold exactly these requests.
+        """
+        assert self._call is not None, "use PythonDriver as an async context manager"
+        call = self._call
+        payloads = self.payloads
+        timeout = self.timeout
+        latencies: list[int] = []
+        codes: collections.Counter[str] = collections.Counter()
+        sent = 0
+        late = 0
+
+        async def one(payload: bytes) -> None:
+            t0 = time.perf_counter_ns()
+            try:
+                await call(payload, timeout=timeout)
+            except grpc.aio.AioRpcError as exc:
+                codes[exc.code().name] += 1
+                return
+            latencies.append(time.perf_counter_ns() - t0)
+
+        started = time.perf_counter()
+        stop_at = started + seconds
+
+        async def worker(first: int) -> None:
+            nonlocal sent
+            index = first
+            while (sent < requests) if requests else (time.perf_counter() < stop_at):
+                sent += 1
+                await one(payloads[index % len(payloads)])
+                index += concurrency
+
+        async def scheduler() -> None:
+            nonlocal sent, late
+            assert rate is not None
+            total = requests or max(1, round(rate * seconds))
+            slots = asyncio.Semaphore(concurrency)
+            tasks: set[asyncio.Task[None]] = set()
+
+            async def guarded(payload: bytes) -> None:
+                try:
+                    await one(payload)
+                finally:
+                    slots.release()
+
+            for k in range(total):
+                delay = started + k / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if slots.locked():
+                    late += 1
+                await slots.acquire()
+                sent += 1
+                task = asyncio.create_task(guarded(payloads[k % len(payloads)]))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+
+        if rate is None:
+            jobs = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+        else:
+            jobs = [asyncio.create_task(scheduler())]
+        try:
+            pending: set[asyncio.Task[None]] = set(jobs)
+            while pending:
+                _, pending = await asyncio.wait(pending, timeout=0.2)
+                if progress is not None:
+                    done = len(latencies) + sum(codes.values())
+                    elapsed = time.perf_counter() - started
+                    progress(
+                        _phase_fraction(started, seconds, done, requests),
+                        f"{done:,} done, {sum(codes.values())} failed, "
+                        f"{done / max(elapsed, 1e-9):,.0f}/s",
+                    )
+        finally:
+            for job in jobs:
+                job.cancel()
+        elapsed = time.perf_counter() - started
+        finished = len(latencies) + sum(codes.values())
+        notes = []
+        if late:
+            notes.append(f"{late} sends were late: {concurrency} requests were already in flight")
+        return DriverRun(
+            requests=finished,
+            successes=len(latencies),
+            failure_codes=dict(codes),
+            latencies_ns=np.asarray(latencies, dtype=np.int64),
+            seconds=elapsed,
+            late_sends=late,
+            notes=notes,
+        )
+
+
+class H2LoadError(RuntimeError):
+    """h2load failed or printed something this module cannot read."""
+
+
+def find_h2load() -> str | None:
+    """The h2load executable on PATH, or None (Debian/Ubuntu: apt-get install nghttp2-client)."""
+    return shutil.which("h2load")
+
+
+_FINISHED = re.compile(r"finished in ([\d.]+)(us|ms|s|m|h)?, ([\d.]+) req/s")
+_REQUESTS = re.compile(
+    r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+    r"(\d+) errored, (\d+) timeout"
+)
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+@dataclass(frozen=True)
+class H2LoadSummary:
+    """The lines of h2load's report that matter here."""
+
+    seconds: float
+    requests_per_s: float
+    total: int
+    started: int
+    done: int
+    succeeded: int
+    failed: int
+    errored: int
+    timeout: int
+
+
+def parse_h2load_output(text: str) -> H2LoadSummary:
+    """Read h2load's summary (its 'finished in' and 'requests:' lines)."""
+    finished = _FINISHED.search(text)
+    counts = _REQUESTS.search(text)
+    if finished is None or counts is None:
+        raise H2LoadError(f"h2load's output has no summary:\n{text[-2000:]}")
+    total, started, done, succeeded, failed, errored, timeout = map(int, counts.groups())
+    return H2LoadSummary(
+        seconds=float(finished.group(1)) * _UNITS[finished.group(2)],
+        requests_per_s=float(finished.group(3)),
+        total=total,
+        started=started,
+        done=done,
+        succeeded=succeeded,
+        failed=failed,
+        errored=errored,
+        timeout=timeout,
+    )
+
+
+def parse_h2load_log(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """h2load's --log-file: per request, start (us since the epoch), HTTP status,
+    duration (us). Returned as three arrays."""
+    rows = [line.split("\t") for line in text.splitlines() if line.strip()]
+    if not rows:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    data = np.asarray(rows, dtype=np.int64)
+    return data[:, 0], data[:, 1], data[:, 2]
+
+
+class H2LoadDriver:
+    """h2load on one connection (``-c 1``) with ``-m concurrency`` streams.
+
+    Duration-based steps are turned into a request count (the warm-up's rate
+    times the duration) so that h2load finishes every request it starts: with
+    ``-D`` it drops the calls in flight at the end, which the server still
+    counts, and the client's and the server's counts would not match.
+    """
+
+    name = "h2load"
+
+    def __init__(self, executable: str, target: str, payload: bytes) -> None:
+        self.executable = executable
+        self.target = target
+        self._dir = tempfile.TemporaryDirectory(prefix="onnxserve-bench-")
+        self.body = Path(self._dir.name) / "request.bin"
+        self.body.write_bytes(encode_frame(payload))
+        self.url = f"http://{target}{INFER_METHOD}"
+        self._rate_estimate: float | None = None
+
+    async def __aenter__(self) -> H2LoadDriver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._dir.cleanup()
+
+    def command(
+        self,
+        concurrency: int,
+        *,
+        requests: int = 0,
+        duration_ms: int = 0,
+        rate: float | None = None,
+        log_file: Path | None = None,
+    ) -> list[str]:
+        """The h2load command line for one phase."""
+        cmd = [
+            self.executable,
+            "-c", "1",
+            "-t", "1",
+            "-m", str(concurrency),
+            "-d", str(self.body),
+            "-H", "content-type: application/grpc",
+            "-H", "te: trailers",
+        ]  # fmt: skip
+        cmd += ["-D", f"{duration_ms}ms"] if duration_ms else ["-n", str(requests)]
+        if rate is not None:
+            cmd += ["--rps", f"{rate:g}"]
+        if log_file is not None:
+            cmd += ["--log-file", str(log_file)]
+        return [*cmd, self.url]
+
+    async def _execute(self, cmd: list[str], expected_s: float, progress: ProgressFn | None) -> str:
+        process = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        assert process.stdout is not None
+        started = time.perf_counter()
+        lines: list[str] = []
+        percent = 0.0
+        try:
+            while True:
+                try:
+                    raw = await asyncio.wait_for(process.stdout.readline(), timeout=0.2)
+                except asyncio.TimeoutError:
+                    raw = None
+                if raw == b"":
+                    break
+                if raw:
+                    line = raw.decode(errors="replace")
+                    lines.append(line)
+                    match = re.match(r"progress: (\d+)% done", line)
+                    if match:
+                        percent = int(match.group(1)) / 100
+                if progress is not None:
+                    elapsed = time.perf_counter() - started
+                    fraction = max(percent, min(elapsed / max(expected_s, 1e-3), 0.99))
+                    progress(fraction, f"h2load, {elapsed:.1f}s")
+            code = await process.wait()
+        finally:
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        output = "".join(lines)
+        if code != 0:
+            raise H2LoadError(f"h2load exited with {code}:\n{output[-2000:]}")
+        return output
+
+    async def warmup(self, concurrency: int, rate: float | None, seconds: float) -> None:
+        """Unmeasured load; also learns the rate used to size duration-based steps."""
+        seconds = max(seconds, 0.5)  # the rate estimate needs a little time
+        output = await self._execute(
+            self.command(concurrency, duration_ms=int(seconds * 1000), rate=rate), seconds, None
+        )
+        summary = parse_h2load_output(output)
+        self._rate_estimate = summary.requests_per_s
+
+    async def run(
+        self,
+        concurrency: int,
+        rate: float | None,
+        *,
+        seconds: float,
+        requests: int,
+        progress: ProgressFn | None = None,
+    ) -> DriverRun:
+        """One measured phase of exactly ``requests`` calls (or about ``seconds``' worth)."""
+        notes = []
+        if not requests:
+            estimate = rate if rate is not None else self._rate_estimate
+            if not estimate:
+                raise H2LoadError("h2load: call warmup() before a duration-based run")
+            requests = max(concurrency, round(estimate * seconds))
+            notes.append(f"{requests} requests: the warm-up's rate times {seconds:g} s")
+        log_file = Path(self._dir.name) / "requests.log"
+        log_file.unlink(missing_ok=True)
+        expected = requests / (rate or self._rate_estimate or requests)
+        output = await self._execute(
+            self.command(concurrency, requests=requests, rate=rate, log_file=log_file),
+            expected,
+            progress,
+        )
+        summary = parse_h2load_output(output)
+        starts, statuses, durations = parse_h2load_log(
+            log_file.read_text() if log_file.exists() else ""
+        )
+        codes: dict[str, int] = {}
+        http_failures = summary.total - summary.succeeded
+        if http_failures:
+            codes["HTTP"] = http_failures
+        if starts.size:
+            seconds_taken = float((starts + durations).max() - starts.min()) / 1e6
+        else:
+            seconds_taken = summary.seconds
+        ok = statuses == 200
+        return DriverRun(
+            requests=summary.total,
+            successes=None,
+            failure_codes=codes,
+            latencies_ns=durations[ok] * 1000,
+            seconds=seconds_taken,
+            notes=notes,
+        )

@@ -1,0 +1,137 @@
+"""The raw onnxruntime baseline: the served model file, timed in this process.
+
+A server's figures mean little on their own (they move with the machine); the
+same model run directly through ``InferenceSession.run`` in the same run gives
+the floor for latency (batch 1) and the ceiling for throughput (the best
+batch). The session uses onnxruntime's defaults, as a service that embedded
+the model would, and runs while the server is idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from onnxserve.bench.results import RawPoint, RawResult
+from onnxserve.bench.workload import ModelInfo, WorkloadError, build_inputs
+
+log = logging.getLogger(__name__)
+
+__all__ = ["find_model_file", "measure_raw"]
+
+# Each batch size: this many untimed runs first (allocations, kernel choice).
+_WARMUP_RUNS = 3
+_MIN_RUNS = 5
+
+
+def find_model_file(repository: Path, model: str, version: str, info: ModelInfo) -> Path:
+    """``<repository>/<model>/<version>/<default_model_filename>``; the highest
+    numeric version the server reports when ``version`` is empty."""
+    folder = repository / model
+    if not version:
+        served = [v for v in info.versions if v.isdigit()]
+        on_disk = [p.name for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
+        candidates = served or on_disk
+        if not candidates:
+            raise WorkloadError(f"no numeric version folder under {folder}")
+        version = max(candidates, key=int)
+    path = folder / version / info.default_model_filename
+    if not path.is_file():
+        raise WorkloadError(f"model file {path} does not exist")
+    return path
+
+
+def _session(model_file: Path, device: str, threads: int) -> object:
+    import onnxruntime as ort
+
+    # Errors only: a CUDA provider whose libraries are missing is reported by
+    # the provider list below, not by pages of loader noise on stderr.
+    ort.set_default_logger_severity(3)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    cuda = "CUDAExecutionProvider"
+    wants_cuda = device == "cuda" or (device == "auto" and cuda in ort.get_available_providers())
+    providers = [cuda, "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(model_file), options, providers=providers)
+    if device == "cuda" and cuda not in session.get_providers():
+        raise WorkloadError("--raw-device cuda: onnxruntime could not use CUDA here")
+    return session
+
+
+def measure_raw(
+    model_file: Path,
+    info: ModelInfo,
+    batch_sizes: Sequence[int],
+    *,
+    seconds: float = 1.0,
+    device: str = "auto",
+    threads: int = 0,
+    int_range: Sequence[int] = (0, 99),
+    seed: int = 0,
+    progress: Callable[[str, float], None] | None = None,
+) -> RawResult:
+    """Time ``session.run`` at each batch size for about ``seconds`` each.
+
+    Inputs are random within the same ranges as the requests. Non-batchable
+    models are timed at their one shape only (reported as batch 1).
+    """
+    session = _session(model_file, device, threads)
+    names = {i.name for i in session.get_inputs()}  # type: ignore[attr-defined]
+    missing = [spec.name for spec in info.inputs if spec.name not in names]
+    if missing:
+        raise WorkloadError(
+            f"{model_file} has no input(s) {', '.join(missing)}: is it the served model?"
+        )
+    sizes = sorted(set(batch_sizes)) if info.batchable else [1]
+    batch_info = info
+    if info.batchable and max(sizes) > info.max_batch_size:
+        # The raw session is not bound by the server's max_batch_size.
+        from dataclasses import replace
+
+        batch_info = replace(info, max_batch_size=max(sizes))
+    points = []
+    for index, batch in enumerate(sizes):
+        feeds = build_inputs(batch_info, batch, "random", int_range=int_range, seed=seed, count=1)[
+            0
+        ]
+        run = session.run  # type: ignore[attr-defined]
+        for _ in range(_WARMUP_RUNS):
+            run(None, feeds)
+        times: list[int] = []
+        started = time.perf_counter_ns()
+        deadline = started + int(seconds * 1e9)
+        while True:
+            t0 = time.perf_counter_ns()
+            run(None, feeds)
+            t1 = time.perf_counter_ns()
+            times.append(t1 - t0)
+            if progress is not None:
+                done = min((t1 - started) / (deadline - started), 1.0)
+                progress(f"raw onnxruntime, batch {batch}", (index + done) / len(sizes))
+            if t1 >= deadline and len(times) >= _MIN_RUNS:
+                break
+        elapsed = time.perf_counter_ns() - started
+        values = np.asarray(times, dtype=np.float64) / 1e6
+        points.append(
+            RawPoint(
+                batch=batch,
+                runs=len(times),
+                mean_ms=float(values.mean()),
+                p50_ms=float(np.percentile(values, 50)),
+                p99_ms=float(np.percentile(values, 99)),
+                samples_per_s=batch * len(times) / (elapsed / 1e9),
+            )
+        )
+        log.debug("raw onnxruntime batch %d: %.3f ms mean", batch, values.mean())
+    return RawResult(
+        model_file=str(model_file),
+        providers=tuple(session.get_providers()),  # type: ignore[attr-defined]
+        intra_op_threads=threads,
+        points=tuple(points),
+    )

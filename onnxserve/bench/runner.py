@@ -1,0 +1,368 @@
+"""One bench run: describe the model, time raw onnxruntime, then each load step.
+
+Each step is a warm-up, a wait until the server's counters are still, a
+ModelStatistics snapshot, the measured phase, and a second snapshot: the
+difference is what the server did for exactly the measured requests
+(queue and compute time, the batch sizes it achieved, its failures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import os
+import platform
+from collections import Counter
+from pathlib import Path
+
+import grpc
+
+from onnxserve.bench.drivers import (
+    CHANNEL_OPTIONS,
+    DriverRun,
+    H2LoadDriver,
+    PythonDriver,
+    find_h2load,
+)
+from onnxserve.bench.progress import Progress
+from onnxserve.bench.raw import find_model_file, measure_raw
+from onnxserve.bench.results import BenchReport, LatencySummary, ServerDelta, StepResult
+from onnxserve.bench.settings import BenchSettings
+from onnxserve.bench.workload import (
+    ModelInfo,
+    WorkloadError,
+    build_inputs,
+    encode_request,
+    model_info,
+    parse_shapes,
+)
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+
+__all__ = ["BenchError", "run_bench", "server_delta", "target_of"]
+
+_DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+_SETTLE_POLL_S = 0.05
+_SETTLE_MAX_S = 5.0
+
+
+class BenchError(RuntimeError):
+    """The run could not be made (server unreachable, model refused the request, ...)."""
+
+
+def target_of(url: str) -> str:
+    """``grpc://host:port`` or ``host:port`` -> ``host:port`` (plaintext only)."""
+    for prefix in ("grpc://", "http://"):
+        if url.startswith(prefix):
+            url = url[len(prefix) :]
+    if url.startswith(("grpcs://", "https://")):
+        raise BenchError("the bench speaks plaintext gRPC only; TLS URLs are not supported")
+    return url.rstrip("/")
+
+
+def _sums(response: pb.ModelStatisticsResponse) -> dict[str, object]:
+    """The counters of every version of the model, added together."""
+    totals: Counter[str] = Counter()
+    batches: Counter[int] = Counter()
+    for stats in response.model_stats:
+        infer = stats.inference_stats
+        totals["inference_count"] += stats.inference_count
+        totals["execution_count"] += stats.execution_count
+        for name in _DURATIONS:
+            duration = getattr(infer, name)
+            totals[f"{name}.count"] += duration.count
+            totals[f"{name}.ns"] += duration.ns
+        for batch in stats.batch_stats:
+            batches[int(batch.batch_size)] += batch.compute_infer.count
+    return {"totals": totals, "batches": batches}
+
+
+def server_delta(
+    before: pb.ModelStatisticsResponse, after: pb.ModelStatisticsResponse
+) -> ServerDelta:
+    """What the server recorded between two ModelStatistics answers."""
+    b, a = _sums(before), _sums(after)
+    bt, at = b["totals"], a["totals"]
+    assert isinstance(bt, Counter) and isinstance(at, Counter)
+    d = {key: at[key] - bt[key] for key in set(at) | set(bt)}
+
+    def avg_us(name: str) -> float:
+        count = d.get(f"{name}.count", 0)
+        return d.get(f"{name}.ns", 0) / count / 1000 if count else 0.0
+
+    bb, ab = b["batches"], a["batches"]
+    assert isinstance(bb, Counter) and isinstance(ab, Counter)
+    executions = {size: ab[size] - bb[size] for size in sorted(ab) if ab[size] - bb[size] > 0}
+    return ServerDelta(
+        success=d.get("success.count", 0),
+        fail=d.get("fail.count", 0),
+        inference_count=d.get("inference_count", 0),
+        execution_count=d.get("execution_count", 0),
+        queue_us=avg_us("queue"),
+        compute_input_us=avg_us("compute_input"),
+        compute_infer_us=avg_us("compute_infer"),
+        compute_output_us=avg_us("compute_output"),
+        batch_executions=executions,
+    )
+
+
+class _Server:
+    """The few RPCs the runner itself makes (metadata, config, statistics, one check)."""
+
+    def __init__(self, channel: grpc.aio.Channel, model: str, version: str) -> None:
+        self.stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        self.model = model
+        self.version = version
+
+    async def statistics(self) -> pb.ModelStatisticsResponse:
+        return await self.stub.ModelStatistics(
+            pb.ModelStatisticsRequest(name=self.model, version=self.version), timeout=10
+        )
+
+    async def settled_statistics(self) -> pb.ModelStatisticsResponse:
+        """Statistics once requests the client gave up on (h2load's warm-up) are counted."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _SETTLE_MAX_S
+        previous = await self.statistics()
+        while True:
+            await asyncio.sleep(_SETTLE_POLL_S)
+            current = await self.statistics()
+            if current == previous or loop.time() > deadline:
+                return current
+            previous = current
+
+
+def _environment() -> dict[str, object]:
+    import numpy
+
+    env: dict[str, object] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "numpy": numpy.__version__,
+        "grpcio": grpc.__version__,
+    }
+    try:
+        import onnxruntime
+
+        env["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        env["onnxruntime"] = None
+    return env
+
+
+def _choose_driver(
+    settings: BenchSettings, target: str, payloads: list[bytes], notes: list[str]
+) -> PythonDriver | H2LoadDriver:
+    h2load = find_h2load()
+    if settings.driver == "h2load" and h2load is None:
+        raise BenchError(
+            "--driver h2load: h2load is not installed (Debian/Ubuntu: "
+            "apt-get install nghttp2-client); or use --driver python"
+        )
+    if settings.driver in ("h2load", "auto") and h2load is not None:
+        if len(payloads) > 1:
+            notes.append("h2load sends one request body: the first of the generated inputs")
+        return H2LoadDriver(h2load, target, payloads[0])
+    if settings.driver == "auto":
+        notes.append(
+            "h2load not found (apt-get install nghttp2-client): the python driver shares "
+            "this machine's CPUs with the server"
+        )
+    return PythonDriver(target, payloads, settings.timeout)
+
+
+def _step_result(
+    settings: BenchSettings,
+    mode: str,
+    load: float,
+    driver: str,
+    run: DriverRun,
+    delta: ServerDelta,
+    report: BenchReport,
+) -> StepResult:
+    notes = list(run.notes)
+    codes = dict(run.failure_codes)
+    if run.successes is None:
+        # h2load: gRPC errors travel as HTTP 200; the server's count is the truth.
+        successes = min(delta.success, run.requests)
+        grpc_failures = run.requests - successes - sum(codes.values())
+        if grpc_failures > 0:
+            codes["GRPC (from server statistics)"] = grpc_failures
+        if delta.success > run.requests:
+            notes.append(
+                f"the server counted {delta.success} successes for {run.requests} requests: "
+                "other clients were calling this model"
+            )
+    else:
+        successes = run.successes
+        if delta.success != successes:
+            notes.append(
+                f"the server counted {delta.success} successes, the client {successes}: "
+                "other clients were calling this model, or answers were lost"
+            )
+    failures = run.requests - successes
+    seconds = max(run.seconds, 1e-9)
+    samples = successes * settings.batch_size
+    ratio = None
+    if report.raw is not None:
+        ratio = samples / seconds / report.raw.best.samples_per_s
+    return StepResult(
+        mode=mode,
+        load=load,
+        driver=driver,
+        requests=run.requests,
+        successes=successes,
+        failures=failures,
+        failure_codes=codes,
+        seconds=run.seconds,
+        infer_per_s=successes / seconds,
+        samples_per_s=samples / seconds,
+        latency=LatencySummary.from_ns(run.latencies_ns),
+        server=delta,
+        ratio_vs_raw=ratio,
+        notes=tuple(notes),
+    )
+
+
+async def _describe(server: _Server, settings: BenchSettings) -> ModelInfo:
+    try:
+        metadata = await server.stub.ModelMetadata(
+            pb.ModelMetadataRequest(name=settings.model, version=settings.model_version),
+            timeout=10,
+        )
+        config = await server.stub.ModelConfig(
+            pb.ModelConfigRequest(name=settings.model, version=settings.model_version),
+            timeout=10,
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise BenchError(
+            f"cannot describe model '{settings.model}' at {settings.url}: "
+            f"{exc.code().name}: {exc.details()}"
+        ) from None
+    return model_info(metadata, config.config, parse_shapes(settings.shape))
+
+
+async def _check_request(server: _Server, payload: bytes) -> None:
+    """One call before measuring: a request the model refuses is an error, not a figure."""
+    try:
+        await server.stub.ModelInfer(pb.ModelInferRequest.FromString(payload), timeout=60)
+    except grpc.aio.AioRpcError as exc:
+        raise BenchError(
+            f"the server refused the bench's request: {exc.code().name}: {exc.details()}"
+        ) from None
+
+
+def _raw_model_file(settings: BenchSettings, info: ModelInfo) -> Path | None:
+    if settings.model_file is not None:
+        if not settings.model_file.is_file():
+            raise BenchError(f"--model-file {settings.model_file} does not exist")
+        return settings.model_file
+    if settings.repository is not None:
+        return find_model_file(settings.repository, settings.model, settings.model_version, info)
+    return None
+
+
+async def run_bench(settings: BenchSettings, progress: Progress | None = None) -> BenchReport:
+    """Run every step of ``settings`` against the server; never raises for slow answers."""
+    progress = progress or Progress(enabled=False)
+    target = target_of(settings.url)
+    report = BenchReport(
+        model=settings.model,
+        model_version=settings.model_version,
+        url=target,
+        driver="",
+        batch_size=settings.batch_size,
+        started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        settings={
+            k: (str(v) if isinstance(v, Path) else v)
+            for k, v in dataclasses.asdict(settings).items()
+        },
+        environment=_environment(),
+    )
+    async with grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS)) as channel:
+        server = _Server(channel, settings.model, settings.model_version)
+        try:
+            info = await _describe(server, settings)
+            arrays = build_inputs(
+                info,
+                settings.batch_size,
+                settings.input_data,
+                int_range=settings.int_range,
+                seed=settings.seed,
+            )
+        except WorkloadError as exc:
+            raise BenchError(str(exc)) from None
+        payloads = [encode_request(settings.model, settings.model_version, info, a) for a in arrays]
+        await _check_request(server, payloads[0])
+
+        if settings.raw_baseline:
+            try:
+                model_file = _raw_model_file(settings, info)
+            except WorkloadError as exc:
+                raise BenchError(str(exc)) from None
+            if model_file is None:
+                report.notes.append(
+                    "no raw onnxruntime baseline: give --model-file or --repository "
+                    "(or --no-raw-baseline)"
+                )
+            else:
+                report.raw = measure_raw(
+                    model_file,
+                    info,
+                    settings.raw_batch_sizes,
+                    seconds=settings.raw_seconds,
+                    device=settings.raw_device,
+                    threads=settings.raw_threads,
+                    int_range=settings.int_range,
+                    seed=settings.seed,
+                    progress=lambda label, f: progress.update(label, f),
+                )
+                best, batch1 = report.raw.best, report.raw.batch1
+                progress.done(
+                    f"raw onnxruntime ({', '.join(report.raw.providers)}): "
+                    + (f"batch 1 {batch1.mean_ms:.3f} ms mean; " if batch1 else "")
+                    + f"best {best.samples_per_s:,.0f} samples/s at batch {best.batch}"
+                )
+
+        driver = _choose_driver(settings, target, payloads, report.notes)
+        report.driver = driver.name
+        if settings.request_rate:
+            steps = [("request_rate", rate) for rate in settings.request_rate]
+            cap = max(settings.concurrency)
+        else:
+            steps = [("concurrency", float(c)) for c in settings.concurrency]
+            cap = 0
+        async with driver:
+            for mode, load in steps:
+                concurrency = int(load) if mode == "concurrency" else cap
+                rate = load if mode == "request_rate" else None
+                label = f"{mode.replace('_', ' ')} {load:g}"
+                progress.update(f"{label}: warm-up", 0.0)
+                await driver.warmup(concurrency, rate, settings.warmup)
+                before = await server.settled_statistics()
+
+                def show(fraction: float, detail: str, label: str = label) -> None:
+                    progress.update(label, fraction, detail)
+
+                run = await driver.run(
+                    concurrency,
+                    rate,
+                    seconds=settings.duration,
+                    requests=settings.requests,
+                    progress=show,
+                )
+                after = await server.settled_statistics()
+                step = _step_result(
+                    settings, mode, load, driver.name, run, server_delta(before, after), report
+                )
+                report.steps.append(step)
+                latency = step.latency
+                progress.done(
+                    f"{label}: {step.infer_per_s:,.1f} infer/s, "
+                    + (f"p50 {latency.p50_ms:.2f} ms, " if latency else "")
+                    + f"{step.failures} failed"
+                )
+    return report

@@ -1,0 +1,303 @@
+"""What the bench sends: the model's inputs as the server describes them, and the
+pre-encoded request bodies.
+
+Every request is serialised once, before the clock starts, so the load
+generator's per-request work is only sending bytes: with client and server on
+the same cores, encoding in the loop would be charged to the server. The same
+bytes serve both drivers: the python driver passes them through gRPC untouched,
+the h2load driver posts them in gRPC's length-prefixed frame.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxserve.client.codec import array_to_raw, numpy_dtype
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.client.protocol import model_config_pb2 as mc
+
+__all__ = [
+    "INFER_METHOD",
+    "InputSpec",
+    "ModelInfo",
+    "WorkloadError",
+    "build_inputs",
+    "decode_frame",
+    "encode_frame",
+    "encode_request",
+    "model_info",
+    "parse_shapes",
+]
+
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+_FRAME_HEADER = struct.Struct(">BI")  # compressed flag, big-endian length
+
+
+class WorkloadError(ValueError):
+    """The model or the input data cannot make a request; the message says why."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input as a request carries it: name, datatype, shape without the batch dim."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The model as the server describes it (ModelMetadata and ModelConfig)."""
+
+    name: str
+    versions: tuple[str, ...]
+    max_batch_size: int
+    inputs: tuple[InputSpec, ...]
+    default_model_filename: str
+
+    @property
+    def batchable(self) -> bool:
+        return self.max_batch_size > 0
+
+
+def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
+    """``"A:50;B:3,4"`` -> ``{"A": (50,), "B": (3, 4)}`` (dims may also be split by ``x``)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for entry in text.replace(" ", ";").split(";"):
+        if not entry:
+            continue
+        name, sep, dims = entry.rpartition(":")
+        if not sep or not name:
+            raise WorkloadError(f"--shape entry {entry!r} is not NAME:D1,D2")
+        try:
+            values = tuple(int(d) for d in dims.replace("x", ",").split(",") if d)
+        except ValueError:
+            raise WorkloadError(f"--shape entry {entry!r}: dims must be integers") from None
+        if any(d < 0 for d in values):
+            raise WorkloadError(f"--shape entry {entry!r}: dims must be non-negative")
+        shapes[name] = values
+    return shapes
+
+
+def model_info(
+    metadata: pb.ModelMetadataResponse,
+    config: mc.ModelConfig,
+    shapes: Mapping[str, tuple[int, ...]],
+) -> ModelInfo:
+    """Resolve each input's per-sample shape, filling variable dims from ``shapes``."""
+    batchable = config.max_batch_size > 0
+    inputs = []
+    for tensor in metadata.inputs:
+        dims = tuple(int(d) for d in tensor.shape)
+        if batchable:
+            dims = dims[1:]
+        if tensor.name in shapes:
+            given = shapes[tensor.name]
+            if len(given) != len(dims) or any(
+                d >= 0 and d != g for d, g in zip(dims, given, strict=True)
+            ):
+                raise WorkloadError(
+                    f"--shape {tensor.name}:{','.join(map(str, given))} does not fit the "
+                    f"model's {list(dims)} (batch dim excluded)"
+                )
+            dims = given
+        if any(d < 0 for d in dims):
+            raise WorkloadError(
+                f"input '{tensor.name}' has variable dims {list(dims)} (batch dim excluded); "
+                f"give their sizes with --shape {tensor.name}:"
+                + ",".join("N" if d < 0 else str(d) for d in dims)
+            )
+        inputs.append(InputSpec(tensor.name, tensor.datatype, dims))
+    unknown = set(shapes) - {i.name for i in inputs}
+    if unknown:
+        raise WorkloadError(f"--shape names unknown input(s): {', '.join(sorted(unknown))}")
+    return ModelInfo(
+        name=metadata.name,
+        versions=tuple(metadata.versions),
+        max_batch_size=int(config.max_batch_size),
+        inputs=tuple(inputs),
+        default_model_filename=config.default_model_filename or "model.onnx",
+    )
+
+
+def _random_array(
+    spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, int_range: Sequence[int]
+) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        flat = [str(v).encode() for v in rng.integers(0, 1000, size=int(np.prod(shape)))]
+        array = np.empty(len(flat), dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    dtype = numpy_dtype(spec.datatype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        low = max(int(int_range[0]), int(info.min))
+        high = min(int(int_range[1]), int(info.max))
+        if low > high:
+            raise WorkloadError(
+                f"input '{spec.name}' ({spec.datatype}): --int-range {int_range[0]},"
+                f"{int_range[1]} is outside the type's range"
+            )
+        return rng.integers(low, high, size=shape, endpoint=True).astype(dtype)
+    return rng.random(size=shape, dtype=np.float64).astype(dtype)
+
+
+def _zero_array(spec: InputSpec, shape: tuple[int, ...]) -> np.ndarray:
+    if spec.datatype == "BYTES":
+        array = np.empty(shape, dtype=object)
+        array.fill(b"0")
+        return array
+    return np.zeros(shape, dtype=numpy_dtype(spec.datatype))
+
+
+def _load_file(path: Path) -> dict[str, np.ndarray]:
+    """Arrays by input name from .npz, or from JSON in either of two layouts.
+
+    JSON: ``{"NAME": [...], ...}``, or perf_analyzer's ``{"data": [{"NAME": [...]}, ...]}``
+    whose entries (one sample each) are stacked along a new batch dim.
+    """
+    if not path.exists():
+        raise WorkloadError(f"input data file {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            return {name: np.asarray(data[name]) for name in data.files}
+    if path.suffix == ".json":
+        try:
+            document: Any = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise WorkloadError(f"input data file {path} is not valid JSON: {exc}") from None
+        if isinstance(document, dict) and isinstance(document.get("data"), list):
+            samples = document["data"]
+            names = set().union(*(s.keys() for s in samples)) if samples else set()
+            arrays: dict[str, np.ndarray] = {}
+            for name in names:
+                values = []
+                for sample in samples:
+                    value = sample[name]
+                    if isinstance(value, dict):  # {"content": [...], "shape": [...]}
+                        value = np.reshape(value["content"], value.get("shape", (-1,)))
+                    values.append(np.asarray(value))
+                arrays[name] = np.stack(values)
+            return arrays
+        if isinstance(document, dict):
+            return {name: np.asarray(value) for name, value in document.items()}
+        raise WorkloadError(f"input data file {path}: expected a JSON object of arrays")
+    raise WorkloadError(f"input data file {path}: expected a .npz or .json file")
+
+
+def _from_file(
+    spec: InputSpec, data: Mapping[str, np.ndarray], batch: int | None
+) -> list[np.ndarray]:
+    """The file's array for one input as one array per request (rows rotate over requests)."""
+    if spec.name not in data:
+        raise WorkloadError(f"input data file has no array for input '{spec.name}'")
+    array = data[spec.name]
+    if spec.datatype != "BYTES":
+        array = array.astype(numpy_dtype(spec.datatype), copy=False)
+    if batch is None:  # not batchable: the array is one request as it stands
+        if tuple(array.shape) != spec.dims:
+            raise WorkloadError(
+                f"input '{spec.name}': file array has shape {list(array.shape)}, the model "
+                f"takes {list(spec.dims)}"
+            )
+        return [array]
+    if tuple(array.shape) == spec.dims:  # one sample: repeat it
+        return [np.broadcast_to(array, (batch, *spec.dims)).copy()]
+    if tuple(array.shape[1:]) != spec.dims:
+        raise WorkloadError(
+            f"input '{spec.name}': file array has shape {list(array.shape)}, expected "
+            f"{list(spec.dims)} or [N, {', '.join(map(str, spec.dims))}]"
+        )
+    rows = array.shape[0]
+    if rows < batch:
+        reps = -(-batch // rows)
+        array = np.concatenate([array] * reps)[:batch]
+        rows = batch
+    return [array[i * batch : (i + 1) * batch] for i in range(rows // batch)]
+
+
+def build_inputs(
+    info: ModelInfo,
+    batch_size: int,
+    source: str,
+    *,
+    int_range: Sequence[int] = (0, 99),
+    seed: int = 0,
+    count: int = 8,
+) -> list[dict[str, np.ndarray]]:
+    """Input arrays for up to ``count`` distinct requests of ``batch_size`` rows each.
+
+    Non-batchable models take exactly the per-sample shape, so ``batch_size``
+    must be 1 for them.
+    """
+    if not info.batchable and batch_size != 1:
+        raise WorkloadError(
+            f"model '{info.name}' is not batchable (max_batch_size 0): use --batch-size 1"
+        )
+    if info.batchable and batch_size > info.max_batch_size:
+        raise WorkloadError(
+            f"--batch-size {batch_size} exceeds the model's max_batch_size {info.max_batch_size}"
+        )
+    batch = batch_size if info.batchable else None
+    if source in ("random", "zero"):
+        rng = np.random.default_rng(seed)
+        n = count if source == "random" else 1
+        requests = []
+        for _ in range(n):
+            arrays = {}
+            for spec in info.inputs:
+                shape = spec.dims if batch is None else (batch, *spec.dims)
+                arrays[spec.name] = (
+                    _random_array(spec, shape, rng, int_range)
+                    if source == "random"
+                    else _zero_array(spec, shape)
+                )
+            requests.append(arrays)
+        return requests
+    data = _load_file(Path(source))
+    per_input = {spec.name: _from_file(spec, data, batch) for spec in info.inputs}
+    n = min(count, *(len(v) for v in per_input.values()))
+    return [{name: arrays[i] for name, arrays in per_input.items()} for i in range(n)]
+
+
+def encode_request(
+    model: str, version: str, info: ModelInfo, arrays: Mapping[str, np.ndarray]
+) -> bytes:
+    """A serialised ModelInferRequest with raw input contents."""
+    request = pb.ModelInferRequest(model_name=model, model_version=version)
+    for spec in info.inputs:
+        array = arrays[spec.name]
+        request.inputs.add(name=spec.name, datatype=spec.datatype, shape=list(array.shape))
+        request.raw_input_contents.append(array_to_raw(array, spec.datatype))
+    return request.SerializeToString()
+
+
+def encode_frame(message: bytes) -> bytes:
+    """gRPC's length-prefixed message: flag 0 (uncompressed), 4-byte big-endian length."""
+    return _FRAME_HEADER.pack(0, len(message)) + message
+
+
+def decode_frame(body: bytes) -> pb.ModelInferRequest:
+    """The inverse of encode_frame + encode_request; raises WorkloadError on a bad frame."""
+    if len(body) < _FRAME_HEADER.size:
+        raise WorkloadError("gRPC frame shorter than its 5-byte header")
+    flag, length = _FRAME_HEADER.unpack_from(body)
+    if flag != 0:
+        raise WorkloadError(f"gRPC frame is marked compressed (flag {flag})")
+    if len(body) != _FRAME_HEADER.size + length:
+        raise WorkloadError(
+            f"gRPC frame declares {length} bytes but carries {len(body) - _FRAME_HEADER.size}"
+        )
+    request = pb.ModelInferRequest()
+    request.ParseFromString(body[_FRAME_HEADER.size :])
+    return request
