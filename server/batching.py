@@ -45,6 +45,7 @@ import numpy as np
 from onnxserve.client.protocol import model_config_pb2 as mc
 from onnxserve.server.errors import (
     ConfigError,
+    InvalidInput,
     ModelExecutionError,
     ModelUnavailable,
     QueueFull,
@@ -352,7 +353,7 @@ class DynamicBatcher:
             raise ModelUnavailable(f"model '{self._model.name}' is shutting down")
         config = self._config
         if entry.rows > config.max_rows:
-            raise QueueFull(
+            raise InvalidInput(
                 f"a request of {entry.rows} rows cannot fit a batch of model "
                 f"'{self._model.name}', whose largest allowed batch size is {config.max_rows}"
             )
@@ -563,7 +564,7 @@ class DynamicBatcher:
                     f"{list(array.shape)} for a batch of {padded}; its first dimension must "
                     "be the batch"
                 )
-        if len(entries) == 1:
+        if len(entries) == 1 and padded == rows:
             batch.results = [outputs]
         else:
             start = 0
