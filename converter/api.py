@@ -66,7 +66,7 @@ def convert(
     from onnxserve.converter.repository import build_config, check_target, write_entry
     from onnxserve.converter.trace import trace_model
     from onnxserve.converter.variants import apply_variants
-    from onnxserve.converter.verify import run_cases, verify_onnx
+    from onnxserve.converter.verify import verify_onnx
 
     say = progress or log.info
     started = time.monotonic()
@@ -105,7 +105,7 @@ def convert(
         stage(5, "optimizing / quantizing and judging the result against Keras")
         final_model, variant = apply_variants(
             exported.model,
-            run_cases(traced, max_batch_size, seed),
+            checks,  # the same inputs and Keras answers as the fp32 check
             optimize=optimize,
             quantize=quantize,
             fp16=fp16,

@@ -8,6 +8,7 @@ imported when the command runs (and then with GPUs hidden), so that
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(handler=run)
 
 
+def _level(name: str) -> int:
+    return int(logging.getLevelName(name))
+
+
 def _progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
@@ -55,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the settings, convert, print the report; 1 with a message on failure."""
     settings = resolve(ConvertSettings, args, config_file=args.config, section="convert")
     from onnxserve.converter.api import convert_with_settings
+
+    if settings.log_level != "DEBUG":
+        # tf2onnx logs every constant-folding pass at INFO; the stage lines say enough.
+        logging.getLogger("tf2onnx").setLevel(max(logging.WARNING, _level(settings.log_level)))
 
     started = time.monotonic()
     try:

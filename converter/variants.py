@@ -10,8 +10,10 @@ stay within what serving promises (1e-4 by default).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import numpy as np
 import onnx
 
 from onnxserve.converter.errors import ConversionError, VerificationError
+from onnxserve.converter.export import iter_nodes
 from onnxserve.converter.verify import CaseResult, evaluate, make_session
 
 __all__ = [
@@ -86,11 +89,27 @@ def quantize_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     """Dynamic int8 quantization of the weights (activations quantized at run time)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory(prefix="onnxserve-quantize-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="onnxserve-quantize-") as tmp, _quiet_root_logger():
         source, target = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save_model(model, str(source))
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
         return onnx.load(str(target))
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """onnxruntime.quantization logs advice and per-tensor notes on the root logger.
+
+    The advice (pre-process first) is about static quantization accuracy and
+    the notes are noise for dynamic quantization; the result is judged here.
+    """
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -164,6 +183,26 @@ def judge_variant(
     return result
 
 
+def _step(
+    what: str, function: Callable[[onnx.ModelProto], onnx.ModelProto], model: onnx.ModelProto
+) -> onnx.ModelProto:
+    """Run one step; its failure becomes a ConversionError that says which step failed."""
+    try:
+        return function(model)
+    except ConversionError:
+        raise
+    except Exception as exc:
+        loops = any(node.op_type in ("Loop", "Scan") for node in iter_nodes(model.graph))
+        hint = (
+            " (the model holds an ONNX Loop, from a GRU or masked recurrent layer, which "
+            "onnxruntime's tools often cannot handle)"
+            if loops
+            else ""
+        )
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise ConversionError(f"{what} failed{hint}: {first}; convert without it") from exc
+
+
 def apply_variants(
     model: onnx.ModelProto,
     cases: Sequence[CaseResult],
@@ -183,13 +222,13 @@ def apply_variants(
         return model, None
     steps: list[str] = []
     if quantize == "int8":
-        model = quantize_int8(model)
+        model = _step("int8 dynamic quantization", quantize_int8, model)
         steps.append("int8 dynamic quantization")
     if fp16:
-        model = to_fp16(model)
+        model = _step("fp16 conversion", to_fp16, model)
         steps.append("fp16")
     if optimize != "none":
-        model = optimize_model(model, optimize)
+        model = _step(f"{optimize} optimization", lambda m: optimize_model(m, optimize), model)
         steps.append(f"{optimize} optimization")
     result = judge_variant(
         " + ".join(steps),

@@ -266,6 +266,15 @@ def test_int8_quantization_is_judged_on_label_agreement(tmp_path: Path) -> None:
     assert "label agreement" in report.format()
 
 
+def test_int8_failure_on_a_gru_loop_is_a_clear_error_and_writes_nothing(tmp_path: Path) -> None:
+    """onnxruntime's quantizer rejects the GRU's Loop (outer-scope tensors in its body)."""
+    from onnxserve.converter import ConversionError, convert
+
+    with pytest.raises(ConversionError, match=r"int8 dynamic quantization failed.*ONNX Loop"):
+        convert(fx.trained("gru"), tmp_path / "repo", "gru", max_batch_size=4, quantize="int8")
+    assert not (tmp_path / "repo").exists()
+
+
 def test_fp16_keeps_float32_inputs_and_outputs(tmp_path: Path) -> None:
     import onnx
 
