@@ -48,9 +48,6 @@ def find_model_file(repository: Path, model: str, version: str, info: ModelInfo)
 def _session(model_file: Path, device: str, threads: int) -> object:
     import onnxruntime as ort
 
-    # Errors only: a CUDA provider whose libraries are missing is reported by
-    # the provider list below, not by pages of loader noise on stderr.
-    ort.set_default_logger_severity(3)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads > 0:
@@ -58,7 +55,14 @@ def _session(model_file: Path, device: str, threads: int) -> object:
     cuda = "CUDAExecutionProvider"
     wants_cuda = device == "cuda" or (device == "auto" and cuda in ort.get_available_providers())
     providers = [cuda, "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(model_file), options, providers=providers)
+    # A CUDA provider whose libraries are missing is reported by the provider
+    # list below (the table says which ran), not by pages of loader noise on
+    # stderr; errors that stop the session still raise.
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(str(model_file), options, providers=providers)
+    finally:
+        ort.set_default_logger_severity(2)
     if device == "cuda" and cuda not in session.get_providers():
         raise WorkloadError("--raw-device cuda: onnxruntime could not use CUDA here")
     return session

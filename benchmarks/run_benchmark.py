@@ -1,0 +1,432 @@
+#!/usr/bin/env python3
+"""The committed benchmark of issue 3: onnxserve against raw onnxruntime on the seed's LSTM.
+
+The model is the seed's sentiment network, Embedding(1000, 32) -> LSTM(128,
+return_sequences) -> LSTM(128) -> Dense(1, sigmoid) on sequences of 50 token
+ids. The script finds it in ``--repository`` (``make bench`` passes the example
+repository), or builds it under ``build/benchmark`` (with onnxserve's converter
+when it is installed, else with tf2onnx directly); model files are never
+committed. It then starts ``onnxserve serve`` on a free loopback port, runs
+``onnxserve bench`` over a concurrency sweep with the h2load driver (installed
+with apt-get when missing and allowed, else the python driver, with a note),
+and writes a markdown report to ``benchmarks/results/latest.md`` (git-ignored)
+next to the JSON and the plot, and prints it.
+
+Figures from a machine shared with other work are noisy: compare runs made
+on the same machine, and read the ratio to raw onnxruntime (measured in the
+same run) rather than absolute numbers.
+
+    python benchmarks/run_benchmark.py [--repository DIR] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+BUILD = ROOT / "build" / "benchmark"
+SEED_NAME = "seed_lstm"
+SEQUENCE = 50
+VOCABULARY = 1000
+MAX_BATCH_SIZE = 64
+# Issue 3's targets.
+TARGET_RATIO = 0.35
+TARGET_LATENCY_DELTA_MS = 0.5
+
+
+@dataclass(frozen=True)
+class SeedModel:
+    """Where the model is served from and how to call it."""
+
+    repository: Path
+    name: str
+    input_name: str
+    input_dtype: np.dtype
+    origin: str
+
+
+# --- finding or building the model ---------------------------------------------------------
+
+
+def _looks_like_seed(model_file: Path) -> tuple[str, np.dtype] | None:
+    """(input name, dtype) when the ONNX file is the seed's LSTM shape, else None.
+
+    The signature checked: one input [batch, 50 or dynamic] of token ids, two
+    LSTM ops with hidden size 128, one output per sample.
+    """
+    import onnx
+    from onnx import helper
+
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except Exception:
+        return None
+    graph = model.graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers]
+    lstms = [n for n in graph.node if n.op_type == "LSTM"]
+    if len(inputs) != 1 or len(lstms) != 2:
+        return None
+    if any(a.name == "hidden_size" and a.i != 128 for node in lstms for a in node.attribute):
+        return None
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or (dims[1].HasField("dim_value") and dims[1].dim_value != SEQUENCE):
+        return None
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type))
+    return inputs[0].name, dtype
+
+
+def find_seed(repository: Path, name: str | None) -> SeedModel | None:
+    """The seed model in a Triton-layout repository (by name, or by its graph)."""
+    if not repository.is_dir():
+        return None
+    folders = [repository / name] if name else sorted(p for p in repository.iterdir() if p.is_dir())
+    for folder in folders:
+        versions = sorted(
+            (p for p in folder.glob("*") if p.name.isdigit()), key=lambda p: int(p.name)
+        )
+        if not versions or not (versions[-1] / "model.onnx").is_file():
+            continue
+        found = _looks_like_seed(versions[-1] / "model.onnx")
+        if found is not None or name:
+            if found is None:
+                raise SystemExit(f"{folder} is not the seed's LSTM model (2 LSTM(128), length 50)")
+            return SeedModel(repository, folder.name, found[0], found[1], f"{folder}")
+    return None
+
+
+def _keras_seed_model() -> object:
+    """The seed's architecture with an int32 token input, fitted briefly on random tokens.
+
+    The weights do not change the cost of a forward pass; the short fit only
+    makes the model an ordinary trained one.
+    """
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tf2onnx cannot convert cuDNN LSTMs
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input(shape=(SEQUENCE,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(VOCABULARY, 32)(inputs)
+    x = keras.layers.LSTM(128, return_sequences=True)(x)
+    x = keras.layers.LSTM(128)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="positive")(x)
+    model = keras.Model(inputs, outputs, name=SEED_NAME)
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    rng = np.random.default_rng(0)
+    model.fit(
+        rng.integers(1, VOCABULARY, size=(256, SEQUENCE)).astype("int32"),
+        rng.integers(0, 2, size=(256, 1)).astype("float32"),
+        epochs=1,
+        batch_size=64,
+        verbose=0,
+    )
+    return model
+
+
+def _convert_with_tf2onnx(model: object, folder: Path) -> None:
+    """The direct route (no onnxserve.converter): tf.function with an explicit signature."""
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from onnx.tools import update_model_dims
+
+    spec = [tf.TensorSpec([None, SEQUENCE], tf.int32, name="tokens")]
+
+    @tf.function(input_signature=spec)
+    def serve(tokens: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"positive": model(tokens, training=False)}  # type: ignore[operator]
+
+    proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=17)
+    proto = update_model_dims.update_inputs_outputs_dims(
+        proto, {"tokens": ["batch", SEQUENCE]}, {"positive": ["batch", 1]}
+    )
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(folder / "1" / "model.onnx"))
+    (folder / "config.pbtxt").write_text(
+        f'name: "{SEED_NAME}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {MAX_BATCH_SIZE}\n'
+        f'input [ {{ name: "tokens" data_type: TYPE_INT32 dims: [ {SEQUENCE} ] }} ]\n'
+        'output [ { name: "positive" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        "dynamic_batching { }\n"
+    )
+
+
+def build_seed(build: Path) -> SeedModel:
+    """Build the seed model once into ``build/model_repository`` and reuse it after."""
+    repository = build / "model_repository"
+    existing = find_seed(repository, SEED_NAME) if (repository / SEED_NAME).is_dir() else None
+    if existing is not None:
+        return existing
+    shutil.rmtree(repository / SEED_NAME, ignore_errors=True)
+    print(f"building the seed LSTM model into {repository} (TensorFlow, about a minute)")
+    model = _keras_seed_model()
+    try:
+        from onnxserve.converter import convert
+    except ImportError:
+        convert = None
+    if convert is not None:
+        convert(
+            model,
+            repository,
+            SEED_NAME,
+            max_batch_size=MAX_BATCH_SIZE,
+            dynamic_sequence=False,
+            progress=lambda line: print(f"  {line}"),
+        )
+        how = "onnxserve.converter"
+    else:
+        _convert_with_tf2onnx(model, repository / SEED_NAME)
+        how = "tf2onnx.convert.from_function"
+    found = find_seed(repository, SEED_NAME)
+    assert found is not None
+    return SeedModel(
+        found.repository, found.name, found.input_name, found.input_dtype, f"built with {how}"
+    )
+
+
+# --- the server and the load generator -----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def running_server(repository: Path, log_path: Path, extra: Sequence[str]) -> Iterator[str]:
+    """``onnxserve serve`` on a free loopback port until the block ends (SIGTERM, then kill)."""
+    import grpc
+
+    from onnxserve.client.protocol import grpc_service_pb2 as pb
+    from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "onnxserve", "serve", "--model-repository", str(repository),
+             "--host", "127.0.0.1", "--grpc-port", str(port), *extra],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 180
+            with grpc.insecure_channel(address) as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                while True:
+                    if process.poll() is not None:
+                        raise SystemExit(f"the server exited; see {log_path}")
+                    with contextlib.suppress(grpc.RpcError):
+                        if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
+                            break
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"the server was not ready after 180 s; see {log_path}")
+                    time.sleep(0.2)
+            yield address
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def ensure_h2load(install: bool) -> bool:
+    """True when h2load is there, installing Debian's nghttp2-client if allowed and able."""
+    if shutil.which("h2load"):
+        return True
+    how = "apt-get update && apt-get install -y nghttp2-client"
+    can = install and shutil.which("apt-get") and hasattr(os, "geteuid") and os.geteuid() == 0
+    if not can:
+        print(f"h2load is not installed; the python driver is used instead. To install: {how}")
+        return False
+    print(f"h2load is not installed; running: {how}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-q"], check=False, env=env)
+    subprocess.run(["apt-get", "install", "-y", "-q", "nghttp2-client"], check=False, env=env)
+    return shutil.which("h2load") is not None
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def markdown(report: object, seed: SeedModel, args: argparse.Namespace) -> str:
+    """The results page: setup, step table, raw sweep, and the issue's two targets."""
+    from onnxserve.bench.results import BenchReport
+
+    assert isinstance(report, BenchReport)
+    env = report.environment
+    lines = [
+        "# onnxserve benchmark: the seed LSTM against raw onnxruntime",
+        "",
+        f"- Model: `{seed.name}`, Embedding({VOCABULARY}, 32) -> LSTM(128, return_sequences) "
+        f"-> LSTM(128) -> Dense(1, sigmoid), sequence length {SEQUENCE}, one sample per "
+        f"request; {seed.origin}",
+        f"- Run: {report.started_at}, commit {_git_commit()}, driver **{report.driver}** "
+        f"(one HTTP/2 connection), {args.duration:g} s per step after {args.warmup:g} s warm-up",
+        f"- Machine: {env.get('cpus')} CPUs ({env.get('usable_cpus')} usable), "
+        f"{env.get('platform')}, Python {env.get('python')}, onnxruntime "
+        f"{env.get('onnxruntime')}, grpcio {env.get('grpcio')}; client and server on the "
+        "same CPUs",
+        "- Noise: the machine may be shared with other work; absolute figures move between "
+        "runs. The ratio to raw onnxruntime, measured in the same run, is the figure to compare.",
+        "",
+        "| concurrency | infer/s | samples/s | p50 ms | p90 ms | p99 ms | mean ms | "
+        "server queue ms | server compute ms | avg batch | failed | x raw best |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for step in report.steps:
+        lat, srv = step.latency, step.server
+        cells = [
+            f"{int(step.load)}",
+            f"{step.infer_per_s:,.0f}",
+            f"{step.samples_per_s:,.0f}",
+            *(f"{v:.2f}" if lat else "-" for v in (
+                (lat.p50_ms, lat.p90_ms, lat.p99_ms, lat.mean_ms) if lat else (0, 0, 0, 0))),
+            f"{srv.queue_us / 1000:.2f}" if srv else "-",
+            f"{srv.compute_us / 1000:.2f}" if srv else "-",
+            f"{srv.avg_batch:.1f}" if srv and srv.avg_batch else "-",
+            str(step.failures),
+            f"{step.ratio_vs_raw:.2f}" if step.ratio_vs_raw is not None else "-",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    raw = report.raw
+    if raw is not None:
+        lines += [
+            "",
+            f"Raw onnxruntime, same model file, in the bench process "
+            f"({', '.join(raw.providers)}, default threads):",
+            "",
+            "| batch | mean ms | p50 ms | samples/s |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {p.batch} | {p.mean_ms:.3f} | {p.p50_ms:.3f} | {p.samples_per_s:,.0f} |"
+            for p in raw.points
+        ]
+        lines += ["", "## Issue 3's targets", "", "| target | measured | met |", "|---|---|---|"]
+        top = report.step_at_concurrency(64)
+        if top is not None and top.ratio_vs_raw is not None:
+            lines.append(
+                f"| throughput at concurrency 64 >= {TARGET_RATIO} x raw best batched | "
+                f"{top.ratio_vs_raw:.2f} x ({top.samples_per_s:,.0f} / "
+                f"{raw.best.samples_per_s:,.0f} samples/s at batch {raw.best.batch}) | "
+                f"{'yes' if top.ratio_vs_raw >= TARGET_RATIO else 'no'} |"
+            )
+            lines.append(
+                f"| no failed request at concurrency 64 | {top.failures} failed of "
+                f"{top.requests:,} | {'yes' if top.failures == 0 else 'no'} |"
+            )
+        one = report.step_at_concurrency(1)
+        delta = report.latency_delta_ms(one) if one is not None else None
+        if one is not None and one.latency is not None and delta is not None and raw.batch1:
+            lines.append(
+                f"| mean latency at concurrency 1 <= raw batch 1 + {TARGET_LATENCY_DELTA_MS} ms "
+                f"| {one.latency.mean_ms:.3f} ms vs {raw.batch1.mean_ms:.3f} ms: {delta:+.3f} ms "
+                f"| {'yes' if delta <= TARGET_LATENCY_DELTA_MS else 'no'} |"
+            )
+    notes = list(report.notes) + [f"{s.label}: {n}" for s in report.steps for n in s.notes]
+    if notes:
+        lines += ["", *(f"- note: {n}" for n in notes)]
+    lines += [
+        "",
+        f"Reproduce: `python benchmarks/run_benchmark.py --duration {args.duration:g}` "
+        "(or `make bench`).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, help="Model repository to find the seed in")
+    parser.add_argument("--model", help="Name of the seed model in --repository")
+    parser.add_argument("--build-dir", type=Path, default=BUILD, help="Where to build the model")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="Where to write results")
+    parser.add_argument("--concurrency", default="1,8,16,32,64", help="Concurrency sweep")
+    parser.add_argument("--duration", type=float, default=10.0, help="Seconds per step")
+    parser.add_argument("--warmup", type=float, default=2.0, help="Warm-up seconds per step")
+    parser.add_argument("--raw-seconds", type=float, default=2.0, help="Raw seconds per batch")
+    parser.add_argument("--driver", choices=("auto", "h2load", "python"), default="auto")
+    parser.add_argument("--no-install", action="store_true", help="Never apt-get install h2load")
+    parser.add_argument("--server-arg", action="append", default=[], help="Extra serve flag")
+    args = parser.parse_args(argv)
+
+    seed = find_seed(args.repository, args.model) if args.repository else None
+    if seed is None:
+        if args.repository:
+            print(f"no seed LSTM model in {args.repository}; building one")
+        seed = build_seed(args.build_dir)
+    print(f"model: {seed.name} in {seed.repository} ({seed.origin})")
+    driver = args.driver
+    if driver in ("auto", "h2load") and not ensure_h2load(not args.no_install):
+        if driver == "h2load":
+            return 2
+        driver = "python"
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    data = args.results / "tokens.npz"
+    np.savez(data, **{seed.input_name: rng.integers(1, VOCABULARY, size=(256, SEQUENCE))
+                      .astype(seed.input_dtype)})  # fmt: skip
+
+    from onnxserve.bench.progress import Progress
+    from onnxserve.bench.report import format_report, write_json, write_plot
+    from onnxserve.bench.runner import run_bench
+    from onnxserve.bench.settings import BenchSettings
+
+    with running_server(seed.repository, args.results / "server.log", args.server_arg) as address:
+        settings = BenchSettings(
+            model=seed.name,
+            url=address,
+            concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+            duration=args.duration,
+            warmup=args.warmup,
+            input_data=str(data),
+            shape=f"{seed.input_name}:{SEQUENCE}",
+            driver=driver,  # type: ignore[arg-type]
+            repository=seed.repository,
+            raw_seconds=args.raw_seconds,
+        )
+        report = asyncio.run(run_bench(settings, Progress()))
+    print(format_report(report), file=sys.stderr)
+    write_json(report, args.results / "latest.json")
+    try:
+        write_plot(report, args.results / "latest.png")
+    except RuntimeError as exc:  # matplotlib missing
+        print(f"no plot: {exc}", file=sys.stderr)
+    text = markdown(report, seed, args)
+    (args.results / "latest.md").write_text(text)
+    print(text)
+    print(f"wrote {args.results / 'latest.md'}, latest.json, latest.png")
+    return 1 if report.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
