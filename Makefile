@@ -14,7 +14,7 @@ GRPC_PORT ?= 8001
 SENTIMENT_DATA ?= $(firstword $(wildcard ../shared/data/sentiment-labelled-sentences))
 export ONNXSERVE_SENTIMENT_DATA ?= $(SENTIMENT_DATA)
 
-.PHONY: install serve test lint examples protos bench clean
+.PHONY: install serve test lint examples protos bench clean kserve-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ examples: $(EXAMPLE_REPOSITORY)/.complete
 serve: install examples
 	$(ONNXSERVE) serve --model-repository $(EXAMPLE_REPOSITORY) --host 127.0.0.1 --grpc-port $(GRPC_PORT)
 
-test: install
+# KServe's server and client for tests/test_client_kserve.py, in their own
+# environment (.venv-kserve): KServe needs protobuf 6, the project 7.
+kserve-env: install
+	$(PY) -m tests.support.kserve_env
+
+test: install kserve-env
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 --durations=15
 

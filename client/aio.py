@@ -97,7 +97,7 @@ class AsyncClient(ClientBase):
                     error.code, attempts, call.idempotent, deadline.remaining()
                 )
                 if delay is None:
-                    raise error from None
+                    return call.result_for(error)
                 await asyncio.sleep(delay)
                 continue
             return call.parse(response)
@@ -246,7 +246,7 @@ class AsyncClient(ClientBase):
                 print(result.id, result.raise_for_error().outputs)
         """
         deadline = self._deadline(timeout)
-        failure: list[BaseException] = []
+        failure: list[Exception] = []
 
         async def encoded() -> AsyncIterator[pb.ModelInferRequest]:
             try:
@@ -256,7 +256,7 @@ class AsyncClient(ClientBase):
                 else:
                     for item in requests:
                         yield calls.request_from(item)
-            except BaseException as exc:
+            except Exception as exc:  # not GeneratorExit: gRPC closes us when the call ends
                 failure.append(exc)
                 raise
 

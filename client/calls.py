@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
@@ -66,12 +67,25 @@ _UINT64_MAX = 2**64 - 1
 
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """One unary RPC to make: method name, request, result parser, retry safety."""
+    """One unary RPC to make: method name, request, result parser, retry safety.
+
+    ``not_found`` is the result to return when the server answers NOT_FOUND
+    instead of raising: KServe's server answers ModelReady for an unknown model
+    with NOT_FOUND where Triton and onnxserve say "not ready", and callers of
+    ``is_model_ready`` should not have to know which server they talk to.
+    """
 
     method: str
     request: Any
     parse: Callable[[Any], T]
     idempotent: bool
+    not_found: Callable[[], T] | None = None
+
+    def result_for(self, error: InferenceServerError) -> T:
+        """The result an error stands for, or the error raised."""
+        if self.not_found is not None and error.code == grpc.StatusCode.NOT_FOUND:
+            return self.not_found()
+        raise error from None  # the grpc error is translated, not a second failure
 
 
 def _version(version: str | int | None) -> str:
@@ -267,7 +281,9 @@ def server_ready() -> Call[bool]:
 
 def model_ready(name: str, version: str | int | None = None) -> Call[bool]:
     request = pb.ModelReadyRequest(name=name, version=_version(version))
-    return Call("ModelReady", request, lambda r: bool(r.ready), idempotent=True)
+    return Call(
+        "ModelReady", request, lambda r: bool(r.ready), idempotent=True, not_found=lambda: False
+    )
 
 
 def _server_metadata(response: pb.ServerMetadataResponse) -> ServerMetadata:

@@ -105,7 +105,7 @@ class Client(ClientBase):
                     error.code, attempts, call.idempotent, deadline.remaining()
                 )
                 if delay is None:
-                    raise error from None
+                    return call.result_for(error)
                 time.sleep(delay)
                 continue
             return call.parse(response)
@@ -266,7 +266,7 @@ class Client(ClientBase):
                 print(result.id, result.raise_for_error().outputs["OUTPUT0"])
         """
         deadline = self._deadline(timeout)
-        failure: list[BaseException] = []
+        failure: list[Exception] = []
 
         def encoded() -> Iterator[pb.ModelInferRequest]:
             # gRPC consumes this in its own thread and would hide an exception
@@ -274,7 +274,7 @@ class Client(ClientBase):
             try:
                 for item in requests:
                     yield calls.request_from(item)
-            except BaseException as exc:
+            except Exception as exc:  # not GeneratorExit: gRPC closes us when the call ends
                 failure.append(exc)
                 raise
 

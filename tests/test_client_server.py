@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
-import ml_dtypes
 import numpy as np
 import pytest
 
@@ -32,6 +31,7 @@ from onnxserve.client import (
     UnimplementedError,
 )
 from onnxserve.client.protocol import model_config_pb2 as mc
+from tests.support.client_tensors import expected_bytes, identity_input
 from tests.support.models import ONNX_TYPES, add_sub_model
 from tests.support.server import RunningServer, free_port
 
@@ -43,29 +43,6 @@ B = np.linspace(-3, 3, 32, dtype=np.float32).reshape(2, 16)
 def client(protocol_server: RunningServer) -> Iterator[Client]:
     with Client(protocol_server.address, timeout=30) as client:
         yield client
-
-
-def identity_input(datatype: str) -> np.ndarray:
-    """A [3, 4] input for identity_<datatype> with values that show width, sign and precision."""
-    if datatype == "BYTES":
-        return np.array(
-            [["", "a", "é€", "x" * 300], [b"\x7f\x01", b"nul\x00in", "日本", "z"], list("abcd")],
-            dtype=object,
-        )
-    if datatype == "BOOL":
-        return (np.arange(12).reshape(3, 4) % 3) == 0
-    dtype = {"BF16": np.dtype(ml_dtypes.bfloat16)}.get(datatype) or np.dtype(
-        {"FP16": "f2", "FP32": "f4", "FP64": "f8"}.get(datatype) or datatype.lower()
-    )
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        values = [info.min, info.max, 0, 1, *range(8)]
-        return np.array(values, dtype=dtype).reshape(3, 4)
-    return (np.arange(12, dtype=np.float64).reshape(3, 4) * 0.5 - 2.25).astype(dtype)
-
-
-def expected_bytes(array: np.ndarray) -> list[bytes]:
-    return [e.encode() if isinstance(e, str) else bytes(e) for e in array.reshape(-1)]
 
 
 # -- every call -----------------------------------------------------------------
