@@ -174,7 +174,8 @@ def write_plot(report: BenchReport, path: Path) -> None:
     axes.set_ylabel("latency (ms)")
     axes.set_title(f"onnxserve bench: {report.model} ({report.driver} driver)")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    if axes.get_legend_handles_labels()[0]:
+        axes.legend()
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png")

@@ -1,0 +1,312 @@
+"""``onnxserve bench`` against a real server on tiny models.
+
+The server runs as a separate process (tests/support/server.py); the bench
+drives it with both drivers and reads its statistics. Nothing here asserts a
+timing threshold: the checks are that the figures are consistent with each
+other and with what the server counted (successes, failures, rows), which a
+miscounting load generator or a wrong statistics delta would break.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxserve.bench.drivers import H2LoadDriver, PythonDriver, find_h2load
+from onnxserve.bench.raw import find_model_file
+from onnxserve.bench.report import format_report, write_plot
+from onnxserve.bench.results import BenchReport, StepResult
+from onnxserve.bench.runner import BenchError, _Server, _step_result, run_bench, server_delta
+from onnxserve.bench.settings import BenchSettings
+from onnxserve.bench.workload import (
+    InputSpec,
+    ModelInfo,
+    WorkloadError,
+    build_inputs,
+    decode_frame,
+    encode_frame,
+    encode_request,
+    model_info,
+    parse_shapes,
+)
+from onnxserve.cli import main
+from onnxserve.client.codec import raw_to_array
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.settings import SettingsError, resolve
+from tests.support.models import add_sub_model
+from tests.support.server import RunningServer
+
+VOCABULARY = 10
+needs_h2load = pytest.mark.skipif(
+    find_h2load() is None, reason="h2load not installed (apt-get install nghttp2-client)"
+)
+
+
+def lookup_model(path: Path) -> Path:
+    """An Embedding-like lookup: OUTPUT0 = table[INPUT0]; ids >= 10 fail in onnxruntime."""
+    table = helper.make_tensor(
+        "table", TensorProto.FLOAT, [VOCABULARY, 2], np.arange(20, dtype=np.float32).tolist()
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "INPUT0"], ["OUTPUT0"])],
+        "lookup",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.INT64, ["batch", 3])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 3, 2])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench_repository")
+    add_sub_model(root / "simple" / "1" / "model.onnx")
+    add_sub_model(root / "simple" / "3" / "model.onnx")  # the raw baseline takes the highest
+    lookup_model(root / "lookup" / "1" / "model.onnx")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[RunningServer]:
+    with RunningServer(repository) as running:
+        yield running
+
+
+def settings(server: RunningServer, repository: Path, **changes: object) -> BenchSettings:
+    base = BenchSettings(
+        model="simple",
+        url=f"grpc://{server.address}",
+        concurrency=(1, 4),
+        duration=0.4,
+        warmup=0.1,
+        repository=repository,
+        raw_batch_sizes=(1, 8),
+        raw_seconds=0.05,
+        driver="python",
+        progress=False,
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def check_consistent(step: StepResult, batch_size: int = 1) -> None:
+    """What must hold for any step that had no failure, whatever the speed."""
+    assert step.failures == 0, step.failure_codes
+    assert step.requests == step.successes > 0
+    assert step.infer_per_s > 0
+    assert step.samples_per_s == pytest.approx(step.infer_per_s * batch_size)
+    latency = step.latency
+    assert latency is not None and latency.count == step.successes
+    assert 0 < latency.min_ms <= latency.p50_ms <= latency.p90_ms <= latency.p99_ms
+    assert latency.p99_ms <= latency.max_ms
+    assert latency.min_ms <= latency.mean_ms <= latency.max_ms
+    server = step.server
+    assert server is not None
+    assert server.success == step.successes and server.fail == 0
+    assert server.inference_count == step.successes * batch_size
+    assert server.execution_count >= 1
+    assert sum(server.batch_executions.values()) == server.execution_count
+    assert server.avg_batch is not None and server.avg_batch >= batch_size
+
+
+# --- the request body h2load posts ---------------------------------------------------------
+
+
+def test_h2load_body_is_a_grpc_frame_holding_the_request() -> None:
+    info = ModelInfo(
+        name="m",
+        versions=("1",),
+        max_batch_size=8,
+        inputs=(InputSpec("A", "FP32", (4,)), InputSpec("B", "INT32", (2, 3))),
+        default_model_filename="model.onnx",
+    )
+    arrays = build_inputs(info, 2, "random", int_range=(5, 7), seed=3)[0]
+    body = encode_frame(encode_request("m", "1", info, arrays))
+    flag, length = struct.unpack(">BI", body[:5])
+    assert flag == 0 and length == len(body) - 5
+    request = decode_frame(body)
+    assert (request.model_name, request.model_version) == ("m", "1")
+    assert [(t.name, t.datatype, list(t.shape)) for t in request.inputs] == [
+        ("A", "FP32", [2, 4]),
+        ("B", "INT32", [2, 2, 3]),
+    ]
+    for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=True):
+        decoded = raw_to_array(raw, tensor.datatype, list(tensor.shape))
+        np.testing.assert_array_equal(decoded, arrays[tensor.name])
+    assert arrays["B"].min() >= 5 and arrays["B"].max() <= 7
+    with pytest.raises(WorkloadError, match="declares"):
+        decode_frame(body[:-1])
+    with pytest.raises(WorkloadError, match="compressed"):
+        decode_frame(b"\x01" + body[1:])
+
+
+def test_variable_dims_need_a_shape_and_shapes_are_checked() -> None:
+    metadata = pb.ModelMetadataResponse(name="m", versions=["1"])
+    metadata.inputs.add(name="tokens", datatype="INT32", shape=[-1, -1])
+    config = mc.ModelConfig(name="m", max_batch_size=16)
+    with pytest.raises(WorkloadError, match="--shape tokens:N"):
+        model_info(metadata, config, {})
+    assert model_info(metadata, config, parse_shapes("tokens:50")).inputs[0].dims == (50,)
+    with pytest.raises(WorkloadError, match="unknown input"):
+        model_info(metadata, config, parse_shapes("tokens:50;other:1"))
+    assert parse_shapes("a:3x4;b:5") == {"a": (3, 4), "b": (5,)}
+
+
+def test_settings_refuse_nonsense_before_any_request() -> None:
+    with pytest.raises(SettingsError, match="concurrency"):
+        resolve(BenchSettings, None, environ={"ONNXSERVE_MODEL": "m", "ONNXSERVE_CONCURRENCY": "0"})
+    with pytest.raises(SettingsError, match="int_range"):
+        resolve(BenchSettings, None, environ={"ONNXSERVE_MODEL": "m", "ONNXSERVE_INT_RANGE": "9,1"})
+
+
+# --- against the server --------------------------------------------------------------------
+
+
+def test_python_driver_sweep_matches_server_statistics(
+    server: RunningServer, repository: Path
+) -> None:
+    report = asyncio.run(run_bench(settings(server, repository, batch_size=2)))
+    assert report.driver == "python"
+    assert [s.load for s in report.steps] == [1.0, 4.0]
+    for step in report.steps:
+        check_consistent(step, batch_size=2)
+    raw = report.raw
+    assert raw is not None and raw.model_file.endswith("simple/3/model.onnx")
+    assert [p.batch for p in raw.points] == [1, 8]
+    assert all(p.runs >= 5 and p.samples_per_s > 0 and p.mean_ms > 0 for p in raw.points)
+    for step in report.steps:
+        assert step.ratio_vs_raw == pytest.approx(step.samples_per_s / raw.best.samples_per_s)
+    one = report.step_at_concurrency(1)
+    assert one is not None and one.latency is not None and raw.batch1 is not None
+    assert report.latency_delta_ms(one) == pytest.approx(one.latency.mean_ms - raw.batch1.mean_ms)
+    text = format_report(report)
+    assert "p99 ms" in text and "concurrency 1: mean latency" in text
+    assert "concurrency 4:" in text and "x raw onnxruntime's best batched" in text
+
+
+def test_request_rate_sends_the_requested_count(server: RunningServer, repository: Path) -> None:
+    report = asyncio.run(
+        run_bench(
+            settings(server, repository, request_rate=(400.0,), requests=60, raw_baseline=False)
+        )
+    )
+    (step,) = report.steps
+    assert step.mode == "request_rate" and step.requests == 60
+    check_consistent(step)
+    assert report.raw is None
+
+
+@needs_h2load
+def test_h2load_driver_counts_match_server_statistics(
+    server: RunningServer, repository: Path
+) -> None:
+    report = asyncio.run(
+        run_bench(settings(server, repository, driver="h2load", concurrency=(1, 8), requests=300))
+    )
+    assert report.driver == "h2load"
+    for step in report.steps:
+        assert step.requests == 300
+        check_consistent(step)
+    # Duration mode sizes the request count from the warm-up's rate.
+    timed = asyncio.run(
+        run_bench(settings(server, repository, driver="h2load", concurrency=(4,),
+                           raw_baseline=False))
+    )  # fmt: skip
+    check_consistent(timed.steps[0])
+    assert any("warm-up's rate" in note for note in timed.steps[0].notes)
+
+
+@needs_h2load
+def test_h2load_grpc_failures_come_from_server_statistics(
+    server: RunningServer, repository: Path
+) -> None:
+    """gRPC errors reach h2load as HTTP 200: only the server's counters reveal them."""
+    info = ModelInfo("lookup", ("1",), 64, (InputSpec("INPUT0", "INT64", (3,)),), "model.onnx")
+    bad = encode_request("lookup", "", info, {"INPUT0": np.full((1, 3), 50, dtype=np.int64)})
+
+    async def measure() -> StepResult:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stats = _Server(channel, "lookup", "")
+            executable = find_h2load()
+            assert executable is not None
+            async with H2LoadDriver(executable, server.address, bad) as driver:
+                before = await stats.settled_statistics()
+                run = await driver.run(4, None, seconds=0, requests=40)
+                after = await stats.settled_statistics()
+        report = BenchReport("lookup", "", server.address, "h2load", 1, "", {}, {})
+        s = settings(server, repository)
+        return _step_result(s, "concurrency", 4, "h2load", run, server_delta(before, after), report)
+
+    step = asyncio.run(measure())
+    assert step.requests == 40
+    assert step.successes == 0 and step.failures == 40
+    assert step.failure_codes == {"GRPC (from server statistics)": 40}
+    assert step.server is not None and step.server.fail == 40
+
+
+def test_cli_counts_failed_requests_and_writes_json_and_png(
+    server: RunningServer, repository: Path, tmp_path: Path
+) -> None:
+    """Every other request carries an id outside the lookup table: exactly half fail."""
+    data = tmp_path / "ids.npz"
+    np.savez(data, INPUT0=np.array([[1, 2, 3], [4, 5, 50]], dtype=np.int64))
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    code = main([
+        "bench", "lookup", "--url", server.address, "--driver", "python",
+        "--concurrency", "1", "--requests", "10", "--warmup", "0", "--input-data", str(data),
+        "--model-file", str(repository / "lookup" / "1" / "model.onnx"),
+        "--raw-batch-sizes", "1,4", "--raw-seconds", "0.05", "--int-range", "0,9",
+        "--json", str(out_json), "--plot", str(out_png), "--no-progress",
+    ])  # fmt: skip
+    assert code == 1  # failures make a non-zero exit status
+    result = json.loads(out_json.read_text())
+    (step,) = result["steps"]
+    assert (step["requests"], step["successes"], step["failures"]) == (10, 5, 5)
+    assert sum(step["failure_codes"].values()) == 5
+    assert step["server"]["success"] == 5 and step["server"]["fail"] == 5
+    assert step["ratio_vs_raw"] == pytest.approx(
+        step["samples_per_s"] / result["raw"]["best"]["samples_per_s"]
+    )
+    assert result["failures"] == 5
+    assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_raw_baseline_is_a_png(tmp_path: Path) -> None:
+    report = BenchReport("m", "", "x", "python", 1, "", {}, {})
+    path = tmp_path / "nested" / "plot.png"
+    write_plot(report, path)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_request_the_model_refuses_stops_the_run(server: RunningServer, repository: Path) -> None:
+    with pytest.raises(BenchError, match="refused the bench's request"):
+        asyncio.run(run_bench(settings(server, repository, model="lookup", int_range=(50, 60))))
+    with pytest.raises(BenchError, match="cannot describe model 'missing'"):
+        asyncio.run(run_bench(settings(server, repository, model="missing")))
+
+
+def test_raw_model_file_is_the_highest_served_version(repository: Path) -> None:
+    info = ModelInfo("simple", ("1", "3"), 8, (), "model.onnx")
+    assert find_model_file(repository, "simple", "", info).parent.name == "3"
+    assert find_model_file(repository, "simple", "1", info).parent.name == "1"
+    with pytest.raises(WorkloadError, match="does not exist"):
+        find_model_file(repository, "simple", "2", info)
+
+
+def test_python_driver_needs_a_payload() -> None:
+    with pytest.raises(ValueError, match="no request"):
+        PythonDriver("127.0.0.1:1", [], 1.0)
