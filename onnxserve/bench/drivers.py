@@ -388,7 +388,8 @@ class H2LoadDriver:
             if not estimate:
                 raise H2LoadError("h2load: call warmup() before a duration-based run")
             requests = max(concurrency, round(estimate * seconds))
-            notes.append(f"{requests} requests: the warm-up's rate times {seconds:g} s")
+            source = "the request rate" if rate is not None else "the warm-up's rate"
+            notes.append(f"{requests} requests: {source} times {seconds:g} s")
         log_file = Path(self._dir.name) / "requests.log"
         log_file.unlink(missing_ok=True)
         expected = requests / (rate or self._rate_estimate or requests)
