@@ -425,3 +425,19 @@ def test_a_dead_url_among_several_is_retried_on_the_next(two_servers: list[Runni
         dead = f"127.0.0.1:{closed.getsockname()[1]}"
         with Client([dead, two_servers[0].address]) as mixed:
             assert all(mixed.is_ready() for _ in range(4))
+
+
+def test_one_client_shared_by_many_threads(protocol_server: RunningServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(i: int) -> bool:
+        x = np.full((1, 16), i, np.float32)
+        out = shared.infer("simple", {"INPUT0": x, "INPUT1": B[:1]})
+        return bool(np.array_equal(out["OUTPUT1"], x - B[:1]))
+
+    with (
+        Client(protocol_server.address, channels_per_url=2) as shared,
+        ThreadPoolExecutor(max_workers=8) as pool,
+    ):
+        results = list(pool.map(call, range(200)))
+    assert all(results)

@@ -436,3 +436,12 @@ def test_client_settings_are_validated() -> None:
             client.is_live(timeout=-1)
     with pytest.raises(RuntimeError, match="closed"):
         client.is_live()
+
+
+def test_model_ready_reads_not_found_as_not_ready_and_other_calls_raise() -> None:
+    missing = error_for_code(grpc.StatusCode.NOT_FOUND, "Model with name x does not exist.")
+    assert calls.model_ready("x").result_for(missing) is False
+    with pytest.raises(ModelNotFoundError):
+        calls.model_metadata("x").result_for(missing)
+    with pytest.raises(ServerUnavailableError):
+        calls.model_ready("x").result_for(error_for_code(grpc.StatusCode.UNAVAILABLE, "down"))
