@@ -277,6 +277,11 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _load(env: dict[str, object], key: str) -> str:
+    values = env.get(key)
+    return "/".join(f"{v:.2f}" for v in values) if isinstance(values, list) else "unknown"
+
+
 def markdown(report: object, seed: SeedModel, args: argparse.Namespace) -> str:
     """The results page: setup, step table, raw sweep, and the issue's two targets."""
     from onnxserve.bench.results import BenchReport
@@ -290,17 +295,22 @@ def markdown(report: object, seed: SeedModel, args: argparse.Namespace) -> str:
         f"-> LSTM(128) -> Dense(1, sigmoid), sequence length {SEQUENCE}, one sample per "
         f"request; {seed.origin}",
         f"- Run: {report.started_at}, commit {_git_commit()}, driver **{report.driver}** "
-        f"(one HTTP/2 connection), {args.duration:g} s per step after {args.warmup:g} s warm-up",
+        f"(one HTTP/2 connection), {args.duration:g} s per step after {args.warmup:g} s warm-up; "
+        "client CPU: the load generator's CPU time in % of one core",
         f"- Machine: {env.get('cpus')} CPUs ({env.get('usable_cpus')} usable), "
         f"{env.get('platform')}, Python {env.get('python')}, onnxruntime "
         f"{env.get('onnxruntime')}, grpcio {env.get('grpcio')}; client and server on the "
         "same CPUs",
-        "- Noise: the machine may be shared with other work; absolute figures move between "
-        "runs. The ratio to raw onnxruntime, measured in the same run, is the figure to compare.",
+        "- Noise: the machine may be shared with other work (load average "
+        f"{_load(env, 'load_average_at_start')} at the start, "
+        f"{_load(env, 'load_average_at_end')} at the end); absolute figures move between runs. "
+        "The ratio to raw onnxruntime, measured in the same run, is the figure to compare. "
+        "Raw onnxruntime is the fastest of five timing chunks per batch size (interference "
+        "only slows a chunk), so the ratios are conservative.",
         "",
         "| concurrency | infer/s | samples/s | p50 ms | p90 ms | p99 ms | mean ms | "
-        "server queue ms | server compute ms | avg batch | failed | x raw best |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "server queue ms | server compute ms | avg batch | failed | x raw best | client CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for step in report.steps:
         lat, srv = step.latency, step.server
@@ -315,6 +325,7 @@ def markdown(report: object, seed: SeedModel, args: argparse.Namespace) -> str:
             f"{srv.avg_batch:.1f}" if srv and srv.avg_batch else "-",
             str(step.failures),
             f"{step.ratio_vs_raw:.2f}" if step.ratio_vs_raw is not None else "-",
+            f"{step.client_cpu_percent:.0f}%" if step.client_cpu_percent is not None else "-",
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     raw = report.raw
@@ -322,13 +333,16 @@ def markdown(report: object, seed: SeedModel, args: argparse.Namespace) -> str:
         lines += [
             "",
             f"Raw onnxruntime, same model file, in the bench process "
-            f"({', '.join(raw.providers)}, default threads):",
+            f"({', '.join(raw.providers)}, default threads; the fastest of five chunks, "
+            "all chunk means listed):",
             "",
-            "| batch | mean ms | p50 ms | samples/s |",
-            "|---:|---:|---:|---:|",
+            "| batch | mean ms | p50 ms | samples/s | chunk means ms |",
+            "|---:|---:|---:|---:|---|",
         ]
         lines += [
-            f"| {p.batch} | {p.mean_ms:.3f} | {p.p50_ms:.3f} | {p.samples_per_s:,.0f} |"
+            f"| {p.batch} | {p.mean_ms:.3f} | {p.p50_ms:.3f} | {p.samples_per_s:,.0f} | "
+            + ", ".join(f"{m:.2f}" for m in p.chunk_means_ms)
+            + " |"
             for p in raw.points
         ]
         lines += ["", "## Issue 3's targets", "", "| target | measured | met |", "|---|---|---|"]

@@ -121,6 +121,7 @@ def check_consistent(step: StepResult, batch_size: int = 1) -> None:
     assert server.execution_count >= 1
     assert sum(server.batch_executions.values()) == server.execution_count
     assert server.avg_batch is not None and server.avg_batch >= batch_size
+    assert step.client_cpu_s is not None and step.client_cpu_s >= 0
 
 
 # --- the request body h2load posts ---------------------------------------------------------
@@ -187,7 +188,10 @@ def test_python_driver_sweep_matches_server_statistics(
     raw = report.raw
     assert raw is not None and raw.model_file.endswith("simple/3/model.onnx")
     assert [p.batch for p in raw.points] == [1, 8]
-    assert all(p.runs >= 5 and p.samples_per_s > 0 and p.mean_ms > 0 for p in raw.points)
+    for point in raw.points:
+        assert point.runs >= 5 and len(point.chunk_means_ms) == 5
+        assert point.mean_ms == pytest.approx(min(point.chunk_means_ms))
+        assert point.samples_per_s == pytest.approx(point.batch * 1000 / point.mean_ms)
     for step in report.steps:
         assert step.ratio_vs_raw == pytest.approx(step.samples_per_s / raw.best.samples_per_s)
     one = report.step_at_concurrency(1)

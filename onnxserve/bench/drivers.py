@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import re
+import resource
 import shutil
 import tempfile
 import time
@@ -63,6 +64,8 @@ class DriverRun:
     latencies_ns: np.ndarray
     seconds: float
     late_sends: int = 0
+    # CPU seconds the load generator spent (this process, or h2load's).
+    client_cpu_s: float | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -138,6 +141,7 @@ class PythonDriver:
                 return
             latencies.append(time.perf_counter_ns() - t0)
 
+        cpu_started = time.process_time()
         started = time.perf_counter()
         stop_at = started + seconds
 
@@ -207,6 +211,7 @@ class PythonDriver:
             latencies_ns=np.asarray(latencies, dtype=np.int64),
             seconds=elapsed,
             late_sends=late,
+            client_cpu_s=time.process_time() - cpu_started,
             notes=notes,
         )
 
@@ -326,7 +331,11 @@ class H2LoadDriver:
             cmd += ["--log-file", str(log_file)]
         return [*cmd, self.url]
 
-    async def _execute(self, cmd: list[str], expected_s: float, progress: ProgressFn | None) -> str:
+    async def _execute(
+        self, cmd: list[str], expected_s: float, progress: ProgressFn | None
+    ) -> tuple[str, float]:
+        """h2load's output and the CPU seconds it used."""
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         process = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )
@@ -361,12 +370,14 @@ class H2LoadDriver:
         output = "".join(lines)
         if code != 0:
             raise H2LoadError(f"h2load exited with {code}:\n{output[-2000:]}")
-        return output
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
+        return output, cpu
 
     async def warmup(self, concurrency: int, rate: float | None, seconds: float) -> None:
         """Unmeasured load; also learns the rate used to size duration-based steps."""
         seconds = max(seconds, 0.5)  # the rate estimate needs a little time
-        output = await self._execute(
+        output, _ = await self._execute(
             self.command(concurrency, duration_ms=int(seconds * 1000), rate=rate), seconds, None
         )
         summary = parse_h2load_output(output)
@@ -393,7 +404,7 @@ class H2LoadDriver:
         log_file = Path(self._dir.name) / "requests.log"
         log_file.unlink(missing_ok=True)
         expected = requests / (rate or self._rate_estimate or requests)
-        output = await self._execute(
+        output, cpu = await self._execute(
             self.command(concurrency, requests=requests, rate=rate, log_file=log_file),
             expected,
             progress,
@@ -417,5 +428,6 @@ class H2LoadDriver:
             failure_codes=codes,
             latencies_ns=durations[ok] * 1000,
             seconds=seconds_taken,
+            client_cpu_s=cpu,
             notes=notes,
         )

@@ -35,6 +35,7 @@ def _row(step: StepResult) -> list[str]:
         "-" if server is None or server.avg_batch is None else f"{server.avg_batch:.1f}",
         str(step.failures),
         "-" if step.ratio_vs_raw is None else f"{step.ratio_vs_raw:.2f}",
+        "-" if step.client_cpu_percent is None else f"{step.client_cpu_percent:.0f}",
     ]
 
 
@@ -108,12 +109,14 @@ def format_report(report: BenchReport) -> str:
         "batch",
         "failed",
         "x raw",
+        "client cpu%",
     ]
     if report.steps:
         out.append(_table(header, [_row(s) for s in report.steps]))
     out.append(
         "(latency: client side; queue/compute: server side, per request; batch: rows per "
-        "model execution; x raw: samples/s over raw onnxruntime's best batched samples/s)"
+        "model execution; x raw: samples/s over raw onnxruntime's best batched samples/s; "
+        "client cpu%: the load generator's CPU time, in % of one core)"
     )
     comparisons = headline(report)
     if comparisons:

@@ -99,7 +99,15 @@ class StepResult:
     latency: LatencySummary | None
     server: ServerDelta | None
     ratio_vs_raw: float | None = None
+    client_cpu_s: float | None = None  # the load generator's CPU time during the step
     notes: tuple[str, ...] = ()
+
+    @property
+    def client_cpu_percent(self) -> float | None:
+        """The load generator's CPU use in % of one core: what it took from the server."""
+        if self.client_cpu_s is None or self.seconds <= 0:
+            return None
+        return 100.0 * self.client_cpu_s / self.seconds
 
     @property
     def label(self) -> str:
@@ -110,7 +118,8 @@ class StepResult:
 
 @dataclass(frozen=True)
 class RawPoint:
-    """onnxruntime ``run`` at one batch size, in this process."""
+    """onnxruntime ``run`` at one batch size, in this process: the figures of the
+    fastest timing chunk, and every chunk's mean (their spread shows the noise)."""
 
     batch: int
     runs: int
@@ -118,6 +127,7 @@ class RawPoint:
     p50_ms: float
     p99_ms: float
     samples_per_s: float
+    chunk_means_ms: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,7 @@ class BenchReport:
                 step_data["server"]["avg_batch"] = step.server.avg_batch
                 step_data["server"]["compute_us"] = step.server.compute_us
             step_data["latency_delta_vs_raw_batch1_ms"] = self.latency_delta_ms(step)
+            step_data["client_cpu_percent"] = step.client_cpu_percent
         if self.raw is not None:
             data["raw"]["best"] = dataclasses.asdict(self.raw.best)
             batch1 = self.raw.batch1

@@ -144,6 +144,8 @@ def _environment() -> dict[str, object]:
         "numpy": numpy.__version__,
         "grpcio": grpc.__version__,
     }
+    if hasattr(os, "getloadavg"):
+        env["load_average_at_start"] = [round(v, 2) for v in os.getloadavg()]
     try:
         import onnxruntime
 
@@ -223,6 +225,7 @@ def _step_result(
         latency=LatencySummary.from_ns(run.latencies_ns),
         server=delta,
         ratio_vs_raw=ratio,
+        client_cpu_s=run.client_cpu_s,
         notes=tuple(notes),
     )
 
@@ -365,4 +368,6 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
                     + (f"p50 {latency.p50_ms:.2f} ms, " if latency else "")
                     + f"{step.failures} failed"
                 )
+    if hasattr(os, "getloadavg"):
+        report.environment["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return report
