@@ -61,6 +61,7 @@ class AsyncClient(ClientBase):
     def _open(self) -> None:
         self._channels: list[grpc.aio.Channel] = []
         self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------
@@ -68,7 +69,16 @@ class AsyncClient(ClientBase):
     def _stub(self) -> pb_grpc.GRPCInferenceServiceStub:
         if self._closed:
             raise RuntimeError("the client is closed")
+        loop = asyncio.get_running_loop()
+        if self._loop is not None and loop is not self._loop:
+            # grpc.aio channels belong to the loop they were opened in; using
+            # one from another loop hangs or fails obscurely.
+            raise RuntimeError(
+                "this AsyncClient was first used in another event loop; "
+                "make one client per event loop"
+            )
         if not self._stubs:
+            self._loop = loop
             for target in self.targets:
                 if self._credentials is not None:
                     channel = grpc.aio.secure_channel(

@@ -162,3 +162,15 @@ def test_the_installed_command_runs(protocol_server: RunningServer) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["OUTPUT0"]["data"] == [[4.0] * 16]
+
+
+def test_infer_a_given_version_and_an_unknown_one(
+    protocol_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = json.dumps([3.0] * 16)
+    base = ["infer", "simple_config", "--url", protocol_server.address,
+            "--input", f"INPUT0={row}", "--input", f"INPUT1={row}", "--format", "json"]  # fmt: skip
+    assert main([*base, "--model-version", "2"]) == 0
+    assert json.loads(capsys.readouterr().out)["OUTPUT0"]["data"] == [[6.0] * 16]
+    assert main([*base, "--model-version", "7"]) == 1
+    assert "[NOT_FOUND]" in capsys.readouterr().err

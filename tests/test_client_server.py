@@ -441,3 +441,16 @@ def test_one_client_shared_by_many_threads(protocol_server: RunningServer) -> No
     ):
         results = list(pool.map(call, range(200)))
     assert all(results)
+
+
+def test_an_async_client_belongs_to_one_event_loop(protocol_server: RunningServer) -> None:
+    aclient = AsyncClient(protocol_server.address)  # made outside any loop: fine
+    assert asyncio.run(aclient.is_live())
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(aclient.is_live())
+
+
+def test_compressed_requests(protocol_server: RunningServer) -> None:
+    with Client(protocol_server.address, compression=grpc.Compression.Gzip) as gz:
+        out = gz.infer("simple", {"INPUT0": A, "INPUT1": B})
+    np.testing.assert_array_equal(out["OUTPUT0"], A + B)
