@@ -55,10 +55,10 @@ def kserve_server(kserve_python: Path) -> Iterator[str]:
     """KServe's own ModelServer on a free loopback port; yields its gRPC address."""
     grpc_port, http_port = free_port(), free_port()
     log = tempfile.NamedTemporaryFile(prefix="kserve-", suffix=".log", delete=False)  # noqa: SIM115
-    # -P: the script's folder holds tests/support/requests.py, which would
+    # -I: the script's folder holds tests/support/requests.py, which would
     # shadow the requests package KServe imports.
     process = subprocess.Popen(
-        [str(kserve_python), "-P", str(SUPPORT / "kserve_model_server.py"),
+        [str(kserve_python), "-I", str(SUPPORT / "kserve_model_server.py"),
          str(grpc_port), str(http_port)],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -161,7 +161,7 @@ def test_kserve_grpc_client_against_onnxserve(
     kserve_python: Path, protocol_server: RunningServer
 ) -> None:
     completed = subprocess.run(
-        [str(kserve_python), "-P", str(SUPPORT / "kserve_client_check.py"),
+        [str(kserve_python), "-I", str(SUPPORT / "kserve_client_check.py"),
          protocol_server.address],
         capture_output=True, text=True, timeout=180, check=False,
     )  # fmt: skip
