@@ -68,6 +68,15 @@ _FINISHED = 2
 
 Outputs = dict[str, np.ndarray]
 
+# A lone request runs on the event loop's thread only when recent arrivals
+# found fewer than this many rows queued or running (smoothed) ...
+_INLINE_MAX_LOAD = 0.5
+# ... and a one-row run has been taking less than this (so the loop is never
+# held for long, whatever the model).
+_INLINE_MAX_RUN_NS = 2_000_000
+# Weight of the newest observation in those smoothed figures.
+_LOAD_SMOOTHING = 0.1
+
 
 @dataclass(frozen=True)
 class QueuePolicy:
@@ -295,6 +304,13 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._idle: asyncio.Event | None = None
+        self._running_rows = 0
+        self._schedule_pending = False
+        # Smoothed rows queued or running when a request arrives, and the
+        # smoothed duration of one-row runs: together they decide whether a
+        # lone request may run on the event loop's thread (_runs_inline).
+        self._recent_load = 0.0
+        self._lone_run_ns = 0.0
 
     @property
     def config(self) -> BatchingConfig:
@@ -379,6 +395,8 @@ class DynamicBatcher:
                 f"the request to model '{self._model.name}' timed out before it was queued"
             )
         entry.reject_at_ns = reject_at
+        busy_rows = self._queued_rows + self._running_rows
+        self._recent_load += (busy_rows - self._recent_load) * _LOAD_SMOOTHING
         self._seq += 1
         entry.seq = self._seq
         queue.append(entry)
@@ -386,11 +404,15 @@ class DynamicBatcher:
         self._queued_rows += entry.rows
         if config.preserve_ordering:
             self._ordered.append(entry)
+        loop = self._loop
+        assert loop is not None
         if reject_at:
-            assert self._loop is not None
-            entry.timer = self._loop.call_at(reject_at / 1e9, self._expire, entry)
-        if self._free:
-            self._schedule()
+            entry.timer = loop.call_at(reject_at / 1e9, self._expire, entry)
+        if self._free and not self._schedule_pending:
+            # Decide on the next loop turn, not now: requests that arrived
+            # together are all queued by then and leave in one batch.
+            self._schedule_pending = True
+            loop.call_soon(self._deferred_schedule)
 
     def _remove(self, entry: _Entry) -> None:
         """Take a queued entry out of its queue (it will not run)."""
@@ -494,6 +516,10 @@ class DynamicBatcher:
                 entry.timer = None
         return picked
 
+    def _deferred_schedule(self) -> None:
+        self._schedule_pending = False
+        self._schedule()
+
     def _arm_delay_timer(self, at_ns: int) -> None:
         if self._delay_timer is not None:
             if self._delay_timer_at <= at_ns:
@@ -511,16 +537,49 @@ class DynamicBatcher:
 
     def _dispatch(self, entries: list[_Entry], now: int) -> None:
         self._free -= 1
+        self._running_rows += sum(e.rows for e in entries)
         batch = _Batch(entries, now)
+        if self._runs_inline(entries):
+            self._run_batch(batch)
+            self._complete(batch)
+            return
         try:
             self._executor.submit(self._run, batch)
         except RuntimeError as exc:  # the executor is shut down
-            self._free += 1
             batch.error = ModelUnavailable(f"model '{self._model.name}' is shutting down: {exc}")
             self._complete(batch)
 
+    def _runs_inline(self, entries: list[_Entry]) -> bool:
+        """Whether to run this batch on the event loop's own thread.
+
+        Handing a batch to an instance thread and its result back costs two
+        thread wake-ups (about 0.1 to 0.2 ms here), a large part of a small
+        model's latency. When requests come one at a time (no other request
+        queued or running, and few were at recent arrivals) and a lone run is
+        known to be short, the loop runs it itself: nothing else is waiting
+        for the loop, and onnxruntime releases the GIL meanwhile. Under
+        concurrent load batches always go to the instance threads, so the loop
+        keeps receiving requests while the model computes.
+        """
+        return (
+            len(entries) == 1
+            and self._free == self._instances - 1
+            and not self._queued
+            and self._recent_load < _INLINE_MAX_LOAD
+            and 0 < self._lone_run_ns < _INLINE_MAX_RUN_NS
+        )
+
     def _run(self, batch: _Batch) -> None:
-        """On an instance thread: merge, run, split; report back to the event loop."""
+        """On an instance thread: run the batch, then report back to the event loop."""
+        self._run_batch(batch)
+        loop = self._loop
+        assert loop is not None
+        # A closed event loop raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._complete, batch)
+
+    def _run_batch(self, batch: _Batch) -> None:
+        """Merge, run, split; any failure becomes the batch's error."""
         try:
             self._execute(batch)
         except ServerError as exc:
@@ -534,11 +593,6 @@ class DynamicBatcher:
             batch.error = ModelExecutionError(
                 f"model '{self._model.name}' failed to run the request's batch; see the server log"
             )
-        loop = self._loop
-        assert loop is not None
-        # A closed event loop raises RuntimeError: nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._complete, batch)
 
     def _execute(self, batch: _Batch) -> None:
         entries = batch.entries
@@ -592,10 +646,17 @@ class DynamicBatcher:
     def _complete(self, batch: _Batch) -> None:
         """On the event loop: hand each request its outcome, then look for the next batch."""
         self._free += 1
+        self._running_rows -= sum(e.rows for e in batch.entries)
         statistics = self._model.statistics
         timing = batch.timing
         if batch.error is None and timing is not None:
             statistics.record_execution(timing)
+            if timing.batch_size == 1:
+                run_ns = timing.input_ns + timing.infer_ns + timing.output_ns
+                if self._lone_run_ns:
+                    self._lone_run_ns += (run_ns - self._lone_run_ns) * _LOAD_SMOOTHING
+                else:
+                    self._lone_run_ns = run_ns
             now = time.monotonic_ns()
             for entry, outputs in zip(batch.entries, batch.results, strict=True):
                 arrival = entry.request.arrival_ns

@@ -10,6 +10,7 @@ batcher would blow through.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -173,6 +174,34 @@ def test_lone_request_is_dispatched_at_once_without_a_delay(pair_path: Path) -> 
     run(scenario())
 
 
+def test_lone_requests_run_on_the_loop_thread_and_concurrent_ones_on_instance_threads(
+    pair_path: Path,
+) -> None:
+    batcher = batcher_for(pair_path, "")
+    gate = Gate(model_of(batcher))
+    gate.open.set()
+
+    async def scenario() -> None:
+        for index in range(30):  # one at a time: the batcher learns they come alone
+            infer_request = request(rows(1, start=float(index)))
+            check_pair(infer_request, await batcher.infer(infer_request, None))
+        sequential = len(gate.runs)
+        assert gate.threads[0].startswith("ort-")  # a lone run's length is not known yet
+        assert gate.threads[-1] == threading.current_thread().name
+        burst = [request(rows(1, start=float(100 + i))) for i in range(20)]
+        results = await asyncio.gather(*(batcher.infer(r, None) for r in burst))
+        for infer_request, outputs in zip(burst, results, strict=True):
+            check_pair(infer_request, outputs)
+        runs = zip(gate.threads, gate.batch_sizes, strict=True)
+        merged = [
+            thread for index, (thread, size) in enumerate(runs) if index >= sequential and size > 1
+        ]
+        assert merged, "a burst of 20 concurrent requests must produce a merged batch"
+        assert all(thread.startswith("ort-") for thread in merged)
+
+    run(scenario())
+
+
 def test_queue_delay_holds_a_lone_request_and_a_full_preferred_batch_leaves_at_once(
     pair_path: Path,
 ) -> None:
@@ -257,8 +286,9 @@ def test_preserve_ordering_releases_responses_in_arrival_order(
 
     async def scenario() -> None:
         first = await start(batcher, request(rows(1, start=1.0)))
+        await in_thread(gate.wait_started)  # run 0
         second = await start(batcher, request(rows(1, start=2.0)))
-        await in_thread(gate.wait_started, 2)  # both running, one per instance
+        await in_thread(gate.wait_started)  # run 1, on the other instance
         gate.run_gates[1].set()  # the second finishes first
         await until(lambda: model.statistics.execution_count == 1)
         await asyncio.sleep(0.05)

@@ -127,6 +127,7 @@ class Gate:
         self.run_gates = [threading.Event() for _ in range(64)]
         self.started = threading.Semaphore(0)
         self.runs: list[dict[str, np.ndarray]] = []
+        self.threads: list[str] = []  # the thread each run ran on
         self._lock = threading.Lock()
         model.execute = self._execute  # type: ignore[method-assign]
 
@@ -136,6 +137,7 @@ class Gate:
         with self._lock:
             index = len(self.runs)
             self.runs.append({name: np.array(array) for name, array in feeds.items()})
+            self.threads.append(threading.current_thread().name)
         self.started.release()
         gate = self.run_gates[index] if self.per_run else self.open
         if not gate.wait(timeout=60):
