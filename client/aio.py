@@ -280,6 +280,13 @@ class AsyncClient(ClientBase):
             if failure:
                 raise failure[0] from None
             raise from_rpc_error(exc) from None
+        except asyncio.CancelledError:
+            # grpc.aio cancels the call locally when the request iterator
+            # fails; that failure is the error to report. A cancellation of
+            # the caller's own task propagates as it is.
+            if failure:
+                raise failure[0] from None
+            raise
         finally:
             call.cancel()
         if failure:

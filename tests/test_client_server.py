@@ -454,3 +454,20 @@ def test_compressed_requests(protocol_server: RunningServer) -> None:
     with Client(protocol_server.address, compression=grpc.Compression.Gzip) as gz:
         out = gz.infer("simple", {"INPUT0": A, "INPUT1": B})
     np.testing.assert_array_equal(out["OUTPUT0"], A + B)
+
+
+def test_async_stream_raises_a_request_the_client_cannot_encode(
+    protocol_server: RunningServer,
+) -> None:
+    requests = [
+        InferRequest("simple", {"INPUT0": A, "INPUT1": B}, request_id="ok"),
+        InferRequest("simple", {"INPUT0": np.ones(2, np.complex64)}, request_id="bad"),
+    ]
+
+    async def main() -> None:
+        async with AsyncClient(protocol_server.address) as aclient:
+            async for _ in aclient.stream_infer(requests):
+                pass
+
+    with pytest.raises(InvalidInputError, match="complex64"):
+        asyncio.run(main())
