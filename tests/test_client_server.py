@@ -235,7 +235,7 @@ def test_no_server_is_unavailable_after_retrying_idempotent_calls_only() -> None
         started = time.monotonic()
         with pytest.raises(ServerUnavailableError):
             nobody.infer("simple", {"INPUT0": A, "INPUT1": B})
-        assert time.monotonic() - started < 0.1 + 0.2  # infer: one attempt, no pause
+        assert time.monotonic() - started < 0.1 + 0.2 + 0.4  # infer: no retry pauses
 
 
 # -- streaming ------------------------------------------------------------------
@@ -369,34 +369,36 @@ def test_async_stream_from_an_async_generator(protocol_server: RunningServer) ->
 # -- spreading load -------------------------------------------------------------
 
 
-def established_to(port: int) -> int:
-    """Established TCP connections on this machine to 127.0.0.1:port (Linux /proc).
+def connections_to(port: int) -> set[str]:
+    """Socket inodes of this machine's established TCP connections to 127.0.0.1:port.
 
-    Counts both plain IPv4 sockets and IPv4-mapped IPv6 ones, which is how
-    gRPC's dual-stack sockets appear.
+    Read from Linux's /proc, IPv4 and IPv4-mapped IPv6 alike (gRPC's sockets
+    are dual-stack). Sets, not counts, so that connections of earlier tests
+    still closing cannot blur the difference.
     """
     remotes = {f"0100007F:{port:04X}", f"0000000000000000FFFF00000100007F:{port:04X}"}
-    count = 0
+    found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
             if fields[2] in remotes and fields[3] == "01":
-                count += 1
-    return count
+                found.add(fields[9])
+    return found
 
 
 def test_channels_per_url_opens_that_many_connections(protocol_server: RunningServer) -> None:
     port = protocol_server.port
-    before = established_to(port)
+    before = connections_to(port)
     with Client(protocol_server.address, channels_per_url=3) as spread:
         for _ in range(6):
             assert spread.is_live()
-        assert established_to(port) - before == 3
+        opened = connections_to(port) - before
+        assert len(opened) == 3
     # Closing the client closes its connections (they are its own, not shared).
-    deadline = time.monotonic() + 5
-    while established_to(port) != before and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10
+    while opened & connections_to(port) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert established_to(port) == before
+    assert not opened & connections_to(port)
 
 
 @pytest.fixture(scope="module")
