@@ -106,12 +106,12 @@ def make_session(model: onnx.ModelProto | bytes) -> object:
 def compare_outputs(
     actual: Arrays, reference: Arrays, *, rtol: float, atol: float
 ) -> list[OutputDifference]:
-    """Elementwise comparison per output; a missing output or a shape mismatch fails."""
+    """Elementwise comparison per output; a missing output, other shape or dtype fails."""
     differences = []
     for name, expected in reference.items():
         expected = np.asarray(expected)
         got = actual.get(name)
-        if got is None or np.shape(got) != expected.shape:
+        if got is None or np.shape(got) != expected.shape or got.dtype != expected.dtype:
             differences.append(
                 OutputDifference(name, tuple(expected.shape), float("inf"), float("inf"), False)
             )

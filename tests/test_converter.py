@@ -106,6 +106,8 @@ def test_family_converts_from_keras_file(family: str, tmp_path: Path) -> None:
     assert any("ONNX Loop" in w for w in report.warnings) == loop
     if loop:
         assert "3-5x slower" in report.warnings[0]
+        cause = {"gru": "GRU layer 'gru'", "masked_lstm": "with mask_zero=True"}[family]
+        assert cause in report.warnings[0]
     # Progress was shown, stage by stage, and the report names what was written.
     assert [line.split("]")[0].split()[0] for line in lines if line.startswith("[")] == [
         f"[{n}/6" for n in range(1, 7) if n != 5

@@ -101,6 +101,8 @@ def test_compare_outputs_uses_allclose_and_reports_relative_differences() -> Non
     assert not far.within_tolerance and far.max_rel == pytest.approx(1e-3, rel=1e-2)
     missing = compare_outputs({}, ref, rtol=1e-5, atol=1e-5)[0]
     assert not missing.within_tolerance
+    other_dtype = compare_outputs({"y": ref["y"].astype(np.float64)}, ref, rtol=1e-5, atol=1e-5)
+    assert not other_dtype[0].within_tolerance
 
 
 def test_label_agreement() -> None:
