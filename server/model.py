@@ -17,6 +17,7 @@ from onnxserve.server.errors import ConfigError
 from onnxserve.server.inference import ModelSignature
 from onnxserve.server.runtime import CUDA, OnnxSession, plan_session
 from onnxserve.server.statistics import ExecutionTiming, ModelStatistics
+from onnxserve.server.warmup import warm_up
 
 log = logging.getLogger(__name__)
 
@@ -122,4 +123,7 @@ def load_model_version(
         ",".join(session.providers),
         plan.intra_op_threads,
     )
-    return ModelVersion(name, version, config, session, cuda_requested=plan.wants_cuda)
+    loaded = ModelVersion(name, version, config, session, cuda_requested=plan.wants_cuda)
+    if config.model_warmup:
+        warm_up(loaded, path.parent.parent)
+    return loaded
