@@ -213,6 +213,8 @@ def write_entry(
     config_text = text_format.MessageToString(config).encode()
 
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.converting-", dir=repository))
+    linked_config = False  # config.pbtxt added to an existing folder by this call
+    done = False
     try:
         for _attempt in range(100):
             number = (
@@ -232,15 +234,18 @@ def write_entry(
                         continue  # someone created the model meanwhile: add a version instead
                     raise
                 _fsync_dir(repository)
+                done = True
                 return _written(folder, name, number, config_written=True, size=len(model_bytes))
             # An existing model: move in a version folder; add config.pbtxt only if absent.
-            config_written = False
-            if not (folder / CONFIG_FILENAME).exists():
+            if (folder / CONFIG_FILENAME).exists():
+                # Checked again: another writer may have created the model meanwhile.
+                _check_existing_config(folder / CONFIG_FILENAME, config)
+            else:
                 staged_config = staging / CONFIG_FILENAME
                 _write_file(staged_config, config_text)
                 try:
                     os.link(staged_config, folder / CONFIG_FILENAME)  # fails if it exists
-                    config_written = True
+                    linked_config = True
                 except FileExistsError:
                     _check_existing_config(folder / CONFIG_FILENAME, config)
             target = folder / str(number)
@@ -261,13 +266,17 @@ def write_entry(
                     continue
                 raise RepositoryError(f"cannot write {target}: {exc}") from exc
             _fsync_dir(folder)
+            done = True
             return _written(
-                folder, name, number, config_written=config_written, size=len(model_bytes)
+                folder, name, number, config_written=linked_config, size=len(model_bytes)
             )
         raise RepositoryError(f"could not find a free version number in {folder}")
     except OSError as exc:
         raise RepositoryError(f"writing to {repository} failed: {exc}") from exc
     finally:
+        if linked_config and not done:
+            # Leave the folder as it was: the config was only there for this version.
+            (folder / CONFIG_FILENAME).unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
 
 

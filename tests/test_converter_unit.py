@@ -142,3 +142,34 @@ def test_convert_help_imports_no_tensorflow() -> None:
         "--fp16",
     ):
         assert flag in helped.stdout
+
+
+def test_concurrent_writers_get_distinct_versions(tmp_path: Path) -> None:
+    """Writers racing on one name each get their own version; none is lost or overwritten."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = tiny_model()
+    config = build_config(model, "race", 8)
+    with ThreadPoolExecutor(8) as pool:
+        entries = list(pool.map(lambda _: write_entry(tmp_path, "race", model, config), range(12)))
+    assert sorted(e.version for e in entries) == list(range(1, 13))
+    assert existing_versions(tmp_path / "race") == list(range(1, 13))
+    assert sum(e.config_written for e in entries) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["race"]
+
+
+def test_a_write_that_fails_midway_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk-full error after half the model bytes: no model folder, no staging folder."""
+    from onnxserve.converter import repository
+
+    def half_then_fail(path: Path, data: bytes) -> None:
+        path.write_bytes(data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(repository, "_write_file", half_then_fail)
+    model = tiny_model()
+    with pytest.raises(RepositoryError, match="No space left"):
+        write_entry(tmp_path, "tiny", model, build_config(model, "tiny", 8))
+    assert list(tmp_path.iterdir()) == []
