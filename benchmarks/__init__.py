@@ -1,0 +1,1 @@
+"""The committed benchmarks (run as scripts; importable for their tests)."""
