@@ -196,6 +196,8 @@ class PythonDriver:
                         f"{done:,} done, {sum(codes.values())} failed, "
                         f"{done / max(elapsed, 1e-9):,.0f}/s",
                     )
+            for job in jobs:
+                job.result()  # a bug in the loop surfaces here, not as a silent stop
         finally:
             for job in jobs:
                 job.cancel()
@@ -335,6 +337,9 @@ class H2LoadDriver:
         self, cmd: list[str], expected_s: float, progress: ProgressFn | None
     ) -> tuple[str, float]:
         """h2load's output and the CPU seconds it used."""
+        # h2load has no per-request deadline: a server that stops answering
+        # would hold it forever, so the whole phase gets a generous limit.
+        limit_s = 60.0 + 10 * expected_s
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         process = await asyncio.create_subprocess_exec(
             *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
@@ -351,6 +356,11 @@ class H2LoadDriver:
                     raw = None
                 if raw == b"":
                     break
+                if time.perf_counter() - started > limit_s:
+                    raise H2LoadError(
+                        f"h2load still running after {limit_s:.0f} s (expected about "
+                        f"{expected_s:.1f} s): is the server answering?"
+                    )
                 if raw:
                     line = raw.decode(errors="replace")
                     lines.append(line)
