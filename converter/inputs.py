@@ -5,7 +5,8 @@ outside its vocabulary reads garbage (TensorFlow clips or errors, ONNX Gather
 errors), so token-id inputs get integers within the vocabulary, whatever the
 input's dtype (Keras 3 Sequential text models often take float32 ids). For a
 model that masks padding (mask_zero=True) the ids are zero-padded sequences of
-random lengths, so that the masking is what gets checked.
+random lengths, and for a Masking layer the tail time steps hold its
+mask_value, so that the masking is what gets checked.
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ def generate(
             lengths = rng.integers(1, shape[1] + 1, size=shape[0])
             ids[np.arange(shape[1])[None, :] >= lengths[:, None]] = 0
         return ids.astype(dtype)
+    if dtype.kind == "f" and info.padded and len(shape) == 3 and shape[1] > 1:
+        # Padded frame sequences: the tail time steps hold the Masking layer's mask_value.
+        frames = rng.standard_normal(shape)
+        lengths = rng.integers(1, shape[1] + 1, size=shape[0])
+        frames[np.arange(shape[1])[None, :] >= lengths[:, None]] = info.pad_value
+        return frames.astype(dtype)
     if dtype.kind == "b":
         return rng.random(shape) < 0.5
     if dtype.kind in "iu":

@@ -42,8 +42,10 @@ class InputInfo:
     ``example_shape`` is a concrete shape (without batch) for generated check
     inputs; ``vocabulary`` is set for token-id inputs that feed an Embedding,
     whose generated values must be ids within the vocabulary; ``padded`` is
-    set when the model masks padding (Embedding mask_zero=True), so that check
-    inputs are zero-padded sequences and the masking is exercised.
+    set when the model masks padding (Embedding mask_zero=True on token ids, a
+    Masking layer on ``(batch, time, features)`` inputs), so that check inputs
+    are padded sequences (ids 0, or time steps of ``pad_value``) and the
+    masking is exercised.
     """
 
     name: str
@@ -52,6 +54,7 @@ class InputInfo:
     example_shape: tuple[int, ...]
     vocabulary: int | None = None
     padded: bool = False
+    pad_value: float = 0.0
 
     @property
     def dynamic_sequence(self) -> bool:
@@ -152,6 +155,16 @@ def _vocabularies(model: Any, tensors: Sequence[Any]) -> list[int | None]:
             if found[i] is None and (integer or sequential_embedding):
                 found[i] = smallest
     return found
+
+
+def _masking_value(model: Any) -> float | None:
+    """The mask_value of the model's Masking layer, if it has one."""
+    import keras
+
+    for layer in _walk_layers(model):
+        if isinstance(layer, keras.layers.Masking):
+            return float(layer.mask_value)
+    return None
 
 
 def _masks_padding(model: Any) -> bool:
@@ -303,6 +316,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
     probe = function.get_concrete_function().structured_outputs
     output_names.extend(probe.keys())
 
+    mask_value = _masking_value(model)
     inputs = [
         InputInfo(
             name=name,
@@ -310,7 +324,9 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
             shape=tuple(shape),
             example_shape=_example_shape(declared_shape),
             vocabulary=vocab,
-            padded=vocab is not None and _masks_padding(model),
+            padded=(vocab is not None and _masks_padding(model))
+            or (len(shape) == 3 and mask_value is not None),
+            pad_value=mask_value or 0.0,
         )
         for name, dtype, shape, declared_shape, vocab in zip(
             names, dtypes, shapes, declared, vocabularies, strict=False

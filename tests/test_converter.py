@@ -138,6 +138,27 @@ def test_functional_model_with_fixed_length_keeps_it(tmp_path: Path) -> None:
     assert all(c.sequence_length is None for c in report.checks)
 
 
+def test_masking_layer_on_frames_is_checked_on_padded_sequences(tmp_path: Path) -> None:
+    """A Masking layer (not only mask_zero) becomes a Loop; the check pads with mask_value."""
+    import keras
+
+    from onnxserve.converter import convert
+
+    keras.utils.set_random_seed(9)
+    frames = keras.Input(shape=(6, 3), name="frames")
+    x = keras.layers.LSTM(4)(keras.layers.Masking(mask_value=-1.0)(frames))
+    model = keras.Model(frames, keras.layers.Dense(2, name="out")(x))
+    report = convert(model, tmp_path, "frames", max_batch_size=8)
+    assert report.loop_nodes and "Masking layer" in report.warnings[0]
+    padded_steps = np.all(report.checks[-1].inputs["frames"] == -1.0, axis=-1)
+    assert padded_steps.any() and not padded_steps[:, 0].any()
+    rng = np.random.default_rng(5)
+    values = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    values[:2, 3:] = -1.0
+    got = run_onnx(report.model_path, {"frames": values})["out"]
+    np.testing.assert_allclose(got, np.asarray(model(values)), rtol=1e-5, atol=1e-5)
+
+
 def test_seed_model_from_saved_model(tmp_path: Path) -> None:
     from onnxserve.converter import convert
 
