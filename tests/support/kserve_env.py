@@ -16,6 +16,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +48,10 @@ def ensure(venv: Path = VENV) -> Path:
     if is_current(venv):
         return python_of(venv)
     venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(venv.parent / f"{venv.name}.lock", "w") as lock:
+    # The lock lives in the temporary folder, not beside the venv, so that it
+    # never shows up as an untracked file in the work tree.
+    key = hashlib.sha256(str(venv.resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"onnxserve-kserve-env-{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_current(venv):  # another worker built it while we waited
             return python_of(venv)
