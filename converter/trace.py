@@ -231,20 +231,24 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         default = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
         names = [_clean_name(_input_layer_name(t), default[i]) for i, t in enumerate(tensors)]
     names = _dedupe(names)
-    vocabularies = _vocabularies(model, tensors)
 
     declared: list[tuple[int | None, ...]] = []
     dtypes: list[str] = []
     for name, tensor in zip(names, tensors, strict=False):
-        dtype = np.dtype(str(tensor.dtype)) if str(tensor.dtype) != "string" else None
+        try:
+            dtype: np.dtype[Any] | None = np.dtype(str(tensor.dtype))
+        except TypeError:  # 'string', 'bfloat16', ...: no plain numpy equivalent
+            dtype = None
         if dtype is None or dtype.kind not in "biuf":
             raise UnsupportedModelError(
                 f"input {name!r} has dtype {tensor.dtype}; only numeric and boolean inputs can be "
-                "converted (move string preprocessing such as TextVectorization out of the model)"
+                "converted (move string preprocessing such as TextVectorization out of the "
+                "model and feed it token ids)"
             )
         dtypes.append(dtype.name)
         shape = tuple(tensor.shape)
         declared.append((None, *shape[1:]))
+    vocabularies = _vocabularies(model, tensors)
 
     def arguments(values: Sequence[Any]) -> Any:
         if call_kind == "dict":

@@ -229,6 +229,21 @@ def test_unsupported_operation_is_a_clear_error_and_writes_nothing(tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_string_input_layer_is_a_clear_error(tmp_path: Path) -> None:
+    """TextVectorization inside the model takes strings, which the conversion cannot carry."""
+    import keras
+
+    from onnxserve.converter import UnsupportedModelError, convert
+
+    text = keras.Input(shape=(1,), dtype="string", name="text")
+    vectorize = keras.layers.TextVectorization(max_tokens=20, output_sequence_length=4)
+    vectorize.adapt(["good film", "bad film"])
+    model = keras.Model(text, keras.layers.Dense(1)(keras.layers.Embedding(20, 2)(vectorize(text))))
+    with pytest.raises(UnsupportedModelError, match="TextVectorization"):
+        convert(model, tmp_path, "text")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
