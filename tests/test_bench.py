@@ -314,3 +314,39 @@ def test_raw_model_file_is_the_highest_served_version(repository: Path) -> None:
 def test_python_driver_needs_a_payload() -> None:
     with pytest.raises(ValueError, match="no request"):
         PythonDriver("127.0.0.1:1", [], 1.0)
+
+
+def test_settings_come_from_a_bench_table(tmp_path: Path) -> None:
+    config = tmp_path / "bench.toml"
+    config.write_text(
+        '[bench]\nmodel = "m"\nconcurrency = [1, 4]\nint-range = [0, 9]\nplot = "out.png"\n'
+    )
+    loaded = resolve(BenchSettings, None, environ={}, config_file=config, section="bench")
+    assert (loaded.model, loaded.concurrency, loaded.int_range) == ("m", (1, 4), (0, 9))
+    assert loaded.plot == Path("out.png") and loaded.driver == "auto"
+
+
+def test_input_files_give_one_request_per_batch_of_rows(tmp_path: Path) -> None:
+    info = ModelInfo("m", ("1",), 8, (InputSpec("ids", "INT64", (3,)),), "model.onnx")
+    listed = tmp_path / "plain.json"
+    listed.write_text(json.dumps({"ids": [[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 0]]}))
+    requests = build_inputs(info, 2, str(listed))
+    assert [r["ids"].tolist() for r in requests] == [[[1, 2, 3], [4, 5, 6]], [[7, 8, 9], [0, 0, 0]]]
+    assert requests[0]["ids"].dtype == np.int64
+    # perf_analyzer's layout: one sample per entry, optionally {"content", "shape"}.
+    samples = tmp_path / "perf.json"
+    samples.write_text(
+        json.dumps({"data": [{"ids": [1, 2, 3]}, {"ids": {"content": [4, 5, 6], "shape": [3]}}]})
+    )
+    (single,) = build_inputs(info, 2, str(samples))
+    assert single["ids"].tolist() == [[1, 2, 3], [4, 5, 6]]
+    one_sample = tmp_path / "one.npz"
+    np.savez(one_sample, ids=np.array([7, 8, 9]))
+    assert build_inputs(info, 3, str(one_sample))[0]["ids"].tolist() == [[7, 8, 9]] * 3
+    np.savez(tmp_path / "wrong.npz", ids=np.zeros((2, 4)))
+    with pytest.raises(WorkloadError, match=r"expected \[3\] or \[N, 3\]"):
+        build_inputs(info, 1, str(tmp_path / "wrong.npz"))
+    other = tmp_path / "other.npz"
+    np.savez(other, tokens=np.zeros((2, 3)))
+    with pytest.raises(WorkloadError, match="no array for input 'ids'"):
+        build_inputs(info, 1, str(other))
