@@ -9,7 +9,9 @@ when it is installed, else with tf2onnx directly); model files are never
 committed. It then starts ``onnxserve serve`` on a free loopback port, runs
 ``onnxserve bench`` over a concurrency sweep with the h2load driver (installed
 with apt-get when missing and allowed, else the python driver, with a note),
-and writes a markdown report to ``benchmarks/results/latest.md`` (git-ignored)
+times an empty grpc.aio ModelInfer handler with the same driver (the protocol
+floor: what the Python gRPC stack alone answers here), and writes a markdown
+report to ``benchmarks/results/latest.md`` (git-ignored)
 next to the JSON and the plot, and prints it.
 
 Figures from a machine shared with other work are noisy: compare runs made
@@ -252,6 +254,65 @@ def running_server(repository: Path, log_path: Path, extra: Sequence[str]) -> It
                 process.wait()
 
 
+# An empty ModelInfer handler on grpc.aio: it parses the request and answers an
+# empty response, which is what the Python gRPC stack alone costs per call.
+_EMPTY_SERVER = """
+import asyncio, sys
+import grpc
+from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+
+class Empty(pb_grpc.GRPCInferenceServiceServicer):
+    async def ModelInfer(self, request, context):
+        return pb.ModelInferResponse(model_name=request.model_name)
+
+async def main():
+    server = grpc.aio.server()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Empty(), server)
+    server.add_insecure_port(sys.argv[1])
+    await server.start()
+    print("ready", flush=True)
+    await server.wait_for_termination()
+
+asyncio.run(main())
+"""
+
+
+async def _drive(
+    address: str, payload: bytes, driver: str, concurrency: int, seconds: float
+) -> float:
+    from onnxserve.bench.drivers import H2LoadDriver, PythonDriver, find_h2load
+
+    executable = find_h2load()
+    load: H2LoadDriver | PythonDriver
+    if driver == "h2load" and executable is not None:
+        load = H2LoadDriver(executable, address, payload)
+    else:
+        load = PythonDriver(address, [payload], timeout=30.0)
+    async with load:
+        await load.warmup(concurrency, None, 1.0)
+        run = await load.run(concurrency, None, seconds=seconds, requests=0)
+    return run.requests / run.seconds
+
+
+def protocol_floor(payload: bytes, driver: str, concurrency: int, seconds: float) -> float:
+    """Calls/s of the empty handler under the same driver and concurrency as the sweep."""
+    address = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _EMPTY_SERVER, address],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if line.strip() != "ready":
+            raise SystemExit(f"the empty gRPC server did not start: {line}")
+        return asyncio.run(_drive(address, payload, driver, concurrency, seconds))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
 def ensure_h2load(install: bool) -> bool:
     """True when h2load is there, installing Debian's nghttp2-client if allowed and able."""
     if shutil.which("h2load"):
@@ -330,6 +391,7 @@ def markdown(
     seed: SeedModel,
     args: argparse.Namespace,
     reports: Sequence[BenchReport] = (),
+    floor: float | None = None,
 ) -> str:
     """The results page: setup, step table, raw sweep, and the issue's two targets."""
     env = report.environment
@@ -411,6 +473,15 @@ def markdown(
                 f"| {one.latency.mean_ms:.3f} ms vs {raw.batch1.mean_ms:.3f} ms: {delta:+.3f} ms "
                 f"| {'yes' if delta <= TARGET_LATENCY_DELTA_MS else 'no'} |"
             )
+    if floor is not None:
+        top = max((s for s in report.steps if s.mode == "concurrency"), key=lambda s: s.load)
+        lines += [
+            "",
+            f"Protocol floor: an empty grpc.aio ModelInfer handler (it parses the request and "
+            f"answers an empty response) served {floor:,.0f} calls/s at concurrency "
+            f"{int(top.load)} with the same driver, in this run; the server's "
+            f"{top.infer_per_s:,.0f} infer/s there is {top.infer_per_s / floor:.0%} of it.",
+        ]
     if len(reports) > 1:
         lines += _repeats(reports, report)
     # h2load's per-step request counts (rate x duration) are in the JSON only.
@@ -443,6 +514,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--driver", choices=("auto", "h2load", "python"), default="auto")
     parser.add_argument("--no-install", action="store_true", help="Never apt-get install h2load")
     parser.add_argument("--server-arg", action="append", default=[], help="Extra serve flag")
+    parser.add_argument(
+        "--no-protocol-floor",
+        action="store_true",
+        help="Skip timing an empty grpc.aio ModelInfer handler with the same driver",
+    )
     args = parser.parse_args(argv)
 
     seed = find_seed(args.repository, args.model) if args.repository else None
@@ -460,13 +536,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     data = args.results / "tokens.npz"
-    np.savez(data, **{seed.input_name: rng.integers(1, VOCABULARY, size=(256, SEQUENCE))
-                      .astype(seed.input_dtype)})  # fmt: skip
+    tokens = rng.integers(1, VOCABULARY, size=(256, SEQUENCE)).astype(seed.input_dtype)
+    np.savez(data, **{seed.input_name: tokens})
 
     from onnxserve.bench.progress import Progress
     from onnxserve.bench.report import format_report, write_plot
     from onnxserve.bench.runner import run_bench
     from onnxserve.bench.settings import BenchSettings
+    from onnxserve.bench.workload import InputSpec, ModelInfo, encode_request
+    from onnxserve.client.codec import datatype_of
 
     with running_server(seed.repository, args.results / "server.log", args.server_arg) as address:
         settings = BenchSettings(
@@ -488,6 +566,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             reports.append(asyncio.run(run_bench(settings, Progress())))
             print(format_report(reports[-1]), file=sys.stderr)
     report = median_run(reports)
+    floor = None
+    top = max(int(c) for c in args.concurrency.split(","))
+    if not args.no_protocol_floor:
+        info = ModelInfo(seed.name, ("1",), MAX_BATCH_SIZE,
+                         (InputSpec(seed.input_name, datatype_of(tokens), (SEQUENCE,)),),
+                         "model.onnx")  # fmt: skip
+        payload = encode_request(seed.name, "", info, {seed.input_name: tokens[:1]})
+        floor = protocol_floor(payload, report.driver, top, args.duration)
+        print(f"protocol floor: {floor:,.0f} calls/s at concurrency {top}", file=sys.stderr)
     (args.results / "latest.json").write_text(
         json.dumps(
             {"shown": reports.index(report), "runs": [r.to_dict() for r in reports]},
@@ -500,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_plot(report, args.results / "latest.png")
     except RuntimeError as exc:  # matplotlib missing
         print(f"no plot: {exc}", file=sys.stderr)
-    text = markdown(report, seed, args, reports)
+    text = markdown(report, seed, args, reports, floor)
     (args.results / "latest.md").write_text(text)
     print(text)
     print(f"wrote {args.results / 'latest.md'}, latest.json, latest.png")
