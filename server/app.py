@@ -32,8 +32,9 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
-        # Refuse to share a port silently with another process.
-        ("grpc.so_reuseport", 0),
+        # Refuse to share a port silently with another process, unless this
+        # is one of --workers processes that share it on purpose.
+        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
 
 
@@ -42,7 +43,7 @@ class InferenceServer:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
-        cpu_budget = settings.cpu_threads or available_cpus()
+        cpu_budget = max(1, (settings.cpu_threads or available_cpus()) // settings.workers)
         self.registry = ModelRegistry(settings.model_repository, settings.device, cpu_budget)
         self.service = InferenceService(self.registry)
         self.health = health.aio.HealthServicer()
@@ -106,6 +107,18 @@ def run(settings: ServerSettings) -> int:
     if not settings.model_repository.is_dir():
         log.error("model repository %s is not a directory", settings.model_repository)
         return 2
+    if settings.workers < 1:
+        log.error("--workers must be at least 1, not %d", settings.workers)
+        return 2
+    if settings.workers > 1:
+        from onnxserve.server.workers import run_workers
+
+        return run_workers(settings, run_one)
+    return run_one(settings)
+
+
+def run_one(settings: ServerSettings) -> int:
+    """Run one server process until SIGTERM/SIGINT; its exit code."""
     try:
         asyncio.run(serve(settings))
     except OSError as exc:

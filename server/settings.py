@@ -46,6 +46,15 @@ class ServerSettings:
             "the CPUs this process may use, honouring a container's CPU limit"
         },
     )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "Server processes sharing the gRPC port (SO_REUSEPORT; the kernel spreads "
+            "connections, not requests, over them); each loads every model and gets "
+            "cpu_threads / workers onnxruntime threads. One Python process serves a few "
+            "thousand small calls per second; more processes use more cores for the protocol"
+        },
+    )
     grace_period_s: float = field(
         default=10.0,
         metadata={

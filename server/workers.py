@@ -1,0 +1,81 @@
+"""``--workers N``: several server processes sharing one gRPC port.
+
+One Python process spends most of a core on the gRPC stack at a few thousand
+small calls per second, which caps a fast model's throughput long before the
+model is the limit. N processes, each a complete server (its own event loop,
+models and batchers) bound to the same port with SO_REUSEPORT, let the kernel
+spread client connections over them. The parent only supervises: it forwards
+SIGTERM/SIGINT so every worker drains as a single server would, and if one
+worker dies the others are stopped too, so that an orchestrator restarts the
+whole pod instead of it serving at a fraction of its capacity.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
+
+from onnxserve.server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+
+# How often the parent looks for a worker that exited.
+_POLL_S = 0.2
+
+
+def run_workers(settings: ServerSettings, run_one: Callable[[ServerSettings], int]) -> int:
+    """Start ``settings.workers`` processes running ``run_one``; the pod's exit code."""
+    context = multiprocessing.get_context("spawn")  # no inherited threads or gRPC state
+    workers = [
+        context.Process(target=_worker_main, args=(settings, run_one), name=f"onnxserve-{index}")
+        for index in range(settings.workers)
+    ]
+    stopping = False
+    failed_code: int | None = None
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+        for worker in workers:
+            if worker.pid is not None and worker.exitcode is None:
+                worker.terminate()  # SIGTERM: each worker drains
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for worker in workers:
+            worker.start()
+        log.info("started %d server processes sharing port %d", len(workers), settings.grpc_port)
+        while not stopping and all(w.exitcode is None for w in workers):
+            time.sleep(_POLL_S)
+        if not stopping:
+            failed = next(w for w in workers if w.exitcode is not None)
+            failed_code = failed.exitcode or 1
+            log.error(
+                "server process %s exited with %s; stopping the others", failed.name, failed_code
+            )
+            stop(signal.SIGTERM, None)
+        deadline = time.monotonic() + settings.grace_period_s + 10
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+            if worker.exitcode is None:
+                worker.kill()
+                worker.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if failed_code is not None:
+        return failed_code
+    return next((w.exitcode for w in workers if w.exitcode), 0) or 0
+
+
+def _worker_main(settings: ServerSettings, run_one: Callable[[ServerSettings], int]) -> None:
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s [{multiprocessing.current_process().name}] "
+        "%(name)s: %(message)s",
+    )
+    raise SystemExit(run_one(settings))
