@@ -14,6 +14,7 @@ model that flattens the sequence into a Dense layer keeps its fixed length.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -296,26 +297,10 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         and shape[1] is not None
         and (len(shape) == 3 or vocabularies[i] is not None or np.dtype(dtypes[i]).kind in "iu")
     ]
-    shapes = list(declared)
-    function = specs = None
-    if dynamic_sequence and candidates:
-        relaxed = [
-            (None, None, *shape[2:]) if i in candidates else shape
-            for i, shape in enumerate(declared)
-        ]
-        try:
-            function, specs = build(relaxed)
-            function.get_concrete_function()
-            _probe(function, eager, names, dtypes, relaxed, declared, vocabularies)
-            shapes = relaxed
-        except Exception:
-            function = specs = None
-    if function is None:
-        try:
-            function, specs = build(shapes)
-            function.get_concrete_function()
-        except Exception as exc:
-            raise ExportError(f"tracing the Keras model failed: {_first_line(exc)}") from exc
+    with _generic_rnn_kernels(model):
+        function, specs, shapes = _trace_with_fallback(
+            build, eager, names, dtypes, declared, vocabularies, candidates, dynamic_sequence
+        )
 
     probe = function.get_concrete_function().structured_outputs
     output_names.extend(probe.keys())
@@ -351,6 +336,63 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         loop_causes=_keras_loop_causes(model),
         source_kind="keras",
     )
+
+
+def _trace_with_fallback(
+    build: Callable[[Sequence[tuple[int | None, ...]]], tuple[Any, list[Any]]],
+    eager: Callable[[list[np.ndarray]], Any],
+    names: Sequence[str],
+    dtypes: Sequence[str],
+    declared: Sequence[tuple[int | None, ...]],
+    vocabularies: Sequence[int | None],
+    candidates: Sequence[int],
+    dynamic_sequence: bool,
+) -> tuple[Any, list[Any], list[tuple[int | None, ...]]]:
+    """Trace with dynamic sequence dims if the model allows them, else as declared."""
+    shapes = list(declared)
+    function: Any = None
+    specs: Any = None
+    if dynamic_sequence and candidates:
+        relaxed = [
+            (None, None, *shape[2:]) if i in candidates else shape
+            for i, shape in enumerate(declared)
+        ]
+        try:
+            function, specs = build(relaxed)
+            function.get_concrete_function()
+            _probe(function, eager, names, dtypes, relaxed, declared, vocabularies)
+            shapes = relaxed
+        except Exception:
+            function = specs = None
+    if function is None:
+        try:
+            function, specs = build(shapes)
+            function.get_concrete_function()
+        except Exception as exc:
+            raise ExportError(f"tracing the Keras model failed: {_first_line(exc)}") from exc
+    return function, list(specs or []), shapes
+
+
+@contextlib.contextmanager
+def _generic_rnn_kernels(model: Any) -> Iterator[None]:
+    """Trace LSTM/GRU layers with Keras' generic kernels, never cuDNN's.
+
+    Keras picks the cuDNN kernel at trace time whenever TensorFlow sees a GPU,
+    and tf2onnx cannot convert CudnnRNNV3. Hiding GPUs before TensorFlow is
+    imported is the main defence; this one covers an in-memory model whose
+    TensorFlow already initialised a GPU. On a CPU the generic kernel is what
+    Keras uses anyway, so the traced graph is the same.
+    """
+    changed = []
+    for layer in _walk_layers(model):
+        if getattr(layer, "use_cudnn", False) in ("auto", True):
+            changed.append((layer, layer.use_cudnn))
+            layer.use_cudnn = False
+    try:
+        yield
+    finally:
+        for layer, value in changed:
+            layer.use_cudnn = value
 
 
 def _input_layer_name(tensor: Any) -> str:

@@ -120,8 +120,14 @@ def test_sequential_seed_model_gets_a_dynamic_sequence_length(tmp_path: Path) ->
     """The seed model accepts other lengths in Keras, so the ONNX model does too."""
     from onnxserve.converter import convert
 
-    report = convert(fx.trained("seed_lstm"), tmp_path, "seed", max_batch_size=4)
+    model = fx.trained("seed_lstm")
+    report = convert(model, tmp_path, "seed", max_batch_size=4)
     assert any(c.sequence_length == LENGTH + 3 for c in report.checks)
+    # Tracing forces Keras' generic (non-cuDNN) LSTM kernels and then restores the setting.
+    assert [layer.use_cudnn for layer in model.layers if hasattr(layer, "use_cudnn")] == [
+        "auto",
+        "auto",
+    ]
     inputs = make_inputs("seed_lstm", 2, length=LENGTH * 2)
     got = run_onnx(report.model_path, inputs)
     want = fx.keras_outputs("seed_lstm", inputs)
