@@ -52,9 +52,9 @@ def import_tensorflow() -> ModuleType:
     """Import TensorFlow with GPUs hidden (see the module docstring for why)."""
     if not hide_gpus():
         log.warning(
-            "TensorFlow was imported with a GPU visible before conversion; recurrent layers "
-            "may be traced with cuDNN kernels that ONNX cannot express. Set "
-            'CUDA_VISIBLE_DEVICES="" before importing TensorFlow if conversion fails.'
+            "TensorFlow was imported with a GPU visible before conversion. Recurrent layers "
+            "are traced with Keras' generic kernels anyway, but if conversion fails, set "
+            'CUDA_VISIBLE_DEVICES="" before importing TensorFlow.'
         )
     import tensorflow as tf
 

@@ -64,8 +64,9 @@ def export_onnx(traced: TracedModel, *, opset: int = 17) -> ExportedModel:
         text = str(exc)
         if "Cudnn" in text:
             raise ExportError(
-                "the traced graph uses cuDNN kernels (a GPU was visible to TensorFlow); "
-                'convert with CUDA_VISIBLE_DEVICES="" set before TensorFlow is imported'
+                "the graph uses cuDNN kernels (CudnnRNN), which ONNX cannot express. A "
+                "SavedModel exported on a machine with a GPU has them baked in: convert the "
+                '.keras file instead, or export with CUDA_VISIBLE_DEVICES="" set'
             ) from exc
         raise ExportError(
             f"tf2onnx failed: {text.strip().splitlines()[0][:500] if text else exc!r}"
