@@ -44,7 +44,7 @@ from onnxserve.client.codec import raw_to_array
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import model_config_pb2 as mc
 from onnxserve.settings import SettingsError, resolve
-from tests.support.models import add_sub_model
+from tests.support.models import add_sub_model, write_config
 from tests.support.server import RunningServer
 
 VOCABULARY = 10
@@ -78,6 +78,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     add_sub_model(root / "simple" / "1" / "model.onnx")
     add_sub_model(root / "simple" / "3" / "model.onnx")  # the raw baseline takes the highest
     lookup_model(root / "lookup" / "1" / "model.onnx")
+    add_sub_model(root / "unbatched" / "1" / "model.onnx")
+    write_config(
+        root / "unbatched",
+        'max_batch_size: 8 input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 16 ] }, '
+        '{ name: "INPUT1" data_type: TYPE_FP32 dims: [ 16 ] } ]',
+    )
     return root
 
 
@@ -350,3 +356,16 @@ def test_input_files_give_one_request_per_batch_of_rows(tmp_path: Path) -> None:
     np.savez(other, tokens=np.zeros((2, 3)))
     with pytest.raises(WorkloadError, match="no array for input 'ids'"):
         build_inputs(info, 1, str(other))
+
+
+def test_a_batchable_model_without_dynamic_batching_is_pointed_out(
+    server: RunningServer, repository: Path
+) -> None:
+    note = "no dynamic_batching"
+    quick = {"concurrency": (2,), "requests": 20, "warmup": 0.0, "raw_baseline": False}
+    plain = asyncio.run(run_bench(settings(server, repository, model="unbatched", **quick)))
+    check_consistent(plain.steps[0])
+    assert plain.steps[0].server is not None and plain.steps[0].server.avg_batch == 1.0
+    assert any(note in n for n in plain.notes)
+    batched = asyncio.run(run_bench(settings(server, repository, **quick)))
+    assert not any(note in n for n in batched.notes)

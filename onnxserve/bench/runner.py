@@ -39,6 +39,7 @@ from onnxserve.bench.workload import (
 )
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.client.protocol import model_config_pb2 as mc
 
 __all__ = ["BenchError", "run_bench", "server_delta", "target_of"]
 
@@ -230,7 +231,7 @@ def _step_result(
     )
 
 
-async def _describe(server: _Server, settings: BenchSettings) -> ModelInfo:
+async def _describe(server: _Server, settings: BenchSettings) -> tuple[ModelInfo, mc.ModelConfig]:
     try:
         metadata = await server.stub.ModelMetadata(
             pb.ModelMetadataRequest(name=settings.model, version=settings.model_version),
@@ -245,7 +246,7 @@ async def _describe(server: _Server, settings: BenchSettings) -> ModelInfo:
             f"cannot describe model '{settings.model}' at {settings.url}: "
             f"{exc.code().name}: {exc.details()}"
         ) from None
-    return model_info(metadata, config.config, parse_shapes(settings.shape))
+    return model_info(metadata, config.config, parse_shapes(settings.shape)), config.config
 
 
 async def _check_request(server: _Server, payload: bytes) -> None:
@@ -288,7 +289,7 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
     async with grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS)) as channel:
         server = _Server(channel, settings.model, settings.model_version)
         try:
-            info = await _describe(server, settings)
+            info, config = await _describe(server, settings)
             arrays = build_inputs(
                 info,
                 settings.batch_size,
@@ -298,6 +299,11 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
             )
         except WorkloadError as exc:
             raise BenchError(str(exc)) from None
+        if info.batchable and not config.HasField("dynamic_batching"):
+            report.notes.append(
+                "the model's config has no dynamic_batching: the server runs each request "
+                "on its own"
+            )
         payloads = [encode_request(settings.model, settings.model_version, info, a) for a in arrays]
         await _check_request(server, payloads[0])
 
