@@ -16,10 +16,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
 from onnxserve.client.codec import array_to_raw, datatype_of, raw_to_array
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.client.protocol import model_config_pb2 as mc
 from tests import converter_fixtures as fx
 from tests.converter_fixtures import EXPECTED, expected_io, make_inputs
 from tests.support.server import RunningServer
@@ -71,12 +73,23 @@ def assert_close_to_keras(got: dict[str, Any], want: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("family", list(EXPECTED))
 def test_served_family_answers_like_keras(
-    stub: pb_grpc.GRPCInferenceServiceStub, family: str
+    stub: pb_grpc.GRPCInferenceServiceStub, served_repository: Path, family: str
 ) -> None:
     inputs_spec, outputs_spec, _ = expected_io(family)
     metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=family), timeout=30)
     assert {t.name for t in metadata.inputs} == set(inputs_spec)
     assert {t.name for t in metadata.outputs} == set(outputs_spec)
+    # The server serves the config.pbtxt the converter wrote, as written.
+    served = stub.ModelConfig(pb.ModelConfigRequest(name=family), timeout=30).config
+    written = text_format.Parse(
+        (served_repository / family / "config.pbtxt").read_text(), mc.ModelConfig()
+    )
+    assert served.max_batch_size == written.max_batch_size == 8
+    assert served.HasField("dynamic_batching")
+    for side in ("input", "output"):
+        assert sorted((t.name, t.data_type, list(t.dims)) for t in getattr(served, side)) == sorted(
+            (t.name, t.data_type, list(t.dims)) for t in getattr(written, side)
+        )
     for batch in (1, 3, 8):
         inputs = make_inputs(family, batch, seed=1000 + batch)
         assert_close_to_keras(infer(stub, family, inputs), fx.keras_outputs(family, inputs))
