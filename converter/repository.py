@@ -42,7 +42,7 @@ BACKEND = "onnxruntime"
 # The server's rule for model folder names.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
-_ONNX_TO_CONFIG = {
+_ONNX_TO_CONFIG: dict[int, int] = {
     onnx.TensorProto.BOOL: mc.TYPE_BOOL,
     onnx.TensorProto.UINT8: mc.TYPE_UINT8,
     onnx.TensorProto.UINT16: mc.TYPE_UINT16,

@@ -146,7 +146,8 @@ def _vocabularies(model: Any, tensors: Sequence[Any]) -> list[int | None]:
         for i, tensor in enumerate(tensors):
             if layer_input is tensor:
                 vocab = int(layer.input_dim)
-                found[i] = vocab if found[i] is None else min(found[i], vocab)
+                current = found[i]
+                found[i] = vocab if current is None else min(current, vocab)
     if embeddings:
         smallest = min(int(layer.input_dim) for layer in embeddings)
         first = model.layers[0] if getattr(model, "layers", None) else None
