@@ -402,7 +402,8 @@ def markdown(
         f"-> LSTM(128) -> Dense(1, sigmoid), sequence length {SEQUENCE}, one sample per "
         f"request; {seed.origin}",
         f"- Run: {report.started_at}, commit {_git_commit()}, driver **{report.driver}** "
-        f"(one HTTP/2 connection), {args.duration:g} s per step after {args.warmup:g} s warm-up; "
+        f"({args.connections} HTTP/2 connection{'s' if args.connections > 1 else ''}), "
+        f"{args.duration:g} s per step after {args.warmup:g} s warm-up; "
         "client CPU: the load generator's CPU time in % of one core",
         f"- Machine: {env.get('cpus')} CPUs ({env.get('usable_cpus')} usable), "
         f"{env.get('platform')}, Python {env.get('python')}, onnxruntime "
@@ -478,8 +479,9 @@ def markdown(
         lines += [
             "",
             f"Protocol floor: an empty grpc.aio ModelInfer handler (it parses the request and "
-            f"answers an empty response) served {floor:,.0f} calls/s at concurrency "
-            f"{int(top.load)} with the same driver, in this run; the server's "
+            f"answers an empty response) in one process served {floor:,.0f} calls/s at "
+            f"concurrency {int(top.load)} on one connection with the same driver, in this run; "
+            "the server's "
             f"{top.infer_per_s:,.0f} infer/s there is {top.infer_per_s / floor:.0%} of it.",
         ]
     if len(reports) > 1:
@@ -513,7 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--raw-seconds", type=float, default=2.0, help="Raw seconds per batch")
     parser.add_argument("--driver", choices=("auto", "h2load", "python"), default="auto")
     parser.add_argument("--no-install", action="store_true", help="Never apt-get install h2load")
-    parser.add_argument("--server-arg", action="append", default=[], help="Extra serve flag")
+    parser.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        help="Extra serve flag, e.g. --server-arg=--workers=2 (then use --connections >= 2)",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=1, help="HTTP/2 connections the load is spread over"
+    )
     parser.add_argument(
         "--no-protocol-floor",
         action="store_true",
@@ -558,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             driver=driver,  # type: ignore[arg-type]
             repository=seed.repository,
             raw_seconds=args.raw_seconds,
+            connections=args.connections,
         )
         reports = []
         for run in range(args.repeat):

@@ -240,6 +240,33 @@ def test_h2load_driver_counts_match_server_statistics(
     assert any("warm-up's rate" in note for note in timed.steps[0].notes)
 
 
+def test_load_spread_over_several_connections(server: RunningServer, repository: Path) -> None:
+    quick = {"concurrency": (6,), "requests": 60, "raw_baseline": False, "connections": 3}
+    report = asyncio.run(run_bench(settings(server, repository, **quick)))
+    check_consistent(report.steps[0])
+    assert report.steps[0].requests == 60
+    if find_h2load() is not None:
+        report = asyncio.run(
+            run_bench(settings(server, repository,
+                               **{**quick, "concurrency": (5,), "connections": 2},
+                               driver="h2load"))
+        )  # fmt: skip
+        step = report.steps[0]
+        check_consistent(step)
+        assert any("6 streams in flight" in note for note in step.notes)
+
+
+def test_h2load_command_spreads_streams_over_connections() -> None:
+    driver = H2LoadDriver("h2load", "127.0.0.1:9", b"x", connections=4)
+    command = " ".join(driver.command(64, requests=1000, rate=800.0))
+    assert "-c 4 -t 1 -m 16" in command and "-n 1000" in command
+    assert "--rps 200" in command  # h2load's rate is per client
+    assert command.endswith("http://127.0.0.1:9/inference.GRPCInferenceService/ModelInfer")
+    assert driver.layout(2) == (2, 1) and driver.layout(64, requests=3) == (3, 22)
+    with pytest.raises(ValueError, match="connections"):
+        H2LoadDriver("h2load", "127.0.0.1:9", b"x", connections=0)
+
+
 @needs_h2load
 def test_h2load_grpc_failures_come_from_server_statistics(
     server: RunningServer, repository: Path

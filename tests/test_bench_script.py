@@ -108,7 +108,7 @@ def report(raw_b1_ms: float, raw_best: float, c1_mean_ms: float, c64_samples: fl
 
 
 def test_the_page_states_each_target_and_whether_it_was_met(tmp_path: Path) -> None:
-    args = argparse.Namespace(duration=5.0, warmup=2.0, repeat=3)
+    args = argparse.Namespace(duration=5.0, warmup=2.0, repeat=3, connections=1)
     seed = SeedModel(tmp_path, "seed_lstm", "tokens", np.dtype(np.int32), "built")
     good = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.4, c64_samples=1600.0)
     bad = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.6, c64_samples=1200.0, failed=2)

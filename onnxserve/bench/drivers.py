@@ -76,7 +76,7 @@ def _phase_fraction(started: float, seconds: float, done: int, total: int) -> fl
 
 
 class PythonDriver:
-    """grpc.aio on one channel (one HTTP/2 connection), bytes in and bytes out.
+    """grpc.aio on ``connections`` channels (one HTTP/2 connection each), bytes in and out.
 
     The answers are not parsed: a call that returns without an error status is
     a success, which is what the server's statistics count too.
@@ -84,25 +84,35 @@ class PythonDriver:
 
     name = "python"
 
-    def __init__(self, target: str, payloads: Sequence[bytes], timeout: float) -> None:
+    def __init__(
+        self, target: str, payloads: Sequence[bytes], timeout: float, connections: int = 1
+    ) -> None:
         if not payloads:
             raise ValueError("no request to send")
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
         self.target = target
         self.payloads = list(payloads)
         self.timeout = timeout
-        self._channel: grpc.aio.Channel | None = None
-        self._call: grpc.aio.UnaryUnaryMultiCallable | None = None
+        self.connections = connections
+        self._channels: list[grpc.aio.Channel] = []
+        self._calls: list[grpc.aio.UnaryUnaryMultiCallable] = []
 
     async def __aenter__(self) -> PythonDriver:
-        self._channel = grpc.aio.insecure_channel(self.target, options=list(CHANNEL_OPTIONS))
+        # A local subchannel pool per channel: otherwise gRPC shares one
+        # connection between channels to the same target.
+        options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+        self._channels = [
+            grpc.aio.insecure_channel(self.target, options=options) for _ in range(self.connections)
+        ]
         # No serializers: the pre-encoded bytes go out as they are.
-        self._call = self._channel.unary_unary(INFER_METHOD)
+        self._calls = [channel.unary_unary(INFER_METHOD) for channel in self._channels]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
+        for channel in self._channels:
+            await channel.close()
+        self._channels, self._calls = [], []
 
     async def warmup(self, concurrency: int, rate: float | None, seconds: float) -> None:
         if seconds > 0:
@@ -123,8 +133,8 @@ class PythonDriver:
         passed, and every call in flight has finished, so the server's
         statistics read after it hold exactly these requests.
         """
-        assert self._call is not None, "use PythonDriver as an async context manager"
-        call = self._call
+        assert self._calls, "use PythonDriver as an async context manager"
+        calls = self._calls
         payloads = self.payloads
         timeout = self.timeout
         latencies: list[int] = []
@@ -132,7 +142,8 @@ class PythonDriver:
         sent = 0
         late = 0
 
-        async def one(payload: bytes) -> None:
+        async def one(payload: bytes, connection: int) -> None:
+            call = calls[connection % len(calls)]
             t0 = time.perf_counter_ns()
             try:
                 await call(payload, timeout=timeout)
@@ -150,7 +161,7 @@ class PythonDriver:
             index = first
             while (sent < requests) if requests else (time.perf_counter() < stop_at):
                 sent += 1
-                await one(payloads[index % len(payloads)])
+                await one(payloads[index % len(payloads)], first)
                 index += concurrency
 
         async def scheduler() -> None:
@@ -160,9 +171,9 @@ class PythonDriver:
             slots = asyncio.Semaphore(concurrency)
             tasks: set[asyncio.Task[None]] = set()
 
-            async def guarded(payload: bytes) -> None:
+            async def guarded(payload: bytes, connection: int) -> None:
                 try:
-                    await one(payload)
+                    await one(payload, connection)
                 finally:
                     slots.release()
 
@@ -174,7 +185,7 @@ class PythonDriver:
                     late += 1
                 await slots.acquire()
                 sent += 1
-                task = asyncio.create_task(guarded(payloads[k % len(payloads)]))
+                task = asyncio.create_task(guarded(payloads[k % len(payloads)], k))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             if tasks:
@@ -282,7 +293,8 @@ def parse_h2load_log(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class H2LoadDriver:
-    """h2load on one connection (``-c 1``) with ``-m concurrency`` streams.
+    """h2load, one thread, ``concurrency`` streams spread over ``connections``
+    connections (``-c`` clients with ``-m`` streams each).
 
     Duration-based steps are turned into a request count (the warm-up's rate
     times the duration) so that h2load finishes every request it starts: with
@@ -292,9 +304,12 @@ class H2LoadDriver:
 
     name = "h2load"
 
-    def __init__(self, executable: str, target: str, payload: bytes) -> None:
+    def __init__(self, executable: str, target: str, payload: bytes, connections: int = 1) -> None:
+        if connections < 1:
+            raise ValueError("connections must be at least 1")
         self.executable = executable
         self.target = target
+        self.connections = connections
         self._dir = tempfile.TemporaryDirectory(prefix="onnxserve-bench-")
         self.body = Path(self._dir.name) / "request.bin"
         self.body.write_bytes(encode_frame(payload))
@@ -317,21 +332,31 @@ class H2LoadDriver:
         log_file: Path | None = None,
     ) -> list[str]:
         """The h2load command line for one phase."""
+        clients, streams = self.layout(concurrency, requests)
         cmd = [
             self.executable,
-            "-c", "1",
+            "-c", str(clients),
             "-t", "1",
-            "-m", str(concurrency),
+            "-m", str(streams),
             "-d", str(self.body),
             "-H", "content-type: application/grpc",
             "-H", "te: trailers",
         ]  # fmt: skip
         cmd += ["-D", f"{duration_ms}ms"] if duration_ms else ["-n", str(requests)]
         if rate is not None:
-            cmd += ["--rps", f"{rate:g}"]
+            cmd += ["--rps", f"{rate / clients:g}"]  # h2load's rate is per client
         if log_file is not None:
             cmd += ["--log-file", str(log_file)]
         return [*cmd, self.url]
+
+    def layout(self, concurrency: int, requests: int = 0) -> tuple[int, int]:
+        """(clients, streams per client) for ``concurrency`` calls in flight.
+
+        h2load needs at least one request per client, and every client gets the
+        same number of streams, so the total is rounded up to a multiple.
+        """
+        clients = min(self.connections, concurrency, requests or concurrency)
+        return clients, -(-concurrency // clients)
 
     async def _execute(
         self, cmd: list[str], expected_s: float, progress: ProgressFn | None
@@ -411,6 +436,12 @@ class H2LoadDriver:
             requests = max(concurrency, round(estimate * seconds))
             source = "the request rate" if rate is not None else "the warm-up's rate"
             notes.append(f"{requests} requests: {source} times {seconds:g} s")
+        clients, streams = self.layout(concurrency, requests)
+        if clients * streams != concurrency:
+            notes.append(
+                f"{clients * streams} streams in flight: {concurrency} rounded up to "
+                f"{clients} connections x {streams}"
+            )
         log_file = Path(self._dir.name) / "requests.log"
         log_file.unlink(missing_ok=True)
         expected = requests / (rate or self._rate_estimate or requests)

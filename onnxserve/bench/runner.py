@@ -168,13 +168,13 @@ def _choose_driver(
     if settings.driver in ("h2load", "auto") and h2load is not None:
         if len(payloads) > 1:
             notes.append("h2load sends one request body: the first of the generated inputs")
-        return H2LoadDriver(h2load, target, payloads[0])
+        return H2LoadDriver(h2load, target, payloads[0], settings.connections)
     if settings.driver == "auto":
         notes.append(
             "h2load not found (apt-get install nghttp2-client): the python driver shares "
             "this machine's CPUs with the server"
         )
-    return PythonDriver(target, payloads, settings.timeout)
+    return PythonDriver(target, payloads, settings.timeout, settings.connections)
 
 
 def _step_result(
@@ -194,6 +194,13 @@ def _step_result(
         grpc_failures = run.requests - successes - sum(codes.values())
         if grpc_failures > 0:
             codes["GRPC (from server statistics)"] = grpc_failures
+        if 0 < delta.success + delta.fail < run.requests:
+            notes.append(
+                f"the server's statistics count {delta.success + delta.fail} of "
+                f"{run.requests} requests: the rest failed before reaching the model (bad "
+                "requests), or the server runs several processes (--workers) and answered "
+                "statistics for one of them; check with --driver python"
+            )
         if delta.success > run.requests:
             notes.append(
                 f"the server counted {delta.success} successes for {run.requests} requests: "

@@ -88,6 +88,13 @@ class BenchSettings:
             "installed)"
         },
     )
+    connections: int = field(
+        default=1,
+        metadata={
+            "help": "HTTP/2 connections the requests in flight are spread over; a server "
+            "of several processes (serve --workers N) balances connections, not requests"
+        },
+    )
     timeout: float = field(
         default=30.0, metadata={"help": "Per-request gRPC deadline in seconds (python driver)"}
     )
@@ -151,6 +158,8 @@ class BenchSettings:
             raise SettingsError("concurrency: every value must be at least 1")
         if self.request_rate and min(self.request_rate) <= 0:
             raise SettingsError("request_rate: every value must be positive")
+        if self.connections < 1:
+            raise SettingsError("connections must be at least 1")
         if self.batch_size < 1:
             raise SettingsError("batch_size must be at least 1")
         if self.requests < 0 or (self.requests == 0 and self.duration <= 0):
