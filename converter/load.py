@@ -52,8 +52,9 @@ def from_keras_model(model: Any, source: str = "in-memory keras.Model") -> Loade
         inputs = None
     if not inputs:
         raise ModelLoadError(
-            f"the model {model.name!r} has no defined inputs: build it on keras.Input(...) "
-            "(a Sequential or functional model), or save it and convert the file"
+            f"the model {model.name!r} has no symbolic inputs (a subclassed model, or a "
+            "Sequential never built): wrap it in a functional model first, e.g. "
+            "inputs = keras.Input(shape=..., name=...); keras.Model(inputs, model(inputs))"
         )
     return LoadedModel(source=source, keras_model=model)
 

@@ -278,6 +278,30 @@ def test_not_a_keras_model_object(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_subclassed_model_gets_told_how_to_wrap_it(tmp_path: Path) -> None:
+    import keras
+
+    from onnxserve.converter import ModelLoadError, convert
+
+    class Scorer(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x: Any) -> Any:
+            return self.dense(x)
+
+    scorer = Scorer()
+    scorer(np.zeros((1, 3), np.float32))
+    with pytest.raises(ModelLoadError, match="no symbolic inputs"):
+        convert(scorer, tmp_path, "scorer")
+    # The advice works: wrapped in a functional model it converts.
+    inputs = keras.Input(shape=(3,), name="x")
+    report = convert(keras.Model(inputs, scorer(inputs)), tmp_path, "scorer", max_batch_size=4)
+    assert [i.name for i in report.inputs] == ["x"]
+    assert report.max_abs_difference <= 1e-5
+
+
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
