@@ -48,6 +48,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.set_defaults(handler=run)
 
 
+_CONVERT_PACKAGES = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "h5py")
+
+
+def _missing_extra(exc: ModuleNotFoundError) -> int:
+    """The converter's packages are an extra; say how to get them instead of a traceback."""
+    if (exc.name or "").split(".")[0] not in _CONVERT_PACKAGES:
+        raise exc
+    print(
+        f"onnxserve convert: error: {exc.name} is not installed; the converter needs the "
+        "convert extra: pip install 'onnxserve[convert]'",
+        file=sys.stderr,
+    )
+    return 1
+
+
 def _level(name: str) -> int:
     return int(logging.getLevelName(name))
 
@@ -59,7 +74,10 @@ def _progress(line: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Resolve the settings, convert, print the report; 1 with a message on failure."""
     settings = resolve(ConvertSettings, args, config_file=args.config, section="convert")
-    from onnxserve.converter.api import convert_with_settings
+    try:
+        from onnxserve.converter.api import convert_with_settings
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
 
     if settings.log_level != "DEBUG":
         # tf2onnx logs every constant-folding pass at INFO; the stage lines say enough.
@@ -68,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         report = convert_with_settings(settings, progress=_progress)
+    except ModuleNotFoundError as exc:
+        return _missing_extra(exc)
     except ConversionError as exc:
         print(
             f"onnxserve convert: error: {exc}\n"

@@ -173,3 +173,20 @@ def test_a_write_that_fails_midway_leaves_nothing(
     with pytest.raises(RepositoryError, match="No space left"):
         write_entry(tmp_path, "tiny", model, build_config(model, "tiny", 8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_without_tensorflow_says_which_extra_to_install(tmp_path: Path) -> None:
+    """On a client-only install (TensorFlow absent) the command explains, not a traceback."""
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not read")
+    code = (
+        "import sys; sys.modules['tensorflow'] = None; "
+        "from onnxserve.cli import main; "
+        f"sys.exit(main(['convert', {str(model)!r}, '--repository', "
+        f"{str(tmp_path / 'repo')!r}, '--name', 'm']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 1
+    assert "pip install 'onnxserve[convert]'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "repo").exists()
