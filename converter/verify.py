@@ -23,6 +23,7 @@ from onnxserve.converter.trace import TracedModel
 __all__ = [
     "CaseResult",
     "OutputDifference",
+    "check_batch_axis",
     "check_batch_sizes",
     "check_onnx",
     "compare_outputs",
@@ -177,6 +178,24 @@ def evaluate(
     return results, produced
 
 
+def check_batch_axis(cases: Sequence[CaseResult]) -> None:
+    """Every output must have the batch as its first dimension, as the server assumes.
+
+    The server stacks requests along axis 0 and splits the results the same
+    way; an output that reduces over the batch (or has none) would be split
+    wrongly, so such a model is refused rather than served with wrong answers.
+    """
+    for case in cases:
+        for name, value in case.reference.items():
+            shape = np.shape(value)
+            if not shape or shape[0] != case.batch_size:
+                raise VerificationError(
+                    f"output {name!r} has shape {list(shape)} for a batch of "
+                    f"{case.batch_size}: its first dimension is not the batch, which the "
+                    "server needs to batch requests (compute batch-level results in the client)"
+                )
+
+
 def verify_onnx(
     model: onnx.ModelProto,
     traced: TracedModel,
@@ -191,6 +210,7 @@ def verify_onnx(
     check_onnx(model)
     session = make_session(model)
     cases = run_cases(traced, max_batch_size, seed)
+    check_batch_axis(cases)
     results, _ = evaluate(session, cases, rtol=rtol, atol=atol)
     if progress is not None:
         for case in results:

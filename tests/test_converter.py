@@ -235,6 +235,20 @@ def test_unsupported_operation_is_a_clear_error_and_writes_nothing(tmp_path: Pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_output_without_a_batch_axis_is_refused(tmp_path: Path) -> None:
+    """An output summed over the batch cannot be split per request by the server."""
+    import keras
+
+    from onnxserve.converter import VerificationError, convert
+
+    inputs = keras.Input(shape=(3,), name="x")
+    scores = keras.layers.Dense(2, name="scores")(inputs)
+    model = keras.Model(inputs, {"scores": scores, "total": keras.ops.sum(scores, axis=0)})
+    with pytest.raises(VerificationError, match=r"'total'.*not the batch"):
+        convert(model, tmp_path, "total")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_string_input_layer_is_a_clear_error(tmp_path: Path) -> None:
     """TextVectorization inside the model takes strings, which the conversion cannot carry."""
     import keras
