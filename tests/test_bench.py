@@ -231,6 +231,7 @@ def test_h2load_driver_counts_match_server_statistics(
     for step in report.steps:
         assert step.requests == 300
         check_consistent(step)
+        assert not step.notes  # answers counted from h2load's bytes agree with the server
     # Duration mode sizes the request count from the warm-up's rate.
     timed = asyncio.run(
         run_bench(settings(server, repository, driver="h2load", concurrency=(4,),
@@ -268,22 +269,28 @@ def test_h2load_command_spreads_streams_over_connections() -> None:
 
 
 @needs_h2load
-def test_h2load_grpc_failures_come_from_server_statistics(
-    server: RunningServer, repository: Path
+@pytest.mark.parametrize("answer_size_known", [True, False])
+def test_h2load_counts_grpc_failures_that_arrive_as_http_200(
+    server: RunningServer, repository: Path, answer_size_known: bool
 ) -> None:
-    """gRPC errors reach h2load as HTTP 200: only the server's counters reveal them."""
+    """gRPC errors reach h2load as HTTP 200. With the size of a good answer known,
+    the DATA bytes tell how many calls got one; without it, the server's counters do."""
     info = ModelInfo("lookup", ("1",), 64, (InputSpec("INPUT0", "INT64", (3,)),), "model.onnx")
     bad = encode_request("lookup", "", info, {"INPUT0": np.full((1, 3), 50, dtype=np.int64)})
+    good = encode_request("lookup", "", info, {"INPUT0": np.ones((1, 3), dtype=np.int64)})
 
     async def measure() -> StepResult:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stats = _Server(channel, "lookup", "")
+            answer = await stats.stub.ModelInfer(pb.ModelInferRequest.FromString(good))
+            size = answer.ByteSize() + 5 if answer_size_known else None
             executable = find_h2load()
             assert executable is not None
-            async with H2LoadDriver(executable, server.address, bad) as driver:
+            async with H2LoadDriver(executable, server.address, bad, response_bytes=size) as load:
                 before = await stats.settled_statistics()
-                run = await driver.run(4, None, seconds=0, requests=40)
+                run = await load.run(4, None, seconds=0, requests=40)
                 after = await stats.settled_statistics()
+        assert (run.successes is None) is not answer_size_known
         report = BenchReport("lookup", "", server.address, "h2load", 1, "", {}, {})
         s = settings(server, repository)
         return _step_result(s, "concurrency", 4, "h2load", run, server_delta(before, after), report)
@@ -291,8 +298,14 @@ def test_h2load_grpc_failures_come_from_server_statistics(
     step = asyncio.run(measure())
     assert step.requests == 40
     assert step.successes == 0 and step.failures == 40
-    assert step.failure_codes == {"GRPC (from server statistics)": 40}
+    code = (
+        "gRPC error (answer without a message)"
+        if answer_size_known
+        else ("GRPC (from server statistics)")
+    )
+    assert step.failure_codes == {code: 40}
     assert step.server is not None and step.server.fail == 40
+    assert not step.notes  # client and server agree
 
 
 def test_cli_counts_failed_requests_and_writes_json_and_png(

@@ -243,6 +243,7 @@ _REQUESTS = re.compile(
     r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
     r"(\d+) errored, (\d+) timeout"
 )
+_TRAFFIC = re.compile(r"traffic: .*?\((\d+)\) total, .*?\((\d+)\) headers.*?\((\d+)\) data")
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
@@ -259,12 +260,14 @@ class H2LoadSummary:
     failed: int
     errored: int
     timeout: int
+    data_bytes: int | None  # response DATA bytes: gRPC messages with their 5-byte headers
 
 
 def parse_h2load_output(text: str) -> H2LoadSummary:
     """Read h2load's summary (its 'finished in' and 'requests:' lines)."""
     finished = _FINISHED.search(text)
     counts = _REQUESTS.search(text)
+    traffic = _TRAFFIC.search(text)
     if finished is None or counts is None:
         raise H2LoadError(f"h2load's output has no summary:\n{text[-2000:]}")
     total, started, done, succeeded, failed, errored, timeout = map(int, counts.groups())
@@ -278,6 +281,7 @@ def parse_h2load_output(text: str) -> H2LoadSummary:
         failed=failed,
         errored=errored,
         timeout=timeout,
+        data_bytes=int(traffic.group(3)) if traffic else None,
     )
 
 
@@ -304,12 +308,24 @@ class H2LoadDriver:
 
     name = "h2load"
 
-    def __init__(self, executable: str, target: str, payload: bytes, connections: int = 1) -> None:
+    def __init__(
+        self,
+        executable: str,
+        target: str,
+        payload: bytes,
+        connections: int = 1,
+        response_bytes: int | None = None,
+    ) -> None:
         if connections < 1:
             raise ValueError("connections must be at least 1")
         self.executable = executable
         self.target = target
         self.connections = connections
+        # The size of one successful answer's gRPC frame (5-byte header and the
+        # ModelInferResponse), when known: h2load sees HTTP 200 for gRPC errors
+        # too, but an error carries no message, so its DATA byte count tells
+        # how many calls succeeded, for a request whose answer has a fixed size.
+        self.response_bytes = response_bytes
         self._dir = tempfile.TemporaryDirectory(prefix="onnxserve-bench-")
         self.body = Path(self._dir.name) / "request.bin"
         self.body.write_bytes(encode_frame(payload))
@@ -409,6 +425,19 @@ class H2LoadDriver:
         cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
         return output, cpu
 
+    def _successes(self, summary: H2LoadSummary, notes: list[str]) -> int | None:
+        """Calls answered with a message, from the DATA bytes; None when that cannot tell."""
+        if not self.response_bytes or summary.data_bytes is None:
+            return None
+        count, rest = divmod(summary.data_bytes, self.response_bytes)
+        if rest or count > summary.succeeded:
+            notes.append(
+                f"h2load received {summary.data_bytes} response bytes, not a whole number of "
+                f"{self.response_bytes}-byte answers: gRPC failures come from server statistics"
+            )
+            return None
+        return count
+
     async def warmup(self, concurrency: int, rate: float | None, seconds: float) -> None:
         """Unmeasured load; also learns the rate used to size duration-based steps."""
         seconds = max(seconds, 0.5)  # the rate estimate needs a little time
@@ -458,6 +487,11 @@ class H2LoadDriver:
         http_failures = summary.total - summary.succeeded
         if http_failures:
             codes["HTTP"] = http_failures
+        successes = self._successes(summary, notes)
+        if successes is not None and summary.total - http_failures - successes > 0:
+            codes["gRPC error (answer without a message)"] = (
+                summary.total - http_failures - successes
+            )
         if starts.size:
             seconds_taken = float((starts + durations).max() - starts.min()) / 1e6
         else:
@@ -465,7 +499,7 @@ class H2LoadDriver:
         ok = statuses == 200
         return DriverRun(
             requests=summary.total,
-            successes=None,
+            successes=successes,
             failure_codes=codes,
             latencies_ns=durations[ok] * 1000,
             seconds=seconds_taken,

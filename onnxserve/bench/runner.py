@@ -157,7 +157,11 @@ def _environment() -> dict[str, object]:
 
 
 def _choose_driver(
-    settings: BenchSettings, target: str, payloads: list[bytes], notes: list[str]
+    settings: BenchSettings,
+    target: str,
+    payloads: list[bytes],
+    answer_bytes: int,
+    notes: list[str],
 ) -> PythonDriver | H2LoadDriver:
     h2load = find_h2load()
     if settings.driver == "h2load" and h2load is None:
@@ -168,7 +172,9 @@ def _choose_driver(
     if settings.driver in ("h2load", "auto") and h2load is not None:
         if len(payloads) > 1:
             notes.append("h2load sends one request body: the first of the generated inputs")
-        return H2LoadDriver(h2load, target, payloads[0], settings.connections)
+        return H2LoadDriver(
+            h2load, target, payloads[0], settings.connections, response_bytes=answer_bytes + 5
+        )
     if settings.driver == "auto":
         notes.append(
             "h2load not found (apt-get install nghttp2-client): the python driver shares "
@@ -189,7 +195,8 @@ def _step_result(
     notes = list(run.notes)
     codes = dict(run.failure_codes)
     if run.successes is None:
-        # h2load: gRPC errors travel as HTTP 200; the server's count is the truth.
+        # h2load without a way to count answers: gRPC errors travel as HTTP 200,
+        # so the server's count is the only one.
         successes = min(delta.success, run.requests)
         grpc_failures = run.requests - successes - sum(codes.values())
         if grpc_failures > 0:
@@ -210,8 +217,9 @@ def _step_result(
         successes = run.successes
         if delta.success != successes:
             notes.append(
-                f"the server counted {delta.success} successes, the client {successes}: "
-                "other clients were calling this model, or answers were lost"
+                f"the server's statistics count {delta.success} successes, the client "
+                f"{successes}: other clients were calling this model, or the server runs "
+                "several processes (--workers) and answered statistics for one of them"
             )
     failures = run.requests - successes
     seconds = max(run.seconds, 1e-9)
@@ -256,10 +264,10 @@ async def _describe(server: _Server, settings: BenchSettings) -> tuple[ModelInfo
     return model_info(metadata, config.config, parse_shapes(settings.shape)), config.config
 
 
-async def _check_request(server: _Server, payload: bytes) -> None:
+async def _check_request(server: _Server, payload: bytes) -> pb.ModelInferResponse:
     """One call before measuring: a request the model refuses is an error, not a figure."""
     try:
-        await server.stub.ModelInfer(pb.ModelInferRequest.FromString(payload), timeout=60)
+        return await server.stub.ModelInfer(pb.ModelInferRequest.FromString(payload), timeout=60)
     except grpc.aio.AioRpcError as exc:
         raise BenchError(
             f"the server refused the bench's request: {exc.code().name}: {exc.details()}"
@@ -312,7 +320,7 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
                 "on its own"
             )
         payloads = [encode_request(settings.model, settings.model_version, info, a) for a in arrays]
-        await _check_request(server, payloads[0])
+        answer = await _check_request(server, payloads[0])
 
         if settings.raw_baseline:
             try:
@@ -343,7 +351,7 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
                     + f"best {best.samples_per_s:,.0f} samples/s at batch {best.batch}"
                 )
 
-        driver = _choose_driver(settings, target, payloads, report.notes)
+        driver = _choose_driver(settings, target, payloads, answer.ByteSize(), report.notes)
         report.driver = driver.name
         if settings.request_rate:
             steps = [("request_rate", rate) for rate in settings.request_rate]
