@@ -239,7 +239,9 @@ def _step_result(
         infer_per_s=successes / seconds,
         samples_per_s=samples / seconds,
         latency=LatencySummary.from_ns(run.latencies_ns),
-        server=delta,
+        # Statistics that saw none of the requests (another process of the
+        # server answered them) describe nothing: left out rather than shown as 0.
+        server=None if run.requests and delta.success + delta.fail == 0 else delta,
         ratio_vs_raw=ratio,
         client_cpu_s=run.client_cpu_s,
         notes=tuple(notes),
