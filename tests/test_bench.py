@@ -347,6 +347,9 @@ def test_a_request_the_model_refuses_stops_the_run(server: RunningServer, reposi
         asyncio.run(run_bench(settings(server, repository, model="lookup", int_range=(50, 60))))
     with pytest.raises(BenchError, match="cannot describe model 'missing'"):
         asyncio.run(run_bench(settings(server, repository, model="missing")))
+    other_model = repository / "lookup" / "1" / "model.onnx"
+    with pytest.raises(BenchError, match="is it the served model"):
+        asyncio.run(run_bench(settings(server, repository, model_file=other_model)))
 
 
 def test_raw_model_file_is_the_highest_served_version(repository: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import importlib.util
 import os
 import platform
 from collections import Counter
@@ -334,18 +335,27 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
                     "no raw onnxruntime baseline: give --model-file or --repository "
                     "(or --no-raw-baseline)"
                 )
-            else:
-                report.raw = measure_raw(
-                    model_file,
-                    info,
-                    settings.raw_batch_sizes,
-                    seconds=settings.raw_seconds,
-                    device=settings.raw_device,
-                    threads=settings.raw_threads,
-                    int_range=settings.int_range,
-                    seed=settings.seed,
-                    progress=lambda label, f: progress.update(label, f),
+            elif importlib.util.find_spec("onnxruntime") is None:
+                report.notes.append(
+                    "no raw onnxruntime baseline: onnxruntime is not installed here "
+                    "(pip install 'onnxserve[server]')"
                 )
+            else:
+                try:
+                    report.raw = measure_raw(
+                        model_file,
+                        info,
+                        settings.raw_batch_sizes,
+                        seconds=settings.raw_seconds,
+                        device=settings.raw_device,
+                        threads=settings.raw_threads,
+                        int_range=settings.int_range,
+                        seed=settings.seed,
+                        progress=lambda label, f: progress.update(label, f),
+                    )
+                except WorkloadError as exc:
+                    raise BenchError(str(exc)) from None
+            if report.raw is not None:
                 best, batch1 = report.raw.best, report.raw.batch1
                 progress.done(
                     f"raw onnxruntime ({', '.join(report.raw.providers)}): "
