@@ -9,6 +9,7 @@ figures built by hand.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from benchmarks.run_benchmark import SeedModel, find_seed, markdown, median_run
+from benchmarks.run_benchmark import SeedModel, TargetRun, find_seed, markdown
 from onnxserve.bench.results import (
     BenchReport,
     LatencySummary,
@@ -107,20 +108,25 @@ def report(raw_b1_ms: float, raw_best: float, c1_mean_ms: float, c64_samples: fl
     return result
 
 
-def test_the_page_states_each_target_and_whether_it_was_met(tmp_path: Path) -> None:
+def test_the_page_judges_the_targets_on_the_median_run(tmp_path: Path) -> None:
     args = argparse.Namespace(duration=5.0, warmup=2.0, repeat=3, connections=1)
     seed = SeedModel(tmp_path, "seed_lstm", "tokens", np.dtype(np.int32), "built")
     good = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.4, c64_samples=1600.0)
     bad = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.6, c64_samples=1200.0, failed=2)
     middle = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.5, c64_samples=1500.0)
-    runs = [good, bad, middle]
-    assert median_run(runs) is middle
-    page = markdown(median_run(runs), seed, args, runs)
-    assert "| 0.38 x (1,500 / 4,000 samples/s at batch 64) | yes |" in page
-    assert "1.500 ms vs 1.000 ms: +0.500 ms | yes |" in page
-    assert "| 3 * |" in page and "| 2 | 1.000 | 4,000 | 1.600 | +0.600 | 1,200 | 0.30 | 2 |" in page
-    failing = markdown(bad, seed, args, [bad])
-    assert "| 0.30 x (1,200 / 4,000 samples/s at batch 64) | no |" in failing
-    assert "| 2 failed of 102 | no |" in failing
-    assert "+0.600 ms | no |" in failing
-    assert "All 1 runs" not in failing
+    page = markdown(good, [good, bad, middle], seed, args, floor=3000.0)
+    sweep_row = (
+        "| 1 | 700 | 700 | 1.40 | 1.40 | 1.40 | 1.40 | 0.01 | 0.10 | 2.0 | 0 | 0.17 | 400% |"
+    )
+    assert sweep_row in page
+    assert "## Issue 3's targets: the median of 3 runs" in page
+    assert "| 0.38 x (runs: 0.30 to 0.40) | yes |" in page
+    assert "| no failed request | 2 failed of 602 | no |" in page
+    assert "+0.500 ms (runs: +0.400 to +0.600) | yes |" in page
+    assert "| 2 | 1.000 | 4,000 (64) | 1.600 | +0.600 | 1,200 | 0.30 | 2 |" in page
+    assert "median 1,500 infer/s at concurrency 64 is 50% of it" in page
+    failing = markdown(bad, [bad], seed, args)
+    assert "| 0.30 x (runs: 0.30 to 0.30) | no |" in failing
+    assert "+0.600 ms (runs: +0.600 to +0.600) | no |" in failing
+    assert "Protocol floor" not in failing
+    assert TargetRun.of(replace(bad, raw=None)) is None
