@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -281,9 +282,15 @@ asyncio.run(main())
 """
 
 
-async def _drive(
-    address: str, payload: bytes, driver: str, concurrency: int, seconds: float
-) -> float:
+@dataclass(frozen=True)
+class ProtocolFloor:
+    """The empty handler's figures: calls/s at concurrency 64, mean latency at 1."""
+
+    calls_per_s: float
+    mean_latency_ms: float
+
+
+async def _drive(address: str, payload: bytes, driver: str, seconds: float) -> ProtocolFloor:
     from onnxserve.bench.drivers import H2LoadDriver, PythonDriver, find_h2load
 
     executable = find_h2load()
@@ -293,13 +300,18 @@ async def _drive(
     else:
         load = PythonDriver(address, [payload], timeout=30.0)
     async with load:
-        await load.warmup(concurrency, None, 1.0)
-        run = await load.run(concurrency, None, seconds=seconds, requests=0)
-    return run.requests / run.seconds
+        await load.warmup(64, None, 1.0)
+        busy = await load.run(64, None, seconds=seconds, requests=0)
+        await load.warmup(1, None, 1.0)
+        lone = await load.run(1, None, seconds=seconds, requests=0)
+    return ProtocolFloor(
+        calls_per_s=busy.requests / busy.seconds,
+        mean_latency_ms=float(lone.latencies_ns.mean()) / 1e6,
+    )
 
 
-def protocol_floor(payload: bytes, driver: str, concurrency: int, seconds: float) -> float:
-    """Calls/s of the empty handler under the same driver and concurrency as the sweep."""
+def protocol_floor(payload: bytes, driver: str, seconds: float) -> ProtocolFloor:
+    """The empty handler under the same driver: throughput at concurrency 64, latency at 1."""
     address = f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
         [sys.executable, "-c", _EMPTY_SERVER, address],
@@ -310,7 +322,7 @@ def protocol_floor(payload: bytes, driver: str, concurrency: int, seconds: float
         line = process.stdout.readline()
         if line.strip() != "ready":
             raise SystemExit(f"the empty gRPC server did not start: {line}")
-        return asyncio.run(_drive(address, payload, driver, concurrency, seconds))
+        return asyncio.run(_drive(address, payload, driver, seconds))
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -431,7 +443,7 @@ def markdown(
     targets: Sequence[BenchReport],
     seed: SeedModel,
     args: argparse.Namespace,
-    floor: float | None = None,
+    floor: ProtocolFloor | None = None,
 ) -> str:
     """The results page: setup, the sweep's table and raw onnxruntime, the issue's targets."""
     env = sweep.environment
@@ -500,19 +512,23 @@ def markdown(
     if runs:
         lines += _targets(runs)
     if floor is not None:
-        infer = statistics.median(r.c64_infer_per_s for r in runs) if runs else None
         lines += [
             "",
             "Protocol floor: an empty grpc.aio ModelInfer handler (it parses the request and "
-            f"answers an empty response) in one process served {floor:,.0f} calls/s at "
-            "concurrency 64 on one connection with the same driver, in this run"
-            + (
-                f"; the server's median {infer:,.0f} infer/s at concurrency 64 is "
-                f"{infer / floor:.0%} of it."
-                if infer
-                else "."
-            ),
+            "answers an empty response) in one process, driven the same way in this run, "
+            f"served {floor.calls_per_s:,.0f} calls/s at concurrency 64 and answered in "
+            f"{floor.mean_latency_ms:.3f} ms on average at concurrency 1",
         ]
+        if runs:
+            infer = statistics.median(r.c64_infer_per_s for r in runs)
+            c1 = statistics.median(r.c1_mean_ms for r in runs)
+            lines[-1] += (
+                f"; the server's medians, {infer:,.0f} infer/s at concurrency 64 and "
+                f"{c1:.3f} ms at concurrency 1, are {infer / floor.calls_per_s:.0%} of that "
+                f"throughput and {c1 - floor.mean_latency_ms:+.3f} ms from that latency."
+            )
+        else:
+            lines[-1] += "."
     # h2load's per-step request counts (rate x duration) are in the JSON only.
     notes = list(sweep.notes) + [
         f"{s.label}: {n}" for s in sweep.steps for n in s.notes if " requests: " not in n
@@ -615,14 +631,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                          (InputSpec(seed.input_name, datatype_of(tokens), (SEQUENCE,)),),
                          "model.onnx")  # fmt: skip
         payload = encode_request(seed.name, "", info, {seed.input_name: tokens[:1]})
-        floor = protocol_floor(payload, sweep.driver, 64, args.duration)
-        print(f"protocol floor: {floor:,.0f} calls/s at concurrency 64", file=sys.stderr)
+        floor = protocol_floor(payload, sweep.driver, args.duration)
+        print(f"protocol floor: {floor}", file=sys.stderr)
     (args.results / "latest.json").write_text(
         json.dumps(
             {
                 "sweep": sweep.to_dict(),
                 "target_runs": [r.to_dict() for r in targets],
-                "protocol_floor_calls_per_s": floor,
+                "protocol_floor": None if floor is None else dataclasses.asdict(floor),
             },
             indent=2,
             default=str,

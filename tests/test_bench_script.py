@@ -17,7 +17,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from benchmarks.run_benchmark import SeedModel, TargetRun, find_seed, markdown
+from benchmarks.run_benchmark import ProtocolFloor, SeedModel, TargetRun, find_seed, markdown
 from onnxserve.bench.results import (
     BenchReport,
     LatencySummary,
@@ -114,7 +114,8 @@ def test_the_page_judges_the_targets_on_the_median_run(tmp_path: Path) -> None:
     good = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.4, c64_samples=1600.0)
     bad = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.6, c64_samples=1200.0, failed=2)
     middle = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.5, c64_samples=1500.0)
-    page = markdown(good, [good, bad, middle], seed, args, floor=3000.0)
+    floor = ProtocolFloor(calls_per_s=3000.0, mean_latency_ms=0.3)
+    page = markdown(good, [good, bad, middle], seed, args, floor=floor)
     sweep_row = (
         "| 1 | 700 | 700 | 1.40 | 1.40 | 1.40 | 1.40 | 0.01 | 0.10 | 2.0 | 0 | 0.17 | 400% |"
     )
@@ -124,7 +125,8 @@ def test_the_page_judges_the_targets_on_the_median_run(tmp_path: Path) -> None:
     assert "| no failed request | 2 failed of 602 | no |" in page
     assert "+0.500 ms (runs: +0.400 to +0.600) | yes |" in page
     assert "| 2 | 1.000 | 4,000 (64) | 1.600 | +0.600 | 1,200 | 0.30 | 2 |" in page
-    assert "median 1,500 infer/s at concurrency 64 is 50% of it" in page
+    assert "1,500 infer/s at concurrency 64 and 1.500 ms at concurrency 1, are 50% of" in page
+    assert "and +1.200 ms from that latency." in page
     failing = markdown(bad, [bad], seed, args)
     assert "| 0.30 x (runs: 0.30 to 0.30) | no |" in failing
     assert "+0.600 ms (runs: +0.600 to +0.600) | no |" in failing
