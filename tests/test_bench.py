@@ -340,6 +340,7 @@ def test_plot_without_raw_baseline_is_a_png(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "plot.png"
     write_plot(report, path)
     assert path.read_bytes()[:4] == b"\x89PNG"
+    assert format_report(report).startswith("onnxserve bench: model 'm' at x, driver python")
 
 
 def test_a_request_the_model_refuses_stops_the_run(server: RunningServer, repository: Path) -> None:

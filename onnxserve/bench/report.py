@@ -75,16 +75,15 @@ def headline(report: BenchReport) -> list[str]:
 def format_report(report: BenchReport) -> str:
     """The end-of-run text: settings line, raw baseline, step table, comparisons, notes."""
     settings = report.settings
-    amount = (
-        f"{settings['requests']} requests"
-        if settings.get("requests")
-        else f"{settings['duration']:g} s"
-    )
+    if settings.get("requests"):
+        amount = f"{settings['requests']} requests"
+    else:
+        amount = f"{settings.get('duration', 0):g} s"
     out = [
         f"onnxserve bench: model '{report.model}'"
         + (f" version {report.model_version}" if report.model_version else "")
         + f" at {report.url}, driver {report.driver}, batch size {report.batch_size}, "
-        f"{amount} per step after {settings['warmup']:g} s warm-up",
+        f"{amount} per step after {settings.get('warmup', 0):g} s warm-up",
     ]
     if report.raw is not None:
         raw = report.raw

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from onnxserve.settings import SettingsError
+
 Driver = Literal["auto", "h2load", "python"]
 RawDevice = Literal["auto", "cpu", "cuda"]
 
@@ -152,8 +154,6 @@ class BenchSettings:
     )
 
     def __post_init__(self) -> None:
-        from onnxserve.settings import SettingsError
-
         if not self.concurrency or min(self.concurrency) < 1:
             raise SettingsError("concurrency: every value must be at least 1")
         if self.request_rate and min(self.request_rate) <= 0:
