@@ -74,6 +74,12 @@ _INLINE_MAX_LOAD = 0.5
 # ... and a one-row run has been taking less than this (so the loop is never
 # held for long, whatever the model).
 _INLINE_MAX_RUN_NS = 2_000_000
+# Under concurrent load (smoothed rows queued or running at arrivals of at
+# least this), a batch smaller than that load waits up to this many one-row
+# run times, and never more than the cap, for more requests.
+_GATHER_MIN_LOAD = 2.0
+_GATHER_RUNS = 4
+_GATHER_MAX_NS = 2_000_000
 # Weight of the newest observation in those smoothed figures.
 _LOAD_SMOOTHING = 0.1
 
@@ -467,11 +473,38 @@ class DynamicBatcher:
                 if now < ready_at:
                     self._arm_delay_timer(ready_at)
                     return
+            elif not delay and self._gathering():
+                ready_at = self._oldest_arrival() + self._gather_ns()
+                if now < ready_at:
+                    self._arm_delay_timer(ready_at)
+                    return
             batch = self._form(now)
             if batch is None:
                 return
             if batch:
                 self._dispatch(batch, now)
+
+    def _gathering(self) -> bool:
+        """Without a configured delay: hold a small batch briefly under concurrent load?
+
+        When many clients keep requests coming, a free instance that takes
+        whatever one or two requests are queued runs the model at its least
+        efficient, and on a small machine those cycles are taken from the
+        gRPC stack that feeds it. So while recent arrivals found at least
+        ``_GATHER_MIN_LOAD`` rows queued or running, a batch smaller than that
+        smoothed load waits up to :meth:`_gather_ns` for more. A request that
+        comes alone never sees such load, so it never waits.
+        """
+        load = self._recent_load
+        return (
+            load >= _GATHER_MIN_LOAD
+            and self._queued_rows < min(load, self._config.target_rows)
+            and self._lone_run_ns > 0
+        )
+
+    def _gather_ns(self) -> int:
+        """How long a gathering batch may wait: a few one-row runs, within a cap."""
+        return int(min(_GATHER_RUNS * self._lone_run_ns, _GATHER_MAX_NS))
 
     def _form(self, now: int) -> list[_Entry] | None:
         """Pick the next batch; [] if only expired entries were found, None to wait."""

@@ -202,6 +202,27 @@ def test_lone_requests_run_on_the_loop_thread_and_concurrent_ones_on_instance_th
     run(scenario())
 
 
+def test_small_batches_gather_only_under_concurrent_load(pair_path: Path) -> None:
+    """The decision itself: a batch waits for company only after concurrent arrivals."""
+    sequential = batcher_for(pair_path, "")
+    concurrent = batcher_for(pair_path, "")
+    gate = Gate(model_of(concurrent))
+
+    async def scenario() -> tuple[bool, bool, int]:
+        for index in range(30):  # alone, one after the other
+            await sequential.infer(request(rows(1, start=float(index))), None)
+        blocker = await hold_instance(concurrent, gate)
+        burst = [await start(concurrent, request(rows(1, start=float(i)))) for i in range(30)]
+        gate.open.set()
+        await asyncio.gather(blocker, *burst)
+        return sequential._gathering(), concurrent._gathering(), concurrent._gather_ns()
+
+    alone, loaded, window_ns = run(scenario())
+    assert not alone  # a lone request never waits
+    assert loaded
+    assert 0 < window_ns <= 2_000_000
+
+
 def test_queue_delay_holds_a_lone_request_and_a_full_preferred_batch_leaves_at_once(
     pair_path: Path,
 ) -> None:

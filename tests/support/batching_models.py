@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -111,6 +112,14 @@ def load(path: Path, config_text: str, name: str = "model") -> ModelVersion:
     return load_model_version(name, 1, path, config, LoadOptions("cpu", 1, False))
 
 
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class Gate:
     """Make a real model's ``execute`` wait until the test opens the gate.
 
@@ -140,6 +149,10 @@ class Gate:
             self.threads.append(threading.current_thread().name)
         self.started.release()
         gate = self.run_gates[index] if self.per_run else self.open
+        if not gate.is_set() and _in_event_loop():
+            raise RuntimeError(
+                "a closed gate would block the event loop: the batcher ran this batch inline"
+            )
         if not gate.wait(timeout=60):
             raise TimeoutError("the test never opened the gate")
         return self._real(feeds, output_names)
