@@ -10,6 +10,7 @@ Usage: python scripts/generate_protos.py [OUTPUT_DIR]
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,12 +30,16 @@ def _relativize(text: str) -> str:
 
 
 def generate(output_dir: Path) -> list[Path]:
-    """Run protoc (from grpcio-tools) and return the files written."""
-    from grpc_tools import protoc  # dev dependency, imported only here
+    """Run protoc (from grpcio-tools) and return the files written.
 
+    protoc runs in its own process: its bundled C++ protobuf crashes a process
+    that already holds another copy (TensorFlow's, for one).
+    """
     output_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:
         args = [
+            sys.executable,
+            "-m",
             "grpc_tools.protoc",
             f"--proto_path={PROTO_DIR}",
             f"--python_out={scratch}",
@@ -42,8 +47,9 @@ def generate(output_dir: Path) -> list[Path]:
             f"--grpc_python_out={scratch}",
             *(str(PROTO_DIR / name) for name in PROTO_FILES),
         ]
-        if protoc.main(args) != 0:
-            raise RuntimeError("protoc failed; see its message above")
+        completed = subprocess.run(args, capture_output=True, text=True, check=False)
+        if completed.returncode != 0:
+            raise RuntimeError(f"protoc failed:\n{completed.stderr}")
         written = []
         for produced in sorted(Path(scratch).iterdir()):
             target = output_dir / produced.name
