@@ -377,6 +377,9 @@ class TargetRun:
     ratio: float
     requests: int
     failures: int
+    # Slowest over fastest raw chunk (batch 1 and the best batch): 1.0 on a quiet
+    # machine; well above it, other work was running and every figure is suspect.
+    raw_spread: float
 
     @classmethod
     def of(cls, report: BenchReport) -> TargetRun | None:
@@ -396,6 +399,11 @@ class TargetRun:
             ratio=top.ratio_vs_raw,
             requests=one.requests + top.requests,
             failures=one.failures + top.failures,
+            raw_spread=max(
+                max(p.chunk_means_ms) / min(p.chunk_means_ms)
+                for p in (raw.batch1, raw.best)
+                if p.chunk_means_ms
+            ),
         )
 
 
@@ -426,14 +434,20 @@ def _targets(runs: Sequence[TargetRun]) -> list[str]:
         f"{'yes' if delta <= TARGET_LATENCY_DELTA_MS else 'no'} |",
         "",
         "| run | raw batch 1 ms | raw best samples/s (batch) | c=1 mean ms | delta ms | "
-        "c=64 samples/s | x raw best | failed |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "c=64 samples/s | x raw best | failed | raw spread |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {i} | {r.raw_batch1_ms:.3f} | {r.raw_best_samples_per_s:,.0f} ({r.raw_best_batch}) "
         f"| {r.c1_mean_ms:.3f} | {r.delta_ms:+.3f} | {r.c64_samples_per_s:,.0f} | "
-        f"{r.ratio:.2f} | {r.failures} |"
+        f"{r.ratio:.2f} | {r.failures} | {r.raw_spread:.2f} |"
         for i, r in enumerate(runs, 1)
+    ]
+    lines += [
+        "",
+        "raw spread: the slowest over the fastest raw timing chunk (batch 1 and the best "
+        "batch); near 1.0 the machine was quiet, well above it other work was running and "
+        "the run's figures are suspect.",
     ]
     return lines
 
@@ -458,6 +472,8 @@ def markdown(
         f"({args.connections} HTTP/2 connection{'s' if args.connections > 1 else ''}), "
         f"{args.duration:g} s per step after {args.warmup:g} s warm-up; "
         "client CPU: the load generator's CPU time in % of one core",
+        f"- Server: `{' '.join(['onnxserve serve', *args.server_arg])}` on a loopback port, "
+        "defaults otherwise",
         f"- Machine: {env.get('cpus')} CPUs ({env.get('usable_cpus')} usable), "
         f"{env.get('platform')}, Python {env.get('python')}, onnxruntime "
         f"{env.get('onnxruntime')}, grpcio {env.get('grpcio')}; client and server on the "
@@ -537,8 +553,13 @@ def markdown(
         lines += ["", *(f"- note: {n}" for n in notes)]
     lines += [
         "",
-        f"Reproduce: `python benchmarks/run_benchmark.py --duration {args.duration:g} "
-        f"--repeat {args.repeat}` (or `make bench`).",
+        "Reproduce: `python benchmarks/run_benchmark.py "
+        + " ".join(
+            [f"--duration {args.duration:g}", f"--repeat {args.repeat}"]
+            + ([f"--connections {args.connections}"] if args.connections != 1 else [])
+            + [f"--server-arg={a}" for a in args.server_arg]
+        )
+        + "` (or `make bench`).",
     ]
     return "\n".join(lines) + "\n"
 

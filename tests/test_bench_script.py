@@ -109,7 +109,9 @@ def report(raw_b1_ms: float, raw_best: float, c1_mean_ms: float, c64_samples: fl
 
 
 def test_the_page_judges_the_targets_on_the_median_run(tmp_path: Path) -> None:
-    args = argparse.Namespace(duration=5.0, warmup=2.0, repeat=3, connections=1)
+    args = argparse.Namespace(
+        duration=5.0, warmup=2.0, repeat=3, connections=1, server_arg=["--workers=2"]
+    )
     seed = SeedModel(tmp_path, "seed_lstm", "tokens", np.dtype(np.int32), "built")
     good = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.4, c64_samples=1600.0)
     bad = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.6, c64_samples=1200.0, failed=2)
@@ -124,7 +126,9 @@ def test_the_page_judges_the_targets_on_the_median_run(tmp_path: Path) -> None:
     assert "| 0.38 x (runs: 0.30 to 0.40) | yes |" in page
     assert "| no failed request | 2 failed of 602 | no |" in page
     assert "+0.500 ms (runs: +0.400 to +0.600) | yes |" in page
-    assert "| 2 | 1.000 | 4,000 (64) | 1.600 | +0.600 | 1,200 | 0.30 | 2 |" in page
+    assert "| 2 | 1.000 | 4,000 (64) | 1.600 | +0.600 | 1,200 | 0.30 | 2 | 1.00 |" in page
+    assert "- Server: `onnxserve serve --workers=2` on a loopback port" in page
+    assert "--repeat 3 --server-arg=--workers=2` (or `make bench`)" in page
     assert "1,500 infer/s at concurrency 64 and 1.500 ms at concurrency 1, are 50% of" in page
     assert "and +1.200 ms from that latency." in page
     failing = markdown(bad, [bad], seed, args)
