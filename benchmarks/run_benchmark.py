@@ -614,7 +614,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rng = np.random.default_rng(0)
     data = args.results / "tokens.npz"
     tokens = rng.integers(1, VOCABULARY, size=(256, SEQUENCE)).astype(seed.input_dtype)
-    np.savez(data, **{seed.input_name: tokens})
+    np.savez(data, **{seed.input_name: tokens})  # type: ignore[arg-type]  # numpy stub quirk
 
     from onnxserve.bench.progress import Progress
     from onnxserve.bench.report import format_report, write_plot

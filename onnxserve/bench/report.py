@@ -49,7 +49,7 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def headline(report: BenchReport) -> list[str]:
     """The two comparisons the project tracks, where the run has what they need."""
-    lines = []
+    lines: list[str] = []
     raw = report.raw
     if raw is None:
         return lines
