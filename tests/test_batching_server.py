@@ -207,3 +207,43 @@ def test_auto_completed_batchable_models_get_dynamic_batching(
     config = stub.ModelConfig(pb.ModelConfigRequest(name="auto")).config
     assert config.max_batch_size == 64
     assert config.HasField("dynamic_batching")
+
+
+def test_a_client_that_disconnects_with_queued_calls_leaves_the_server_serving(
+    server: RunningServer, stub: pb_grpc.GRPCInferenceServiceStub
+) -> None:
+    model = "spin"
+    before = statistics(stub, model)
+    blocker = stub.ModelInfer.future(spin_request(model, BLOCKING_SPIN, 1.0), timeout=120)
+    time.sleep(SETTLE_S)
+    channel = grpc.insecure_channel(server.address)
+    other = pb_grpc.GRPCInferenceServiceStub(channel)
+    queued = [
+        other.ModelInfer.future(spin_request(model, 0, float(20 + i)), timeout=120)
+        for i in range(6)
+    ]
+    time.sleep(SETTLE_S)
+    channel.close()  # the connection goes away with six calls queued
+    assert all(future.done() for future in queued)
+    assert value_of(blocker) == 1.0
+    answer = stub.ModelInfer(spin_request(model, 0, 6.0), timeout=60)
+    assert float(outputs_of(answer)["OUTPUT0"][0, 0]) == 6.0
+    after = statistics(stub, model)
+    assert after.execution_count - before.execution_count == 2
+
+
+def test_streamed_requests_are_batched_and_each_answered(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    firsts = [np.full((1, 5), float(i), dtype=np.float32) for i in range(24)]
+    requests = [
+        infer_request("pair", {"INPUT0": first, "INPUT1": first}, request_id=str(index))
+        for index, first in enumerate(firsts)
+    ]
+    answers = list(stub.ModelStreamInfer(iter(requests), timeout=60))
+    assert len(answers) == 24
+    for answer in answers:
+        assert not answer.error_message
+        index = int(answer.infer_response.id)
+        outputs = outputs_of(answer.infer_response)
+        np.testing.assert_array_equal(outputs["OUTPUT0"], firsts[index] * 2)
