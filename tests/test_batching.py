@@ -220,7 +220,7 @@ def test_small_batches_gather_only_under_concurrent_load(pair_path: Path) -> Non
     alone, loaded, window_ns = run(scenario())
     assert not alone  # a lone request never waits
     assert loaded
-    assert 0 < window_ns <= 2_000_000
+    assert 0 < window_ns <= 8_000_000
 
 
 def test_queue_delay_holds_a_lone_request_and_a_full_preferred_batch_leaves_at_once(
