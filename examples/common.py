@@ -1,0 +1,47 @@
+"""What both examples share: importing Keras the converter's way, and writing reports."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Say", "import_keras", "write_json"]
+
+Say = Callable[[str], None]
+
+
+def import_keras(threads: int | None = None, seed: int | None = None) -> Any:
+    """Keras, imported after the converter has hidden GPUs from TensorFlow.
+
+    Why the converter's import: with a GPU visible, Keras traces LSTMs as
+    cuDNN kernels that ONNX cannot express, and GPUs can only be hidden before
+    TensorFlow starts. ``threads`` caps TensorFlow's thread pools (the tests
+    run on two shared cores); ``seed`` makes weight initialisation and
+    shuffling repeatable.
+    """
+    from onnxserve.converter.environment import import_tensorflow
+
+    tf = import_tensorflow()
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass  # TensorFlow already started its pools; keep them
+    import keras
+
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    return keras
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, through a temporary file so readers never see half."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
+    partial.replace(path)
+    return path
