@@ -1,0 +1,379 @@
+"""The examples of issue 6, end to end on reduced training: data, tokenizer, build, serve, call.
+
+One repository is built per module with ``python -m examples.build_repository
+--quick`` (the command ``make serve`` runs, minus the training time) in a
+subprocess, from the shared copy of the Sentiment Labelled Sentences when it
+exists and from the fallback sentences otherwise; a real server serves it and
+the examples' own client functions call it. Quick training learns nothing, so
+no test asserts high accuracy; they assert that the figures are computed from
+the server's real answers and agree with what the build measured in Keras.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from examples.digits.data import held_out_split
+from examples.sentiment import data as sentiment_data
+from examples.sentiment.data import (
+    SHA256SUMS,
+    SOURCES,
+    DataError,
+    Dataset,
+    find_dataset,
+    load_fallback,
+    load_uci_folder,
+    split_dataset,
+)
+from examples.sentiment.tokenizer import OOV_ID, PAD_ID, SEQUENCE_LENGTH, Tokenizer
+from onnxserve.client import Client
+from tests.support.server import RunningServer
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data" / "sentiment-labelled-sentences"
+
+
+def shared_data() -> Path | None:
+    """The shared copy of UCI's data (as the Makefile finds it), or None where absent."""
+    configured = os.environ.get(sentiment_data.ENVIRONMENT_VARIABLE, "").strip()
+    for folder in (Path(configured) if configured else None, SHARED_DATA):
+        if folder is not None and all((folder / n).is_file() for n in SOURCES.values()):
+            return folder
+    return None
+
+
+# ----------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_round_trip(tmp_path: Path) -> None:
+    tokenizer = Tokenizer.fit(
+        ["Great phone, great battery!", "The battery died. Don't buy it.", "great"]
+    )
+    # Most frequent first, ties alphabetically; 0 pads and 1 is unknown.
+    assert tokenizer.words[:2] == ("great", "battery")
+    assert tokenizer.vocabulary_size == len(tokenizer.words) + 2
+
+    encoded = tokenizer.encode(["GREAT battery", "Don\u2019t buy a zebra"])
+    assert encoded.shape == (2, SEQUENCE_LENGTH)
+    assert encoded.dtype == np.int32
+    great, battery = tokenizer.ids("great battery")
+    assert list(encoded[0, -2:]) == [great, battery]
+    assert (encoded[0, :-2] == PAD_ID).all()  # padded in front
+    # The curly apostrophe is the straight one; "a" and "zebra" were never seen.
+    assert tokenizer.decode(encoded[1]) == ["don't", "buy", "<unk>", "<unk>"]
+    assert list(encoded[1, -2:]) == [OOV_ID, OOV_ID]
+
+    long_text = " ".join(["great"] * 30 + ["battery"] * 30)
+    assert list(tokenizer.encode([long_text])[0]) == [great] * 30 + [battery] * 20
+
+    path = tokenizer.save(tmp_path / "vocabulary.json")
+    loaded = Tokenizer.load(path)
+    texts = ["great battery", "it died", "", "Don't"]
+    np.testing.assert_array_equal(loaded.encode(texts), tokenizer.encode(texts))
+
+    changed = json.loads(path.read_text("utf-8"))
+    changed["padding"] = "post"
+    (tmp_path / "other.json").write_text(json.dumps(changed), "utf-8")
+    with pytest.raises(ValueError, match="padding"):
+        Tokenizer.load(tmp_path / "other.json")
+
+
+# --------------------------------------------------------------------- data
+
+
+def test_shared_copy_loads_and_matches_uci() -> None:
+    folder = shared_data()
+    if folder is None:
+        pytest.skip("no shared copy of the Sentiment Labelled Sentences on this machine")
+    dataset = load_uci_folder(folder)
+    assert dataset.origin == "uci"
+    assert dataset.verified, dataset.notes
+    assert len(dataset.sentences) == 3000
+    for source in SOURCES:
+        labels = [s.label for s in dataset.sentences if s.source == source]
+        # 1,000 per file, half positive: imdb's U+0085 inside sentences split nothing.
+        assert len(labels) == 1000 and sum(labels) == 500
+    assert any("\x85" in s.text for s in dataset.sentences)
+
+
+def test_explicit_folder_must_hold_the_data(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="missing"):
+        find_dataset(tmp_path, download=False, cache_dir=tmp_path / "cache")
+
+
+def test_changed_file_is_marked_unverified(tmp_path: Path) -> None:
+    for source, name in SOURCES.items():
+        (tmp_path / name).write_text(f"A fine {source} sentence.\t1\nA bad one.\t0\n", "utf-8")
+    dataset = load_uci_folder(tmp_path)
+    assert not dataset.verified
+    assert len(dataset.notes) == 3 and "SHA-256" in dataset.notes[0]
+    assert [s.label for s in dataset.sentences] == [1, 0] * 3
+
+
+def test_fallback_set_when_nothing_is_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv(sentiment_data.ENVIRONMENT_VARIABLE, raising=False)
+    dataset = find_dataset(None, download=False, cache_dir=tmp_path / "empty", say=print)
+    assert dataset.origin == "fallback" and not dataset.verified
+    assert "FALLBACK DATA" in capsys.readouterr().err  # said loudly
+    assert dataset.describe()["name"] == "fallback sentences written for onnxserve"
+    assert dataset == load_fallback()
+    assert len(dataset.sentences) >= 36
+    for source in dataset.sources:
+        labels = [s.label for s in dataset.sentences if s.source == source]
+        assert 0 < sum(labels) < len(labels)
+    split = split_dataset(dataset)
+    assert {s.source for s in split.test} == set(dataset.sources)
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, content in files.items():
+            archive.writestr(f"sentiment labelled sentences/{name}", content)
+            archive.writestr(f"__MACOSX/sentiment labelled sentences/._{name}", b"junk")
+    return buffer.getvalue()
+
+
+def test_download_is_checked_against_uci_sums(tmp_path: Path) -> None:
+    """A served zip (file:// URL, no network) is used only when every sum is UCI's."""
+    tampered = {name: b"Nice.\t1\n" for name in SHA256SUMS}
+    (tmp_path / "tampered.zip").write_bytes(_zip(tampered))
+    with pytest.raises(DataError, match="SHA-256"):
+        sentiment_data.download_uci(tmp_path / "cache", url=(tmp_path / "tampered.zip").as_uri())
+    assert not (tmp_path / "cache").exists()
+
+    folder = shared_data()
+    if folder is None:
+        return  # the genuine files are needed for the accepted case
+    genuine = {name: (folder / name).read_bytes() for name in SHA256SUMS}
+    (tmp_path / "uci.zip").write_bytes(_zip(genuine))
+    target = sentiment_data.download_uci(tmp_path / "cache", url=(tmp_path / "uci.zip").as_uri())
+    dataset = load_uci_folder(target)
+    assert dataset.verified and len(dataset.sentences) == 3000
+
+
+def test_split_is_fixed_disjoint_and_per_source() -> None:
+    dataset = load_fallback() if shared_data() is None else load_uci_folder(shared_data())
+    first, second = split_dataset(dataset), split_dataset(dataset)
+    assert first == second
+    parts = [first.train, first.validation, first.test]
+    assert sum(map(len, parts)) == len(dataset.sentences)
+    ids = [{id(s) for s in part} for part in parts]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    for source in dataset.sources:
+        in_source = sum(1 for s in dataset.sentences if s.source == source)
+        held_out = sum(1 for s in first.test if s.source == source)
+        assert held_out == pytest.approx(0.2 * in_source, abs=2)
+
+
+# -------------------------------------------------- built, served and called
+
+
+def _build_command(repository: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "examples.build_repository",
+        "--repository",
+        str(repository),
+        "--quick",
+        "--threads",
+        "1",
+        "--no-download",
+    ]
+
+
+def _build_env() -> dict[str, str]:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop(sentiment_data.ENVIRONMENT_VARIABLE, None)
+    folder = shared_data()
+    if folder is not None:
+        env[sentiment_data.ENVIRONMENT_VARIABLE] = str(folder)
+    return env
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quick build, over the leftovers of an interrupted one (which it must remove)."""
+    root = tmp_path_factory.mktemp("examples") / "model_repository"
+    (root / "sentiment" / "9").mkdir(parents=True)
+    (root / "sentiment" / "9" / "model.onnx").write_bytes(b"half written")
+    (root / "digits").mkdir()
+    result = subprocess.run(
+        _build_command(root),
+        cwd=ROOT,
+        env=_build_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    """The sentiment data the module's build used."""
+    folder = shared_data()
+    return load_uci_folder(folder) if folder is not None else load_fallback()
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[RunningServer]:
+    with RunningServer(repository) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(server: RunningServer) -> Iterator[Client]:
+    with Client(server.address, timeout=60) as client:
+        yield client
+
+
+def _metrics(repository: Path, name: str) -> dict[str, object]:
+    return json.loads((repository / name / "metrics.json").read_text("utf-8"))
+
+
+def test_build_writes_both_entries_and_the_marker_last(repository: Path) -> None:
+    assert not (repository / "sentiment" / "9").exists()  # the interrupted build's leftovers
+    for name in ("sentiment", "digits"):
+        assert (repository / name / "1" / "model.onnx").stat().st_size > 10_000
+        assert (repository / name / "config.pbtxt").is_file()
+        assert _metrics(repository, name)["training"]["quick"] is True  # type: ignore[index]
+    assert (repository / "sentiment" / "vocabulary.json").is_file()
+    marker = repository / ".complete"
+    newest_entry_file = max(
+        p.stat().st_mtime_ns for p in repository.rglob("*") if p.is_file() and p != marker
+    )
+    assert marker.stat().st_mtime_ns >= newest_entry_file
+    config = (repository / "sentiment" / "config.pbtxt").read_text()
+    assert 'name: "tokens"' in config and "TYPE_INT32" in config and "dims: 50" in config
+    assert "max_batch_size: 64" in config
+
+
+def test_complete_repository_is_not_rebuilt(repository: Path) -> None:
+    model = repository / "digits" / "1" / "model.onnx"
+    before = model.stat().st_mtime_ns
+    result = subprocess.run(
+        _build_command(repository),
+        cwd=ROOT,
+        env=_build_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "is complete" in result.stdout
+    assert model.stat().st_mtime_ns == before
+
+
+def test_shipped_vocabulary_is_the_training_vocabulary(repository: Path, dataset: Dataset) -> None:
+    """The vocabulary file gives the ids the model was trained on: refitting agrees."""
+    shipped = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
+    refitted = Tokenizer.fit(s.text for s in split_dataset(dataset).train)
+    assert shipped.words == refitted.words
+    metrics = _metrics(repository, "sentiment")
+    assert metrics["vocabulary_size"] == shipped.vocabulary_size
+    assert metrics["data"]["origin"] == dataset.origin  # type: ignore[index]
+
+
+def test_sentiment_scores_through_the_server(repository: Path, client: Client) -> None:
+    import onnxruntime as ort
+
+    from examples.sentiment.predict import score_sentences
+
+    tokenizer = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
+    sentences = ["I love it", "terrible service", "", "ok " * 80]
+    scores = score_sentences(client, sentences, tokenizer)
+    assert scores.shape == (4,) and scores.dtype == np.float32
+    assert ((scores >= 0) & (scores <= 1)).all()
+    # The server answers with the converted model's own output for those ids.
+    session = ort.InferenceSession(
+        str(repository / "sentiment" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    local = session.run(["score"], {"tokens": tokenizer.encode(sentences)})[0].reshape(-1)
+    np.testing.assert_allclose(scores, local, atol=1e-5)
+
+
+def test_sentiment_held_out_accuracy_through_the_server(
+    repository: Path, client: Client, dataset: Dataset
+) -> None:
+    from examples.sentiment.predict import held_out_accuracy
+
+    tokenizer = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
+    accuracy, scores = held_out_accuracy(client, dataset, tokenizer)
+    test = split_dataset(dataset).test
+    assert scores.shape == (len(test),)  # more than one 64-row request for UCI's data
+    labels = np.array([s.label for s in test])
+    assert accuracy["overall"]["n"] == len(test)
+    assert accuracy["overall"]["accuracy"] == pytest.approx(np.mean((scores > 0.5) == labels))
+    for source in dataset.sources:
+        mask = np.array([s.source == source for s in test])
+        expected = np.mean((scores[mask] > 0.5) == labels[mask])
+        assert accuracy[source]["accuracy"] == pytest.approx(expected)
+    # Keras at build time and ONNX through the server agree (a score within
+    # 1e-5 of 0.5 could flip one sentence).
+    measured = _metrics(repository, "sentiment")["held_out_accuracy"]
+    for key, figures in accuracy.items():
+        assert abs(figures["correct"] - measured[key]["correct"]) <= 1  # type: ignore[index]
+
+
+def test_digits_classified_through_the_server(repository: Path, client: Client) -> None:
+    from examples.digits.predict import classify, classify_held_out
+
+    result = classify_held_out(client)
+    split = held_out_split()
+    assert result.probabilities.shape == (len(split.test_labels), 10)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    assert set(np.unique(result.predicted)) <= set(range(10))
+    np.testing.assert_array_equal(result.labels, split.test_labels)
+    assert result.accuracy == pytest.approx(np.mean(result.predicted == split.test_labels))
+    measured = _metrics(repository, "digits")["held_out_accuracy"]["overall"]  # type: ignore[index]
+    assert abs(result.correct - measured["correct"]) <= 1
+    # One image as sklearn gives it, (8, 8): the same answer as in the batch.
+    single = classify(client, split.test_images[3])
+    np.testing.assert_allclose(single[0], result.probabilities[3], atol=1e-5)
+
+
+def test_predict_commands(
+    repository: Path, server: RunningServer, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from examples.digits import predict as digits_predict
+    from examples.sentiment import predict as sentiment_predict
+
+    address = server.address
+    sentences = ["I love it", "terrible service"]
+    assert (
+        sentiment_predict.main(["--url", address, "--repository", str(repository), *sentences]) == 0
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    tokenizer = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
+    expected = sentiment_predict.score_sentences(client, sentences, tokenizer)
+    assert len(lines) == 2
+    for line, sentence, score in zip(lines, sentences, expected, strict=True):
+        printed, label, text = line.split(maxsplit=2)
+        assert text == sentence
+        assert float(printed) == pytest.approx(float(score), abs=5e-4)
+        assert label == ("positive" if score > 0.5 else "negative")
+
+    assert digits_predict.main(["--url", address, "--show", "3"]) == 0
+    out = capsys.readouterr().out
+    result = digits_predict.classify_held_out(client)
+    assert f"{result.correct}/{len(result.labels)} images" in out
+    assert len([line for line in out.splitlines() if line.startswith("image")]) == 3
