@@ -377,3 +377,31 @@ def test_predict_commands(
     result = digits_predict.classify_held_out(client)
     assert f"{result.correct}/{len(result.labels)} images" in out
     assert len([line for line in out.splitlines() if line.startswith("image")]) == 3
+
+
+def test_held_out_command_uses_the_training_data(
+    repository: Path,
+    server: RunningServer,
+    client: Client,
+    dataset: Dataset,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from examples.sentiment import predict as sentiment_predict
+
+    entry = repository / "sentiment"
+    assert sentiment_predict.training_dataset(entry) == dataset
+    argv = ["--url", server.address, "--repository", str(repository), "--held-out"]
+    assert sentiment_predict.main(argv) == 0
+    out = capsys.readouterr().out
+    tokenizer = Tokenizer.load(entry / "vocabulary.json")
+    accuracy, _ = sentiment_predict.held_out_accuracy(client, dataset, tokenizer)
+    overall = accuracy["overall"]
+    assert f"overall      {overall['accuracy']:.3f} ({overall['correct']}/{overall['n']})" in out
+
+    if dataset.origin == "uci":  # other data than the model's: refused, not mis-scored
+        for source, name in SOURCES.items():
+            (tmp_path / name).write_text(f"Some {source} sentence.\t1\n", "utf-8")
+        with pytest.raises(DataError, match="not the same data"):
+            sentiment_predict.training_dataset(entry, tmp_path)
+        assert sentiment_predict.main([*argv, "--data", str(tmp_path)]) == 2

@@ -16,17 +16,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from examples.sentiment.data import Dataset, accuracy_by_source, find_dataset, split_dataset
+from examples.sentiment.data import (
+    DOWNLOAD_CACHE,
+    ENVIRONMENT_VARIABLE,
+    DataError,
+    Dataset,
+    accuracy_by_source,
+    load_fallback,
+    load_uci_folder,
+    split_dataset,
+)
 from examples.sentiment.tokenizer import Tokenizer
 from onnxserve.client import Client
 
-__all__ = ["DEFAULT_REPOSITORY", "held_out_accuracy", "main", "score_sentences"]
+__all__ = [
+    "DEFAULT_REPOSITORY",
+    "held_out_accuracy",
+    "main",
+    "score_sentences",
+    "training_dataset",
+]
 
 DEFAULT_REPOSITORY = Path("build/model_repository")
 MODEL_NAME = "sentiment"
@@ -69,6 +85,36 @@ def held_out_accuracy(
     return accuracy_by_source(test, scores), scores
 
 
+def training_dataset(entry: Path, data: str | Path | None = None) -> Dataset:
+    """The sentences the model in ``entry`` was trained on, as its metrics.json records.
+
+    The held-out split is only held out for the data the model was trained
+    on: scoring another set's "test" sentences would mix in training ones, or
+    measure something else. ``data`` (a folder) overrides where UCI's files
+    are looked for; their per-source counts must match the record.
+    """
+    recorded = json.loads((entry / "metrics.json").read_text("utf-8"))["data"]
+    if recorded["origin"] == "fallback":
+        dataset = load_fallback()
+    else:
+        candidates = [data, os.environ.get(ENVIRONMENT_VARIABLE, "").strip(), recorded["location"]]
+        candidates.append(DOWNLOAD_CACHE)
+        folder = next((Path(c) for c in candidates if c and Path(c).is_dir()), None)
+        if folder is None:
+            raise DataError(
+                "the model was trained on UCI's Sentiment Labelled Sentences; pass --data DIR "
+                f"or set {ENVIRONMENT_VARIABLE} to score its held-out sentences"
+            )
+        dataset = load_uci_folder(folder)
+    counts = dataset.describe()["per_source"]
+    if counts != recorded["per_source"]:
+        raise DataError(
+            f"{dataset.location} holds {counts} sentences per source, the model was trained "
+            f"on {recorded['per_source']}: not the same data, so not the same held-out split"
+        )
+    return dataset
+
+
 def _label(score: float) -> str:
     return "positive" if score > 0.5 else "negative"
 
@@ -93,7 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="score the held-out test sentences and report accuracy per source",
     )
-    parser.add_argument("--data", help="folder with the labelled sentences (for --held-out)")
+    parser.add_argument(
+        "--data",
+        help="folder with UCI's labelled sentences (for --held-out; default: "
+        f"${ENVIRONMENT_VARIABLE}, else where the model was trained from)",
+    )
     args = parser.parse_args(argv)
     if not args.sentences and not args.held_out:
         parser.error("give sentences to score, or --held-out")
@@ -106,18 +156,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             for sentence, score in zip(args.sentences, scores, strict=True):
                 print(f"{score:.3f}  {_label(float(score)):<8}  {sentence}")
         if args.held_out:
-            dataset = find_dataset(args.data, download=False, say=lambda _: None)
+            try:
+                dataset = training_dataset(entry, args.data)
+            except DataError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
             accuracy, _ = held_out_accuracy(client, dataset, tokenizer, model=args.model)
-            print(f"held-out accuracy of the served model ({dataset.describe()['name']}):")
+            measured = json.loads((entry / "metrics.json").read_text("utf-8"))
+            print(
+                f"held-out accuracy of the served model ({dataset.describe()['name']}), "
+                "and as measured in Keras at training time:"
+            )
             for source, figures in accuracy.items():
+                keras_figures = measured["held_out_accuracy"].get(source, {})
                 print(
                     f"  {source:<12} {figures['accuracy']:.3f} "
-                    f"({figures['correct']}/{figures['n']})"
+                    f"({figures['correct']}/{figures['n']})   Keras "
+                    f"{keras_figures.get('accuracy', float('nan')):.3f}"
                 )
-            metrics = entry / "metrics.json"
-            if metrics.is_file():
-                measured = json.loads(metrics.read_text("utf-8"))["held_out_accuracy"]["overall"]
-                print(f"  (measured in Keras at training time: {measured['accuracy']:.3f})")
     return 0
 
 
