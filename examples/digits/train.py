@@ -1,6 +1,6 @@
 """Train a small CNN on the 8x8 digits, measure it on held-out images, convert it.
 
-The model (about 20k weights)::
+The model (38k weights)::
 
     image (8, 8), grey levels 0..16 -> Rescaling(1/16) -> Reshape(8, 8, 1)
     -> Conv2D(16, 3, same, relu) -> Conv2D(32, 3, same, relu) -> MaxPooling2D
