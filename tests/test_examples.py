@@ -159,11 +159,17 @@ def test_download_is_checked_against_uci_sums(tmp_path: Path) -> None:
     folder = shared_data()
     if folder is None:
         return  # the genuine files are needed for the accepted case
-    genuine = {name: (folder / name).read_bytes() for name in SHA256SUMS}
-    (tmp_path / "uci.zip").write_bytes(_zip(genuine))
-    target = sentiment_data.download_uci(tmp_path / "cache", url=(tmp_path / "uci.zip").as_uri())
-    dataset = load_uci_folder(target)
-    assert dataset.verified and len(dataset.sentences) == 3000
+    genuine = _zip({name: (folder / name).read_bytes() for name in SHA256SUMS})
+    nested = io.BytesIO()
+    with zipfile.ZipFile(nested, "w") as archive:
+        archive.writestr("sentiment labelled sentences.zip", genuine)
+    for kind, content in (("plain", genuine), ("nested", nested.getvalue())):
+        (tmp_path / f"{kind}.zip").write_bytes(content)
+        target = sentiment_data.download_uci(
+            tmp_path / kind, url=(tmp_path / f"{kind}.zip").as_uri()
+        )
+        dataset = load_uci_folder(target)
+        assert dataset.verified and len(dataset.sentences) == 3000
 
 
 def test_split_is_fixed_disjoint_and_per_source() -> None:

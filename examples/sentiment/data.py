@@ -222,6 +222,25 @@ def load_fallback() -> Dataset:
     return Dataset(tuple(sentences), "fallback", str(FALLBACK_FILE), verified=False, notes=(note,))
 
 
+def _files_in_zip(archive: bytes, depth: int = 0) -> dict[str, bytes]:
+    """The data files in a zip, by base name, looking into zips inside it too.
+
+    UCI has served the set both as a plain folder in a zip and as a zip in a
+    zip; macOS resource forks (``__MACOSX/``) are skipped.
+    """
+    found: dict[str, bytes] = {}
+    with zipfile.ZipFile(io.BytesIO(archive)) as members:
+        for info in members.infolist():
+            if "__MACOSX" in info.filename or info.is_dir():
+                continue
+            name = info.filename.rsplit("/", 1)[-1]
+            if name in SHA256SUMS:
+                found[name] = members.read(info)
+            elif name.lower().endswith(".zip") and depth < 2:
+                found.update(_files_in_zip(members.read(info), depth + 1))
+    return found
+
+
 def download_uci(target: Path = DOWNLOAD_CACHE, *, url: str = UCI_URL) -> Path:
     """Download UCI's zip and keep its three files in ``target``, each checked first.
 
@@ -234,14 +253,9 @@ def download_uci(target: Path = DOWNLOAD_CACHE, *, url: str = UCI_URL) -> Path:
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         raise DataError(f"downloading {url} failed: {exc}") from exc
     try:
-        members = zipfile.ZipFile(io.BytesIO(archive))
+        found = _files_in_zip(archive)
     except zipfile.BadZipFile as exc:
         raise DataError(f"{url} did not return a zip file") from exc
-    found: dict[str, bytes] = {}
-    for info in members.infolist():
-        name = info.filename.rsplit("/", 1)[-1]
-        if name in SHA256SUMS and "__MACOSX" not in info.filename:
-            found[name] = members.read(info)
     for name, expected in SHA256SUMS.items():
         if name not in found:
             raise DataError(f"{url} lacks {name}")
