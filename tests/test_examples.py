@@ -173,7 +173,8 @@ def test_download_is_checked_against_uci_sums(tmp_path: Path) -> None:
 
 
 def test_split_is_fixed_disjoint_and_per_source() -> None:
-    dataset = load_fallback() if shared_data() is None else load_uci_folder(shared_data())
+    folder = shared_data()
+    dataset = load_fallback() if folder is None else load_uci_folder(folder)
     first, second = split_dataset(dataset), split_dataset(dataset)
     assert first == second
     parts = [first.train, first.validation, first.test]
