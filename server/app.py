@@ -1,9 +1,13 @@
 """Server wiring and lifecycle: start, load, ready, drain on SIGTERM, stop.
 
-The gRPC port opens before models load, so liveness answers at once while
-readiness (ServerReady and grpc.health.v1) stays false until every model is
-loaded. On SIGTERM or SIGINT readiness turns NOT_SERVING first, in-flight
-requests get ``grace_period_s`` to finish, then the process exits 0.
+A single process opens its gRPC port before models load, so liveness answers at
+once while readiness (ServerReady and grpc.health.v1) stays false until every
+model is loaded. Each of ``--workers`` processes loads first and only then
+joins the shared port: the kernel hands a new connection to any process bound
+to it, and one still loading would answer UNAVAILABLE to a client that another
+process already told the server was ready. On SIGTERM or SIGINT readiness
+turns NOT_SERVING first, in-flight requests get ``grace_period_s`` to finish,
+then the process exits 0.
 """
 
 from __future__ import annotations
@@ -62,21 +66,31 @@ class InferenceServer:
             self.server,
         )
         address = f"{self.settings.host}:{self.settings.grpc_port}"
-        try:
-            self.server.add_insecure_port(address)
-        except RuntimeError:
-            raise OSError(f"cannot listen on {address}: is the port in use?") from None
         for service in ("", INFERENCE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.start()
-        log.info("listening on %s (gRPC); loading models", address)
-        await self.registry.load_all()
+        if self.settings.workers > 1:
+            # Binding queues connections in this socket's backlog: bind only
+            # once loaded, so that the kernel routes none here before then.
+            log.info("loading models before joining port %s (gRPC)", address)
+            await self.registry.load_all()
+            await self._listen(address)
+        else:
+            await self._listen(address)
+            log.info("listening on %s (gRPC); loading models", address)
+            await self.registry.load_all()
         if self.registry.is_ready():
             for service in ("", INFERENCE_SERVICE):
                 await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
             log.info("ready: %s", ", ".join(self.registry.model_names()) or "no models")
         else:
             log.error("not ready: some models failed to load (see RepositoryIndex for reasons)")
+
+    async def _listen(self, address: str) -> None:
+        try:
+            self.server.add_insecure_port(address)
+        except RuntimeError:
+            raise OSError(f"cannot listen on {address}: is the port in use?") from None
+        await self.server.start()
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -51,8 +51,9 @@ class ServerSettings:
         metadata={
             "help": "Server processes sharing the gRPC port (SO_REUSEPORT; the kernel spreads "
             "connections, not requests, over them); each loads every model and gets "
-            "cpu_threads / workers onnxruntime threads. One Python process serves a few "
-            "thousand small calls per second; more processes use more cores for the protocol"
+            "cpu_threads / workers onnxruntime threads, and joins the port only once its "
+            "models are loaded. One Python process serves a few thousand small calls per "
+            "second; more processes use more cores for the protocol"
         },
     )
     grace_period_s: float = field(

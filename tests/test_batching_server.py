@@ -19,8 +19,8 @@ import pytest
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.batching_models import pair_model, spin_model
+from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import write_config
-from tests.support.requests import infer_request, outputs_of
 from tests.support.server import RunningServer
 
 # Loop turns that keep the spin model busy for well over a second here.

@@ -10,7 +10,7 @@ import pytest
 
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.batching_models import pair_model
-from tests.support.requests import infer_request, outputs_of
+from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.server import RunningServer
 
 

@@ -55,8 +55,8 @@ def kserve_server(kserve_python: Path) -> Iterator[str]:
     """KServe's own ModelServer on a free loopback port; yields its gRPC address."""
     grpc_port, http_port = free_port(), free_port()
     log = tempfile.NamedTemporaryFile(prefix="kserve-", suffix=".log", delete=False)  # noqa: SIM115
-    # -I: the script's folder holds tests/support/requests.py, which would
-    # shadow the requests package KServe imports.
+    # -I: KServe's environment alone, untouched by PYTHONPATH or the user's
+    # site-packages that the test run may have set up.
     process = subprocess.Popen(
         [str(kserve_python), "-I", str(SUPPORT / "kserve_model_server.py"),
          str(grpc_port), str(http_port)],

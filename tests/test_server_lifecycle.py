@@ -13,8 +13,8 @@ import pytest
 
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import add_sub_model, write_config
-from tests.support.requests import infer_request, outputs_of
 from tests.support.server import RunningServer
 
 X = np.ones((1, 16), dtype=np.float32)

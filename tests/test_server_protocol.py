@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from onnxserve.client import codec
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
-from tests.support.requests import infer_request, outputs_of
+from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.server import RunningServer
 
 Stub = pb_grpc.GRPCInferenceServiceStub
