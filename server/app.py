@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.server.peers import PeerStatistics, WorkerPeers
 from onnxserve.server.registry import ModelRegistry
 from onnxserve.server.runtime import available_cpus
 from onnxserve.server.service import InferenceService
@@ -45,11 +46,13 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
 class InferenceServer:
     """One server process: the gRPC server, the models, health and reflection."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, peers: WorkerPeers | None = None) -> None:
         self.settings = settings
         cpu_budget = max(1, (settings.cpu_threads or available_cpus()) // settings.workers)
         self.registry = ModelRegistry(settings.model_repository, settings.device, cpu_budget)
-        self.service = InferenceService(self.registry)
+        self.worker_peers = peers
+        self.peer_statistics = PeerStatistics(peers) if peers is not None else None
+        self.service = InferenceService(self.registry, self.peer_statistics)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(options=grpc_options(settings))
         self._stopping = asyncio.Event()
@@ -90,6 +93,9 @@ class InferenceServer:
             self.server.add_insecure_port(address)
         except RuntimeError:
             raise OSError(f"cannot listen on {address}: is the port in use?") from None
+        if self.worker_peers is not None:
+            # Where the other workers ask this one for its statistics.
+            self.server.add_insecure_port(self.worker_peers.own_address)
         await self.server.start()
 
     def request_stop(self) -> None:
@@ -103,12 +109,14 @@ class InferenceServer:
         self.service.draining = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.grace_period_s)
+        if self.peer_statistics is not None:
+            await self.peer_statistics.close()
         await self.registry.close()
         log.info("stopped")
 
 
-async def serve(settings: ServerSettings) -> None:
-    server = InferenceServer(settings)
+async def serve(settings: ServerSettings, peers: WorkerPeers | None = None) -> None:
+    server = InferenceServer(settings, peers)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.request_stop)
@@ -131,10 +139,14 @@ def run(settings: ServerSettings) -> int:
     return run_one(settings)
 
 
-def run_one(settings: ServerSettings) -> int:
-    """Run one server process until SIGTERM/SIGINT; its exit code."""
+def run_one(settings: ServerSettings, peers: WorkerPeers | None = None) -> int:
+    """Run one server process until SIGTERM/SIGINT; its exit code.
+
+    ``peers``: set in each of ``--workers`` processes, to answer statistics
+    for all of them.
+    """
     try:
-        asyncio.run(serve(settings))
+        asyncio.run(serve(settings, peers))
     except OSError as exc:
         log.error("%s", exc)
         return 1

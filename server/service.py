@@ -21,6 +21,7 @@ from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.server.errors import ModelUnavailable, NotImplementedByServer, ServerError
 from onnxserve.server.inference import decode_request, encode_response
+from onnxserve.server.peers import PEER_TIMEOUT_S, PeerStatistics, is_local_only, merge_statistics
 from onnxserve.server.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ def deadline_of(context: grpc.aio.ServicerContext) -> int | None:
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """Open Inference Protocol over gRPC, as Triton speaks it."""
 
-    def __init__(self, registry: ModelRegistry) -> None:
+    def __init__(self, registry: ModelRegistry, peers: PeerStatistics | None = None) -> None:
         self._registry = registry
+        # The other --workers processes, whose counters statistics include.
+        self._peers = peers
         self.draining = False
 
     async def _infer(
@@ -132,7 +135,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         for name in names:
             for model in self._registry.versions_of(name, request.version if request.name else ""):
                 response.model_stats.append(model.statistics.to_proto(name, model.version_label))
-        return response
+        if self._peers is None or is_local_only(context.invocation_metadata()):
+            return response
+        remaining = context.time_remaining()
+        timeout_s = PEER_TIMEOUT_S if remaining is None else min(PEER_TIMEOUT_S, remaining / 2)
+        return merge_statistics(response, await self._peers.gather(request, timeout_s))
 
     @_rpc
     async def RepositoryIndex(

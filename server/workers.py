@@ -7,18 +7,24 @@ models and batchers) bound to the same port with SO_REUSEPORT, let the kernel
 spread client connections over them. The parent only supervises: it forwards
 SIGTERM/SIGINT so every worker drains as a single server would, and if one
 worker dies the others are stopped too, so that an orchestrator restarts the
-whole pod instead of it serving at a fraction of its capacity.
+whole pod instead of it serving at a fraction of its capacity. The workers
+also listen on private Unix sockets, where they ask each other for statistics
+(onnxserve.server.peers), so ModelStatistics describes the whole server.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
+from onnxserve.server.peers import WorkerPeers
 from onnxserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
@@ -27,11 +33,32 @@ log = logging.getLogger(__name__)
 _POLL_S = 0.2
 
 
-def run_workers(settings: ServerSettings, run_one: Callable[[ServerSettings], int]) -> int:
+RunOne = Callable[[ServerSettings, WorkerPeers], int]
+
+
+def peer_addresses(folder: Path, count: int) -> list[str]:
+    """The Unix sockets the workers ask each other for statistics on."""
+    return [f"unix:{folder / f'worker-{index}.sock'}" for index in range(count)]
+
+
+def run_workers(settings: ServerSettings, run_one: RunOne) -> int:
     """Start ``settings.workers`` processes running ``run_one``; the pod's exit code."""
+    # mkdtemp: a fresh folder only this user can enter, for the workers' sockets.
+    folder = Path(tempfile.mkdtemp(prefix="onnxserve-"))
+    try:
+        return _supervise(settings, run_one, peer_addresses(folder, settings.workers))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _supervise(settings: ServerSettings, run_one: RunOne, addresses: list[str]) -> int:
     context = multiprocessing.get_context("spawn")  # no inherited threads or gRPC state
     workers = [
-        context.Process(target=_worker_main, args=(settings, run_one), name=f"onnxserve-{index}")
+        context.Process(
+            target=_worker_main,
+            args=(settings, run_one, _peers_of(addresses, index)),
+            name=f"onnxserve-{index}",
+        )
         for index in range(settings.workers)
     ]
     stopping = False
@@ -72,10 +99,15 @@ def run_workers(settings: ServerSettings, run_one: Callable[[ServerSettings], in
     return next((w.exitcode for w in workers if w.exitcode), 0) or 0
 
 
-def _worker_main(settings: ServerSettings, run_one: Callable[[ServerSettings], int]) -> None:
+def _peers_of(addresses: list[str], index: int) -> WorkerPeers:
+    others = tuple(a for i, a in enumerate(addresses) if i != index)
+    return WorkerPeers(own_address=addresses[index], peer_addresses=others)
+
+
+def _worker_main(settings: ServerSettings, run_one: RunOne, peers: WorkerPeers) -> None:
     logging.basicConfig(
         level=settings.log_level,
         format=f"%(asctime)s %(levelname)s [{multiprocessing.current_process().name}] "
         "%(name)s: %(message)s",
     )
-    raise SystemExit(run_one(settings))
+    raise SystemExit(run_one(settings, peers))

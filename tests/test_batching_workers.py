@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
+from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.batching_models import pair_model
 from tests.support.infer_requests import infer_request, outputs_of
@@ -25,7 +26,7 @@ def worker_processes(pid: int) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
-def test_two_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
+def test_two_workers_share_the_port_count_together_and_stop_together(tmp_path: Path) -> None:
     pair_model(tmp_path / "pair" / "1" / "model.onnx")
     server = RunningServer(tmp_path, ["--workers", "2"])
     with server:
@@ -43,6 +44,17 @@ def test_two_workers_share_the_port_and_stop_together(tmp_path: Path) -> None:
                     infer_request("pair", {"INPUT0": first, "INPUT1": first}), timeout=30
                 )
                 np.testing.assert_array_equal(outputs_of(answer)["OUTPUT0"], first * 2)
+        # Whichever worker answers, statistics count every worker's requests.
+        for _ in range(4):
+            with grpc.insecure_channel(
+                server.address, options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="pair"), timeout=30)
+            (model,) = stats.model_stats
+            assert model.inference_stats.success.count == 8
+            assert model.inference_count == 16  # rows
+            assert sum(b.compute_infer.count for b in model.batch_stats) == model.execution_count
         code = server.stop()
     assert code == 0
     for pid in workers:

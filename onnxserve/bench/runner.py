@@ -206,8 +206,8 @@ def _step_result(
             notes.append(
                 f"the server's statistics count {delta.success + delta.fail} of "
                 f"{run.requests} requests: the rest failed before reaching the model (bad "
-                "requests), or the server runs several processes (--workers) and answered "
-                "statistics for one of them; check with --driver python"
+                "requests), or the server's statistics leave some of its processes out; "
+                "check with --driver python"
             )
         if delta.success > run.requests:
             notes.append(
@@ -219,8 +219,8 @@ def _step_result(
         if delta.success != successes:
             notes.append(
                 f"the server's statistics count {delta.success} successes, the client "
-                f"{successes}: other clients were calling this model, or the server runs "
-                "several processes (--workers) and answered statistics for one of them"
+                f"{successes}: other clients were calling this model, or the server's "
+                "statistics leave some of its processes out"
             )
     failures = run.requests - successes
     seconds = max(run.seconds, 1e-9)
