@@ -17,7 +17,7 @@ from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.server.errors import ConfigError, ModelNotFound, ModelUnavailable
 from onnxserve.server.model import LoadOptions, ModelVersion, load_model_version
 from onnxserve.server.repository import ModelSource, scan_repository
-from onnxserve.server.runtime import CUDA
+from onnxserve.server.runtime import CUDA, nvidia_gpu_visible
 from onnxserve.server.scheduler import Scheduler, create_scheduler
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,9 @@ class ModelRegistry:
         Loading one at a time keeps peak memory predictable and lets the first
         load settle whether CUDA works here before the others try it.
         """
+        if self._device == "auto" and self._cuda_usable is None and nvidia_gpu_visible() is False:
+            self._cuda_usable = False
+            log.info("no NVIDIA GPU is visible to this process: models run on the CPU")
         loop = asyncio.get_running_loop()
         sources = await loop.run_in_executor(None, scan_repository, self.repository)
         for source in sources:

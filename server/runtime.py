@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,28 @@ def available_cpus() -> int:
     if quota is not None:
         count = min(count, max(1, int(quota + 0.999)))
     return max(1, count)
+
+
+# Device nodes through which a process reaches an NVIDIA GPU on Linux: the
+# driver's (/dev/nvidia0...), WSL2's GPU paravirtualisation, Jetson's iGPU.
+_GPU_DEVICE_PATTERNS = ("nvidia[0-9]*", "dxg", "nvhost-ctrl-gpu")
+_HIDDEN_DEVICES = ("", "-1", "none", "NoDevFiles")
+
+
+def nvidia_gpu_visible() -> bool | None:
+    """False when this process surely cannot reach an NVIDIA GPU; None when unsure.
+
+    Asked before offering CUDA to onnxruntime under ``--device auto``: on a
+    CPU-only machine onnxruntime-gpu would otherwise print library-loading
+    errors for the first model before falling back to the CPU.
+    """
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in _HIDDEN_DEVICES:
+        return False
+    devices = Path("/dev")
+    if not sys.platform.startswith("linux") or not devices.is_dir():
+        return None
+    return any(any(devices.glob(pattern)) for pattern in _GPU_DEVICE_PATTERNS)
 
 
 def _cgroup_cpu_quota() -> float | None:

@@ -13,6 +13,7 @@ import pytest
 
 from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.server.runtime import nvidia_gpu_visible
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import add_sub_model, write_config
 from tests.support.server import RunningServer
@@ -114,7 +115,7 @@ def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_cuda_fallback_is_reported(tmp_path: Path) -> None:
-    """Without usable CUDA, --device cuda refuses the model and auto says it fell back."""
+    """Without usable CUDA, --device cuda refuses the model and auto says it runs on the CPU."""
     add_sub_model(tmp_path / "simple" / "1" / "model.onnx")
     cuda_built_in = "CUDAExecutionProvider" in ort.get_available_providers()
     auto = RunningServer(tmp_path, ["--device", "auto"]).start()
@@ -126,7 +127,11 @@ def test_cuda_fallback_is_reported(tmp_path: Path) -> None:
         assert providers == "CPUExecutionProvider"
     finally:
         auto.stop()
-    if cuda_built_in:
+    if cuda_built_in and nvidia_gpu_visible() is False:
+        # onnxruntime is not even asked: no library-loading errors in the log.
+        assert "no NVIDIA GPU is visible" in auto.log()
+        assert "libonnxruntime_providers_cuda" not in auto.log()
+    elif cuda_built_in:
         assert "could not use CUDA" in auto.log()
     strict = RunningServer(tmp_path, ["--device", "cuda"], require_ready=False)
     with strict, grpc.insecure_channel(strict.address) as channel:
@@ -134,3 +139,9 @@ def test_cuda_fallback_is_reported(tmp_path: Path) -> None:
         (row,) = stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
         assert row.state == "UNAVAILABLE"
         assert "CUDA" in row.reason
+
+
+def test_hidden_gpus_are_not_offered_to_onnxruntime(monkeypatch: pytest.MonkeyPatch) -> None:
+    for hidden in ("", "-1", "none"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+        assert nvidia_gpu_visible() is False
