@@ -50,7 +50,6 @@ class InferenceServer:
         self.settings = settings
         cpu_budget = max(1, (settings.cpu_threads or available_cpus()) // settings.workers)
         self.registry = ModelRegistry(settings.model_repository, settings.device, cpu_budget)
-        self.worker_peers = peers
         self.peer_statistics = PeerStatistics(peers) if peers is not None else None
         self.service = InferenceService(self.registry, self.peer_statistics)
         self.health = health.aio.HealthServicer()
@@ -93,9 +92,9 @@ class InferenceServer:
             self.server.add_insecure_port(address)
         except RuntimeError:
             raise OSError(f"cannot listen on {address}: is the port in use?") from None
-        if self.worker_peers is not None:
+        if self.peer_statistics is not None:
             # Where the other workers ask this one for its statistics.
-            self.server.add_insecure_port(self.worker_peers.own_address)
+            self.server.add_insecure_port(self.peer_statistics.peers.own_address)
         await self.server.start()
 
     def request_stop(self) -> None:

@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Metadata a worker sends to its peers: answer with your own counters only
 # (without it, each peer would ask the others in turn).
-LOCAL_ONLY_METADATA = (("onnxserve-worker-local", "1"),)
+_LOCAL_ONLY_KEY = "onnxserve-worker-local"
+LOCAL_ONLY_METADATA = ((_LOCAL_ONLY_KEY, "1"),)
 # How long the answering worker waits for its peers, at most.
 PEER_TIMEOUT_S = 2.0
 
@@ -39,7 +40,7 @@ class WorkerPeers:
 
 
 def is_local_only(metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
-    return any(key == LOCAL_ONLY_METADATA[0][0] for key, _ in metadata or ())
+    return any(key == _LOCAL_ONLY_KEY for key, _ in metadata or ())
 
 
 class PeerStatistics:
@@ -112,13 +113,8 @@ def _add_model_statistics(target: pb.ModelStatistics, source: pb.ModelStatistics
         if batch.batch_size in batches:
             _add_durations(batches[batch.batch_size], batch)
         else:
-            batches[batch.batch_size] = batch
-    ordered = [batches[size] for size in sorted(batches)]
-    copies = [pb.InferBatchStatistics() for _ in ordered]
-    for copy, batch in zip(copies, ordered, strict=True):
-        copy.CopyFrom(batch)
-    del target.batch_stats[:]
-    target.batch_stats.extend(copies)
+            target.batch_stats.add().CopyFrom(batch)
+    target.batch_stats.sort(key=lambda b: b.batch_size)
 
 
 def _add_durations(
