@@ -223,8 +223,8 @@ def running_server(repository: Path, log_path: Path, extra: Sequence[str]) -> It
     """``onnxserve serve`` on a free loopback port until the block ends (SIGTERM, then kill)."""
     import grpc
 
-    from onnxserve.client.protocol import grpc_service_pb2 as pb
-    from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+    from onnxserve.protocol import grpc_service_pb2 as pb
+    from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -263,8 +263,8 @@ def running_server(repository: Path, log_path: Path, extra: Sequence[str]) -> It
 _EMPTY_SERVER = """
 import asyncio, sys
 import grpc
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 
 class Empty(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
@@ -621,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from onnxserve.bench.runner import run_bench
     from onnxserve.bench.settings import BenchSettings
     from onnxserve.bench.workload import InputSpec, ModelInfo, encode_request
-    from onnxserve.client.codec import datatype_of
+    from onnxserve.protocol.codec import datatype_of
 
     with running_server(seed.repository, args.results / "server.log", args.server_arg) as address:
         settings = BenchSettings(

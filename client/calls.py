@@ -18,10 +18,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from onnxserve.client import codec
 from onnxserve.client.errors import InferenceServerError, InvalidInputError, InvalidResponseError
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import model_config_pb2 as mc
 from onnxserve.client.types import (
     BatchStatistics,
     Duration,
@@ -35,6 +32,9 @@ from onnxserve.client.types import (
     ServerMetadata,
     TensorMetadata,
 )
+from onnxserve.protocol import codec
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import model_config_pb2 as mc
 
 __all__ = [
     "Call",

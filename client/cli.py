@@ -137,7 +137,7 @@ def parse_input(spec: str, declared: Mapping[str, tuple[str, tuple[int, ...]]]) 
     dtype); a leading batch dimension of 1 is added when the declared shape
     has one more dimension than the value and it is variable (-1).
     """
-    from onnxserve.client import codec
+    from onnxserve.protocol import codec
 
     name, sep, value = spec.partition("=")
     if not sep or not name or not value:
@@ -186,7 +186,7 @@ def format_outputs(
     outputs: Mapping[str, np.ndarray], output_format: OutputFormat, out: TextIO
 ) -> None:
     """Print outputs: numpy's repr per output (text), or one JSON object (json)."""
-    from onnxserve.client import codec
+    from onnxserve.protocol import codec
 
     if output_format == "json":
         document = {

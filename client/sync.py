@@ -13,9 +13,6 @@ import numpy.typing as npt
 from onnxserve.client import calls
 from onnxserve.client._base import ClientBase
 from onnxserve.client.errors import DeadlineExceededError, InferenceServerError, from_rpc_error
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
-from onnxserve.client.protocol import model_config_pb2 as mc
 from onnxserve.client.types import (
     InferRequest,
     InferResult,
@@ -25,6 +22,9 @@ from onnxserve.client.types import (
     RepositoryModel,
     ServerMetadata,
 )
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import model_config_pb2 as mc
 
 __all__ = ["Client"]
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from onnxserve.client import codec
+from onnxserve.protocol import codec
 
 if TYPE_CHECKING:
     from onnxserve.client.errors import InferenceServerError

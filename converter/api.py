@@ -182,7 +182,7 @@ def _stamp(model: Any, source: str) -> None:
 
 
 def _summaries(values: Any, configs: Any) -> list[TensorSummary]:
-    from onnxserve.client.protocol import model_config_pb2 as mc
+    from onnxserve.protocol import model_config_pb2 as mc
 
     summaries = []
     for value, config in zip(values, configs, strict=False):

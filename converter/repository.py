@@ -22,8 +22,8 @@ from pathlib import Path
 import onnx
 from google.protobuf import text_format
 
-from onnxserve.client.protocol import model_config_pb2 as mc
 from onnxserve.converter.errors import RepositoryError
+from onnxserve.protocol import model_config_pb2 as mc
 
 __all__ = [
     "MODEL_FILENAME",

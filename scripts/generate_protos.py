@@ -1,8 +1,11 @@
-"""Regenerate the committed protobuf and gRPC code under client/protocol/ from proto/.
+"""Regenerate the committed protobuf and gRPC code under onnxserve/protocol/ from proto/.
 
 The generated modules are committed so that installing the client needs no
 protoc; tests/test_protocol_codegen.py regenerates them into a temporary folder
 and fails on any difference, so the committed code cannot drift from proto/.
+Two rewrites follow protoc: sibling imports become relative (the modules live
+in a package), and the messages register in the package's private descriptor
+pool (onnxserve/protocol/_pool.py says why) instead of protobuf's default one.
 
 Usage: python scripts/generate_protos.py [OUTPUT_DIR]
 """
@@ -17,16 +20,31 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = REPO_ROOT / "proto"
-DEFAULT_OUTPUT = REPO_ROOT / "client" / "protocol"
+DEFAULT_OUTPUT = REPO_ROOT / "onnxserve" / "protocol"
 PROTO_FILES = ("model_config.proto", "grpc_service.proto")
 
 # protoc writes `import model_config_pb2`, an absolute top-level import; inside
 # a package the modules must import each other relatively.
 _SIBLING_IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)
+# protoc registers each file in protobuf's process-wide default pool.
+_DEFAULT_POOL = "_descriptor_pool.Default()"
+_POOL_IMPORT = "from google.protobuf import descriptor_pool as _descriptor_pool\n"
 
 
-def _relativize(text: str) -> str:
-    return _SIBLING_IMPORT.sub(r"from . import \1 as \2", text)
+def _rewrite(text: str) -> str:
+    """Relative sibling imports; registration in the private pool instead of the default."""
+    text = _SIBLING_IMPORT.sub(r"from . import \1 as \2", text)
+    if _DEFAULT_POOL in text:
+        if _POOL_IMPORT not in text:
+            raise RuntimeError("protoc's output changed shape: no descriptor_pool import found")
+        text = text.replace(_POOL_IMPORT, _POOL_IMPORT + "from ._pool import POOL as _POOL\n")
+        text = text.replace(_DEFAULT_POOL, "_POOL")
+    return text
+
+
+def generated_files(folder: Path) -> list[Path]:
+    """The generated modules in ``folder`` (the hand-written ones beside them excluded)."""
+    return sorted(p for p in folder.iterdir() if p.stem.endswith(("_pb2", "_pb2_grpc")))
 
 
 def generate(output_dir: Path) -> list[Path]:
@@ -53,14 +71,8 @@ def generate(output_dir: Path) -> list[Path]:
         written = []
         for produced in sorted(Path(scratch).iterdir()):
             target = output_dir / produced.name
-            target.write_text(_relativize(produced.read_text()))
+            target.write_text(_rewrite(produced.read_text()))
             written.append(target)
-    init = output_dir / "__init__.py"
-    init.write_text(
-        '"""Generated protobuf and gRPC code for the Open Inference Protocol '
-        '(do not edit; run scripts/generate_protos.py)."""\n'
-    )
-    written.append(init)
     return written
 
 

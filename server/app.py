@@ -17,11 +17,13 @@ import logging
 import signal
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.peers import PeerStatistics, WorkerPeers
 from onnxserve.server.registry import ModelRegistry
 from onnxserve.server.runtime import available_cpus
@@ -41,6 +43,19 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
         # is one of --workers processes that share it on purpose.
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """One pool with every service this port serves, for server reflection.
+
+    The protocol's messages live in a private pool (onnxserve/protocol/_pool.py)
+    while health and reflection register in protobuf's default one; reflection
+    answers from a single pool, so it gets a copy of all four files.
+    """
+    pool = descriptor_pool.DescriptorPool()
+    for file in (mc.DESCRIPTOR, pb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        pool.AddSerializedFile(file.serialized_pb)
+    return pool
 
 
 class InferenceServer:
@@ -66,6 +81,7 @@ class InferenceServer:
                 reflection.SERVICE_NAME,
             ),
             self.server,
+            pool=reflection_pool(),
         )
         address = f"{self.settings.host}:{self.settings.grpc_port}"
         for service in ("", INFERENCE_SERVICE):

@@ -49,7 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.layout import ALLOWED_BATCH_SIZES_PARAMETER
+from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.errors import (
     ConfigError,
     InvalidInput,
@@ -66,8 +67,6 @@ from onnxserve.server.statistics import ExecutionTiming
 
 log = logging.getLogger(__name__)
 
-# Model config parameter: batch sizes a merged batch is padded up to.
-ALLOWED_BATCH_SIZES_PARAMETER = "allowed_batch_sizes"
 
 _QUEUED = 0
 _RUNNING = 1

@@ -16,13 +16,11 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from onnxserve.client.protocol import model_config_pb2 as mc
-from onnxserve.server.datatypes import config_to_protocol, config_type_name, protocol_to_config
+from onnxserve.layout import BACKEND, PLATFORM
+from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.protocol.datatypes import config_to_protocol, config_type_name, protocol_to_config
 from onnxserve.server.errors import ConfigError
 
-PLATFORM = "onnxruntime_onnx"
-BACKEND = "onnxruntime"
-DEFAULT_MODEL_FILENAME = "model.onnx"
 # max_batch_size given to a batchable model whose config does not say.
 DEFAULT_MAX_BATCH_SIZE = 64
 

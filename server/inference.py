@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from onnxserve.client import codec
-from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import codec
+from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.config import TensorSpec
 from onnxserve.server.errors import InvalidInput
 

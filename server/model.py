@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.layout import PROVIDERS_PARAMETER
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.config import complete_config, tensor_specs
 from onnxserve.server.errors import ConfigError
 from onnxserve.server.inference import ModelSignature
@@ -20,9 +21,6 @@ from onnxserve.server.statistics import ExecutionTiming, ModelStatistics
 from onnxserve.server.warmup import warm_up
 
 log = logging.getLogger(__name__)
-
-# The ModelConfig parameter through which the providers in use are reported.
-PROVIDERS_PARAMETER = "onnxserve.execution_providers"
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import grpc
 
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 

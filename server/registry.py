@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.errors import ConfigError, ModelNotFound, ModelUnavailable
 from onnxserve.server.model import LoadOptions, ModelVersion, load_model_version
 from onnxserve.server.repository import ModelSource, scan_repository

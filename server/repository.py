@@ -9,17 +9,21 @@ refused, so a repository cannot be used to read arbitrary files.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxserve.client.protocol import model_config_pb2 as mc
-from onnxserve.server.config import DEFAULT_MODEL_FILENAME, load_config_file
+from onnxserve.layout import (
+    CONFIG_FILENAME,
+    MODEL_FILENAME,
+    MODEL_NAME_RULE,
+    is_valid_model_name,
+    version_folders,
+)
+from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.server.config import load_config_file
 from onnxserve.server.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 @dataclass
@@ -62,26 +66,20 @@ def scan_model(root: Path, name: str) -> ModelSource:
     source = ModelSource(name=name)
     folder = root / name
     try:
-        if not _MODEL_NAME.match(name):
+        if not is_valid_model_name(name):
             raise ConfigError(
-                f"model folder name '{name}' is not a valid model name "
-                "(letters, digits, '_', '.', '-'; up to 128)"
+                f"model folder name '{name}' is not a valid model name ({MODEL_NAME_RULE})"
             )
         if not _inside(folder, root):
             raise ConfigError(f"model '{name}' leads outside the model repository")
-        config_path = folder / "config.pbtxt"
+        config_path = folder / CONFIG_FILENAME
         if config_path.exists():
             if not _inside(config_path, root):
                 raise ConfigError(f"config.pbtxt of model '{name}' leads outside the repository")
             source.config = load_config_file(config_path, name)
-        filename = source.config.default_model_filename or DEFAULT_MODEL_FILENAME
+        filename = source.config.default_model_filename or MODEL_FILENAME
         available: dict[int, Path] = {}
-        for entry in folder.iterdir():
-            if not entry.name.isdigit() or not entry.is_dir():
-                continue
-            version = int(entry.name)
-            if version <= 0:
-                continue
+        for version, entry in version_folders(folder).items():
             model_file = entry / filename
             if not model_file.is_file():
                 log.warning("model '%s' version %d has no %s; skipped", name, version, filename)

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.protocol.datatypes import ort_to_protocol
 from onnxserve.server.config import TensorSpec, onnx_dims
-from onnxserve.server.datatypes import ort_to_protocol
 from onnxserve.server.errors import ConfigError
 
 log = logging.getLogger(__name__)

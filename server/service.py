@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 import grpc
 
 from onnxserve import __version__
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.server.errors import ModelUnavailable, NotImplementedByServer, ServerError
 from onnxserve.server.inference import decode_request, encode_response
 from onnxserve.server.peers import PEER_TIMEOUT_S, PeerStatistics, is_local_only, merge_statistics

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2 as pb
 
 
 @dataclass

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnxserve.client import codec
-from onnxserve.client.protocol import model_config_pb2 as mc
-from onnxserve.server.datatypes import config_to_protocol
+from onnxserve.protocol import codec
+from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.protocol.datatypes import config_to_protocol
 from onnxserve.server.errors import ConfigError
 
 if TYPE_CHECKING:

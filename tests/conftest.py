@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.models import build_protocol_repository
 from tests.support.server import RunningServer
 

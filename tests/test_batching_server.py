@@ -16,8 +16,8 @@ import grpc
 import numpy as np
 import pytest
 
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.batching_models import pair_model, spin_model
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import write_config

@@ -40,9 +40,9 @@ from onnxserve.bench.workload import (
     parse_shapes,
 )
 from onnxserve.cli import main
-from onnxserve.client.codec import raw_to_array
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.protocol.codec import raw_to_array
 from onnxserve.settings import SettingsError, resolve
 from tests.support.models import add_sub_model, write_config
 from tests.support.server import RunningServer

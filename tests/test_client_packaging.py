@@ -69,7 +69,7 @@ def test_the_wheel_requires_no_heavy_package_without_an_extra(wheel: Path) -> No
     assert {"onnxruntime", "onnxruntime-gpu"} & server
     # The client ships typed: py.typed and the stubs of the generated code.
     assert "onnxserve/client/py.typed" in names
-    assert "onnxserve/client/protocol/grpc_service_pb2.pyi" in names
+    assert "onnxserve/protocol/grpc_service_pb2.pyi" in names
     assert "onnxserve/client/cli.py" in names
 
 

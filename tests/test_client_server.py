@@ -30,7 +30,7 @@ from onnxserve.client import (
     ServerUnavailableError,
     UnimplementedError,
 )
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.protocol import model_config_pb2 as mc
 from tests.support.client_tensors import expected_bytes, identity_input
 from tests.support.models import ONNX_TYPES, add_sub_model
 from tests.support.server import RunningServer, free_port

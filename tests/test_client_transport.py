@@ -32,8 +32,8 @@ from onnxserve.client import (
     ServerUnavailableError,
     TLSConfig,
 )
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 
 TOKEN = "s3cret-token"
 SERVER_NAME = "onnxserve.test"

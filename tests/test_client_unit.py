@@ -29,12 +29,12 @@ from onnxserve.client import (
     TLSConfig,
     UnimplementedError,
     calls,
-    codec,
 )
 from onnxserve.client.errors import error_for_code
 from onnxserve.client.options import channel_options, parse_url, plan_channels
-from onnxserve.client.protocol import grpc_service_pb2 as pb
 from onnxserve.client.types import Duration, ModelMetadata, TensorMetadata
+from onnxserve.protocol import codec
+from onnxserve.protocol import grpc_service_pb2 as pb
 
 NUMERIC: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.protocol import model_config_pb2 as mc
 from tests import converter_fixtures as fx
 from tests.converter_fixtures import EXPECTED, expected_io, make_inputs
 from tests.converter_models import LENGTH

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
-from onnxserve.client.codec import array_to_raw, datatype_of, raw_to_array
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.protocol.codec import array_to_raw, datatype_of, raw_to_array
 from tests import converter_fixtures as fx
 from tests.converter_fixtures import EXPECTED, expected_io, make_inputs
 from tests.support.server import RunningServer

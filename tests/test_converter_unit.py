@@ -17,11 +17,11 @@ import pytest
 from google.protobuf import text_format
 from onnx import TensorProto, helper
 
-from onnxserve.client.protocol import model_config_pb2 as mc
 from onnxserve.converter.errors import RepositoryError
 from onnxserve.converter.repository import build_config, existing_versions, write_entry
 from onnxserve.converter.variants import label_agreement
 from onnxserve.converter.verify import check_batch_sizes, compare_outputs
+from onnxserve.protocol import model_config_pb2 as mc
 
 
 def tiny_model(width: int = 3, out_type: int = TensorProto.FLOAT) -> onnx.ModelProto:

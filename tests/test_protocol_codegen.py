@@ -5,13 +5,13 @@ from __future__ import annotations
 import filecmp
 from pathlib import Path
 
-from scripts.generate_protos import DEFAULT_OUTPUT, generate
+from scripts.generate_protos import DEFAULT_OUTPUT, generate, generated_files
 
 
 def test_generated_code_matches_proto_sources(tmp_path: Path) -> None:
     written = generate(tmp_path / "protocol")
     assert written, "protoc produced nothing"
-    committed = sorted(p.name for p in DEFAULT_OUTPUT.iterdir() if p.suffix in (".py", ".pyi"))
+    committed = [p.name for p in generated_files(DEFAULT_OUTPUT)]
     regenerated = sorted(p.name for p in written)
     assert committed == regenerated
     drifted = [
@@ -26,8 +26,8 @@ def test_generated_code_matches_proto_sources(tmp_path: Path) -> None:
 
 def test_field_numbers_match_triton() -> None:
     """Spot-check the wire contract against Triton's published field numbers."""
-    from onnxserve.client.protocol import grpc_service_pb2 as pb
-    from onnxserve.client.protocol import model_config_pb2 as mc
+    from onnxserve.protocol import grpc_service_pb2 as pb
+    from onnxserve.protocol import model_config_pb2 as mc
 
     def numbers(message: type) -> dict[str, int]:
         return {f.name: f.number for f in message.DESCRIPTOR.fields}

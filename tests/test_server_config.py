@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.config import TensorSpec, complete_config, parse_config_text
 from onnxserve.server.errors import ConfigError
 from onnxserve.server.repository import scan_model, scan_repository, select_versions

@@ -11,8 +11,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.server.runtime import nvidia_gpu_visible
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import add_sub_model, write_config

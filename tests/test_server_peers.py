@@ -3,7 +3,7 @@ test_batching_workers.py)."""
 
 from __future__ import annotations
 
-from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.peers import is_local_only, merge_statistics
 
 

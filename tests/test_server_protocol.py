@@ -10,12 +10,13 @@ import grpc
 import ml_dtypes
 import numpy as np
 import pytest
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from onnxserve.client import codec
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import codec
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.server import RunningServer
 
@@ -444,3 +445,32 @@ def test_server_reflection_lists_services(channel: grpc.Channel) -> None:
     )
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+
+
+def test_server_reflection_describes_the_inference_service(channel: grpc.Channel) -> None:
+    """grpcurl's path: the file that defines the service, and its dependency."""
+    reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = list(
+        reflection.ServerReflectionInfo(
+            iter(
+                [
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="inference.GRPCInferenceService"
+                    ),
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="grpc.health.v1.Health"
+                    ),
+                ]
+            )
+        )
+    )
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for response in responses
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
+    names = {f.name for f in files}
+    assert {"grpc_service.proto", "model_config.proto", health_pb2.DESCRIPTOR.name} <= names
+    service = next(f for f in files if f.name == "grpc_service.proto").service[0]
+    assert service.name == "GRPCInferenceService"
+    assert "ModelInfer" in [m.name for m in service.method]

@@ -18,6 +18,7 @@ import numpy as np
 
 from onnxserve.bench.results import RawPoint, RawResult
 from onnxserve.bench.workload import ModelInfo, WorkloadError, build_inputs
+from onnxserve.layout import version_folders
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,7 @@ def find_model_file(repository: Path, model: str, version: str, info: ModelInfo)
     folder = repository / model
     if not version:
         served = [v for v in info.versions if v.isdigit()]
-        on_disk = [p.name for p in folder.iterdir() if p.name.isdigit()] if folder.is_dir() else []
-        candidates = served or on_disk
+        candidates = served or [str(v) for v in version_folders(folder)]
         if not candidates:
             raise WorkloadError(f"no numeric version folder under {folder}")
         version = max(candidates, key=int)

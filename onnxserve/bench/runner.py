@@ -38,9 +38,9 @@ from onnxserve.bench.workload import (
     model_info,
     parse_shapes,
 )
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import model_config_pb2 as mc
 
 __all__ = ["BenchError", "run_bench", "server_delta", "target_of"]
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from onnxserve.client.codec import array_to_raw, numpy_dtype
-from onnxserve.client.protocol import grpc_service_pb2 as pb
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.protocol.codec import array_to_raw, numpy_dtype
 
 __all__ = [
     "INFER_METHOD",

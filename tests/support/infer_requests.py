@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from onnxserve.client import codec
-from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import codec
+from onnxserve.protocol import grpc_service_pb2 as pb
 
 
 def infer_request(

@@ -6,7 +6,7 @@ protocol's names (FP32, BYTES...), and onnxruntime speaks ``tensor(float)``.
 
 from __future__ import annotations
 
-from onnxserve.client.protocol import model_config_pb2 as mc
+from onnxserve.protocol import model_config_pb2 as mc
 
 # Protocol datatype <-> config enum. TYPE_STRING is BYTES on the wire.
 _CONFIG_TO_PROTOCOL: dict[int, str] = {

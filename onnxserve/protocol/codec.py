@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
-from onnxserve.client.protocol import grpc_service_pb2 as pb
+from onnxserve.protocol import grpc_service_pb2 as pb
 
 __all__ = [
     "DATATYPES",

@@ -1,1 +1,0 @@
-"""Generated protobuf and gRPC code for the Open Inference Protocol (do not edit; run scripts/generate_protos.py)."""

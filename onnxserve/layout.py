@@ -1,0 +1,100 @@
+"""The model repository's layout and onnxserve's config.pbtxt conventions: each fact once.
+
+Triton's layout: ``<repository>/<model>/config.pbtxt`` (optional) and
+``<repository>/<model>/<version>/model.onnx``. The server reads it, the
+converter writes it and the bench finds model files in it; all three import
+these names instead of spelling them. Light: no onnxruntime, no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+__all__ = [
+    "ALLOWED_BATCH_SIZES_PARAMETER",
+    "BACKEND",
+    "CONFIG_FILENAME",
+    "INPUT_RANGE_PREFIX",
+    "MODEL_FILENAME",
+    "MODEL_NAME_RULE",
+    "PLATFORM",
+    "PROVIDERS_PARAMETER",
+    "format_input_range",
+    "input_range_key",
+    "is_valid_model_name",
+    "parse_input_range",
+    "version_folders",
+]
+
+MODEL_FILENAME = "model.onnx"
+CONFIG_FILENAME = "config.pbtxt"
+# Triton's names for an ONNX Runtime model; a config may give either.
+PLATFORM = "onnxruntime_onnx"
+BACKEND = "onnxruntime"
+
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+MODEL_NAME_RULE = (
+    "letters, digits, '_', '.', '-' (starting with a letter or digit), at most 128 characters"
+)
+
+# Model-level config parameters (``parameters { key: ... value { string_value: ... } }``),
+# Triton's syntax, so Triton accepts and ignores a config that carries them.
+#: Batch sizes a merged batch is padded up to: "1,8,32,64".
+ALLOWED_BATCH_SIZES_PARAMETER = "allowed_batch_sizes"
+#: Written by the server into the ModelConfig it reports: the providers in use.
+PROVIDERS_PARAMETER = "onnxserve.execution_providers"
+#: Valid values of an integer input, one parameter per input:
+#: ``onnxserve.input_range.<input>`` = "<min>,<max>", inclusive, either side may be empty.
+INPUT_RANGE_PREFIX = "onnxserve.input_range."
+
+
+def is_valid_model_name(name: str) -> bool:
+    """A model (folder) name the server serves: see :data:`MODEL_NAME_RULE`."""
+    return bool(_MODEL_NAME.match(name))
+
+
+def version_folders(model_folder: Path) -> dict[int, Path]:
+    """The version folders of a model folder by number: positive integer names, folders only.
+
+    An absent or unreadable model folder has none.
+    """
+    try:
+        entries = list(model_folder.iterdir())
+    except OSError:
+        return {}
+    return {
+        int(entry.name): entry
+        for entry in entries
+        if entry.name.isdigit() and int(entry.name) > 0 and entry.is_dir()
+    }
+
+
+def input_range_key(input_name: str) -> str:
+    """The config parameter that declares ``input_name``'s valid range."""
+    return INPUT_RANGE_PREFIX + input_name
+
+
+def format_input_range(low: int | None, high: int | None) -> str:
+    """``(0, 999)`` -> ``"0,999"``; None leaves that side open (``"0,"``)."""
+    return f"{'' if low is None else low},{'' if high is None else high}"
+
+
+def parse_input_range(text: str) -> tuple[int | None, int | None]:
+    """``"0,999"`` -> ``(0, 999)``; raises ValueError (saying what is expected) otherwise."""
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise ValueError(
+            f"expected '<min>,<max>' (inclusive integers, either may be empty), not {text!r}"
+        )
+    try:
+        low, high = (int(part) if part.strip() else None for part in parts)
+    except ValueError:
+        raise ValueError(
+            f"expected '<min>,<max>' (inclusive integers, either may be empty), not {text!r}"
+        ) from None
+    if low is None and high is None:
+        raise ValueError(f"a range needs at least one bound, not {text!r}")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"the range's minimum {low} is above its maximum {high}")
+    return low, high
