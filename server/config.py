@@ -31,7 +31,6 @@ SUPPORTED_FIELDS = frozenset(
         "name",
         "platform",
         "backend",
-        "runtime",
         "version_policy",
         "version_policy.latest",
         "version_policy.latest.num_versions",
@@ -42,13 +41,12 @@ SUPPORTED_FIELDS = frozenset(
         "input",
         "input.name",
         "input.data_type",
-        "input.format",
+        "input.format",  # Triton's layout hint for clients: checked (3 dims), then reported
         "input.dims",
         "output",
         "output.name",
         "output.data_type",
         "output.dims",
-        "output.label_filename",
         "optimization",
         "optimization.graph",
         "optimization.graph.level",
@@ -64,9 +62,7 @@ SUPPORTED_FIELDS = frozenset(
         "optimization.execution_accelerators.cpu_execution_accelerator.parameters.key",
         "optimization.execution_accelerators.cpu_execution_accelerator.parameters.value",
         "optimization.input_pinned_memory",
-        "optimization.input_pinned_memory.enable",
         "optimization.output_pinned_memory",
-        "optimization.output_pinned_memory.enable",
         "dynamic_batching",
         "dynamic_batching.preferred_batch_size",
         "dynamic_batching.max_queue_delay_microseconds",
@@ -91,9 +87,6 @@ SUPPORTED_FIELDS = frozenset(
         "instance_group.count",
         "instance_group.gpus",
         "default_model_filename",
-        "metric_tags",
-        "metric_tags.key",
-        "metric_tags.value",
         "parameters",
         "parameters.key",
         "parameters.value",
@@ -110,10 +103,39 @@ SUPPORTED_FIELDS = frozenset(
         "model_warmup.inputs.value.zero_data",
         "model_warmup.inputs.value.random_data",
         "model_warmup.inputs.value.input_data_file",
-        "model_transaction_policy",  # decoupled=false is the only meaning; checked below
-        "response_cache",  # enable=false only; checked below
+        # Messages whose only field must keep its default (false): ``decoupled``,
+        # ``enable``. A proto3 scalar at its default is not "set", so setting
+        # it to true names the field below.
+        "model_transaction_policy",
+        "response_cache",
     }
 )
+
+# Why some fields that configs written for Triton often carry are refused
+# (every other unsupported field is refused by its name alone).
+REFUSAL_REASONS = {
+    "runtime": "onnxserve runs every model on its own onnxruntime; there is no backend library",
+    "output.label_filename": (
+        "the classification extension is not implemented; outputs are returned as tensors "
+        "(map class indices to labels in the client)"
+    ),
+    "metric_tags": "per-model metric labels are not implemented",
+    "optimization.input_pinned_memory.enable": (
+        "onnxserve does not stage tensors in pinned memory; remove it or set enable: false"
+    ),
+    "optimization.output_pinned_memory.enable": (
+        "onnxserve does not stage tensors in pinned memory; remove it or set enable: false"
+    ),
+    "model_transaction_policy.decoupled": (
+        "decoupled models (several responses per request) are not served"
+    ),
+    "response_cache.enable": "response caching is not implemented",
+    "sequence_batching": "stateful models are not served; use dynamic_batching",
+    "ensemble_scheduling": "ensembles are not served; chain the calls in the client",
+    "input.reshape": "reshape is not implemented; give the ONNX graph's own dims",
+    "output.reshape": "reshape is not implemented; give the ONNX graph's own dims",
+    "input.optional": "every input of the ONNX graph is required",
+}
 
 
 @dataclass(frozen=True)
@@ -129,7 +151,8 @@ class TensorSpec:
     dims: tuple[int, ...]
 
 
-def _set_field_paths(message: Message, prefix: str = "") -> Iterator[str]:
+def set_field_paths(message: Message, prefix: str = "") -> Iterator[str]:
+    """The dotted paths of every field set in ``message`` (map entries as key and value)."""
     for descriptor, value in message.ListFields():
         path = f"{prefix}{descriptor.name}"
         yield path
@@ -141,22 +164,46 @@ def _set_field_paths(message: Message, prefix: str = "") -> Iterator[str]:
                 item = value[key]
                 yield f"{path}.value"
                 if isinstance(item, Message):
-                    yield from _set_field_paths(item, f"{path}.value.")
+                    yield from set_field_paths(item, f"{path}.value.")
         elif descriptor.is_repeated:
             for item in value:
-                yield from _set_field_paths(item, f"{path}.")
+                yield from set_field_paths(item, f"{path}.")
         else:
-            yield from _set_field_paths(value, f"{path}.")
+            yield from set_field_paths(value, f"{path}.")
 
 
 def unsupported_fields(config: mc.ModelConfig) -> list[str]:
-    """Set fields of ``config`` that onnxserve does not implement, by dotted path."""
-    found = sorted({p for p in _set_field_paths(config) if p not in SUPPORTED_FIELDS})
-    if config.model_transaction_policy.decoupled:
-        found.append("model_transaction_policy.decoupled")
-    if config.response_cache.enable:
-        found.append("response_cache.enable")
-    return found
+    """Set fields of ``config`` that onnxserve does not implement, by dotted path.
+
+    A field inside an unsupported one is not listed again: the outermost
+    unsupported field is the one to remove.
+    """
+    unsupported = {p for p in set_field_paths(config) if p not in SUPPORTED_FIELDS}
+    outermost = []
+    for path in sorted(unsupported):
+        parts = path.split(".")
+        if not any(".".join(parts[:n]) in unsupported for n in range(1, len(parts))):
+            outermost.append(path)
+    return outermost
+
+
+def _refusal(path: str) -> str:
+    reason = REFUSAL_REASONS.get(path)
+    return f"{path} ({reason})" if reason else path
+
+
+def _check_instance_groups(config: mc.ModelConfig, model_name: str) -> None:
+    gpus = {gpu for group in config.instance_group for gpu in group.gpus}
+    if len(gpus) > 1:
+        raise ConfigError(
+            f"model '{model_name}': instance_group.gpus lists GPUs {sorted(gpus)}; onnxserve runs "
+            "a model version on one GPU (run one server per GPU instead)"
+        )
+    if any(group.kind == mc.ModelInstanceGroup.KIND_MODEL for group in config.instance_group):
+        raise ConfigError(
+            f"model '{model_name}': instance_group kind KIND_MODEL is not served; use KIND_CPU, "
+            "KIND_GPU or KIND_AUTO"
+        )
 
 
 def parse_config_text(text: str, model_name: str) -> mc.ModelConfig:
@@ -170,8 +217,9 @@ def parse_config_text(text: str, model_name: str) -> mc.ModelConfig:
     if unsupported:
         raise ConfigError(
             f"config.pbtxt of model '{model_name}' sets field(s) onnxserve does not support: "
-            + ", ".join(unsupported)
+            + ", ".join(_refusal(path) for path in unsupported)
         )
+    _check_instance_groups(config, model_name)
     if config.name and config.name != model_name:
         raise ConfigError(
             f"config.pbtxt names the model '{config.name}' but its folder is '{model_name}'; "
@@ -245,6 +293,13 @@ def complete_config(
     skip = 1 if done.max_batch_size > 0 else 0
     _complete_tensors(done.input, onnx_inputs, skip, model_name, "input")
     _complete_tensors(done.output, onnx_outputs, skip, model_name, "output")
+    for tensor in done.input:
+        if tensor.format != mc.ModelInput.FORMAT_NONE and len(tensor.dims) != 3:
+            raise ConfigError(
+                f"model '{model_name}': input '{tensor.name}' has format "
+                f"{mc.ModelInput.Format.Name(tensor.format)}, which needs 3 dims "
+                f"(excluding the batch dimension), not {list(tensor.dims)}"
+            )
     if not done.HasField("version_policy"):
         done.version_policy.latest.num_versions = 1
     if not done.instance_group:

@@ -39,7 +39,7 @@ class ModelSignature:
 
 
 @dataclass
-class InferRequest:
+class DecodedRequest:
     """A validated request, ready for a scheduler.
 
     ``batch_size`` is the number of rows along the batch dimension (1 for a
@@ -59,7 +59,7 @@ class InferRequest:
     arrival_ns: int = field(default_factory=time.monotonic_ns)
 
 
-def _int_parameter(parameters: Mapping[str, pb.InferParameter], key: str) -> int:
+def _request_int_parameter(parameters: Mapping[str, pb.InferParameter], key: str) -> int:
     if key not in parameters:
         return 0
     parameter = parameters[key]
@@ -123,7 +123,7 @@ def _as_text(array: np.ndarray, name: str) -> np.ndarray:
 
 def decode_request(
     request: pb.ModelInferRequest, model: ModelSignature, version: str
-) -> InferRequest:
+) -> DecodedRequest:
     """Turn a ModelInferRequest into validated numpy inputs, or raise InvalidInput."""
     raw_contents = request.raw_input_contents
     use_raw = len(raw_contents) > 0
@@ -187,7 +187,7 @@ def decode_request(
     else:
         names = tuple(model.outputs)
     parameters = request.parameters
-    return InferRequest(
+    return DecodedRequest(
         model_name=model.name,
         model_version=version,
         id=request.id,
@@ -195,13 +195,13 @@ def decode_request(
         output_names=names,
         batch_size=next(iter(batch_sizes.values()), 1),
         raw_output=use_raw or not request.inputs,
-        priority=_int_parameter(parameters, "priority"),
-        timeout_us=_int_parameter(parameters, "timeout"),
+        priority=_request_int_parameter(parameters, "priority"),
+        timeout_us=_request_int_parameter(parameters, "timeout"),
     )
 
 
 def encode_response(
-    request: InferRequest, outputs: Mapping[str, np.ndarray], model: ModelSignature
+    request: DecodedRequest, outputs: Mapping[str, np.ndarray], model: ModelSignature
 ) -> pb.ModelInferResponse:
     """Build the response: raw contents when the request came raw (FP16/BF16 always raw)."""
     response = pb.ModelInferResponse(

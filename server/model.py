@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from onnxserve.server.config import complete_config, tensor_specs
 from onnxserve.server.errors import ConfigError
 from onnxserve.server.inference import ModelSignature
 from onnxserve.server.runtime import CUDA, OnnxSession, plan_session
-from onnxserve.server.statistics import ExecutionTiming, ModelStatistics
+from onnxserve.server.statistics import ModelStatistics
 from onnxserve.server.warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -76,18 +75,15 @@ class ModelVersion:
 
     def execute(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> tuple[dict[str, np.ndarray], ExecutionTiming]:
-        """Run one (possibly merged) batch and time its three phases."""
-        started = time.perf_counter_ns()
+    ) -> dict[str, np.ndarray]:
+        """Run one (possibly merged) batch through onnxruntime (on a worker thread).
+
+        Untimed: the batch executor (``onnxserve.server.batching.executor``)
+        times a run's phases around this call, in one place.
+        """
         prepared = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
-        ready = time.perf_counter_ns()
         results = self.session.run(prepared, output_names)
-        ran = time.perf_counter_ns()
-        outputs = dict(zip(output_names, results, strict=True))
-        done = time.perf_counter_ns()
-        first = next(iter(prepared.values()), None)
-        batch = int(first.shape[0]) if self.signature.batchable and first is not None else 1
-        return outputs, ExecutionTiming(batch, ready - started, ran - ready, done - ran)
+        return dict(zip(output_names, results, strict=True))
 
 
 def load_model_version(

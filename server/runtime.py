@@ -102,7 +102,7 @@ class SessionPlan:
     wants_cuda: bool
 
 
-def _parameter(config: mc.ModelConfig, key: str) -> str | None:
+def _config_parameter(config: mc.ModelConfig, key: str) -> str | None:
     return config.parameters[key].string_value if key in config.parameters else None
 
 
@@ -154,8 +154,8 @@ def plan_session(
             )
         providers.append((provider, dict(accelerator.parameters)))
     providers.append((CPU, {}))
-    intra = _int_parameter(config, "intra_op_thread_count")
-    inter = _int_parameter(config, "inter_op_thread_count")
+    intra = _config_int_parameter(config, "intra_op_thread_count")
+    inter = _config_int_parameter(config, "inter_op_thread_count")
     # One CPU of the budget is left to the process's own thread (the gRPC
     # event loop): on 2 cores, 2 intra-op threads slowed both the protocol
     # and one-row runs (0.57 ms against 0.46 ms with 1 thread, no spinning).
@@ -168,8 +168,8 @@ def plan_session(
     )
 
 
-def _int_parameter(config: mc.ModelConfig, key: str) -> int:
-    value = _parameter(config, key)
+def _config_int_parameter(config: mc.ModelConfig, key: str) -> int:
+    value = _config_parameter(config, key)
     if value is None:
         return 0
     try:
@@ -183,8 +183,8 @@ def _int_parameter(config: mc.ModelConfig, key: str) -> int:
     return number
 
 
-def _bool_parameter(config: mc.ModelConfig, key: str) -> bool | None:
-    value = _parameter(config, key)
+def _config_bool_parameter(config: mc.ModelConfig, key: str) -> bool | None:
+    value = _config_parameter(config, key)
     if value is None:
         return None
     lowered = value.strip().lower()
@@ -207,17 +207,17 @@ def session_options(config: mc.ModelConfig, plan: SessionPlan) -> Any:
         -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         1: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
-    if _int_parameter(config, "execution_mode") == 1:
+    if _config_int_parameter(config, "execution_mode") == 1:
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
-    arena = _bool_parameter(config, "enable_mem_arena")
+    arena = _config_bool_parameter(config, "enable_mem_arena")
     if arena is not None:
         options.enable_cpu_mem_arena = arena
-    pattern = _bool_parameter(config, "enable_mem_pattern")
+    pattern = _config_bool_parameter(config, "enable_mem_pattern")
     if pattern is not None:
         options.enable_mem_pattern = pattern
     # Spinning intra-op threads burn the cores the gRPC threads need between
     # batches; a server is better off without it unless told otherwise.
-    spinning = _bool_parameter(config, "allow_spinning")
+    spinning = _config_bool_parameter(config, "allow_spinning")
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return options
 

@@ -2,7 +2,8 @@
 
 Every scheduler offers ``infer(request, deadline_ns) -> outputs`` to the
 service and records statistics. The direct scheduler runs each request on its
-own, at most ``instance_count`` at once; dynamic batching lives in
+own, at most ``instance_count`` at once, through the same batch executor as
+the dynamic batcher (a batch of one request); dynamic batching lives in
 ``onnxserve.server.batching`` and is chosen by :func:`create_scheduler` when the
 config asks for it.
 """
@@ -16,16 +17,18 @@ from typing import Protocol
 
 import numpy as np
 
+from onnxserve.server.batching.executor import BatchExecutor, ExecutedBatch
 from onnxserve.server.errors import RequestTimeout
-from onnxserve.server.inference import InferRequest
+from onnxserve.server.inference import DecodedRequest
 from onnxserve.server.model import ModelVersion
-from onnxserve.server.statistics import ExecutionTiming
 
 
 class Scheduler(Protocol):
     """What the service needs from a model's scheduler."""
 
-    async def infer(self, request: InferRequest, deadline_ns: int | None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, request: DecodedRequest, deadline_ns: int | None
+    ) -> dict[str, np.ndarray]:
         """Run the request; ``deadline_ns`` is a time.monotonic_ns() instant or None."""
         ...
 
@@ -39,43 +42,39 @@ class DirectScheduler:
 
     def __init__(self, model: ModelVersion) -> None:
         self._model = model
-        self._executor = ThreadPoolExecutor(
+        self._executor = BatchExecutor(model)
+        self._threads = ThreadPoolExecutor(
             max_workers=model.instance_count, thread_name_prefix=f"ort-{model.name}"
         )
 
-    def _run(
-        self, request: InferRequest, deadline_ns: int | None
-    ) -> tuple[dict[str, np.ndarray], ExecutionTiming, int]:
+    def _run(self, request: DecodedRequest, deadline_ns: int | None) -> tuple[ExecutedBatch, int]:
         started = time.monotonic_ns()
         if deadline_ns is not None and started > deadline_ns:
             raise RequestTimeout(
                 f"the request's deadline passed after {(started - request.arrival_ns) // 1000} us "
                 "in the queue; it was not run"
             )
-        outputs, timing = self._model.execute(request.inputs, request.output_names)
-        return outputs, timing, started - request.arrival_ns
+        return self._executor.run([request]), started
 
-    async def infer(self, request: InferRequest, deadline_ns: int | None) -> dict[str, np.ndarray]:
+    async def infer(
+        self, request: DecodedRequest, deadline_ns: int | None
+    ) -> dict[str, np.ndarray]:
         loop = asyncio.get_running_loop()
-        statistics = self._model.statistics
         try:
-            outputs, timing, queue_ns = await loop.run_in_executor(
-                self._executor, self._run, request, deadline_ns
+            executed, started = await loop.run_in_executor(
+                self._threads, self._run, request, deadline_ns
             )
         except BaseException:
-            statistics.record_failure(time.monotonic_ns() - request.arrival_ns)
+            self._model.statistics.record_failure(time.monotonic_ns() - request.arrival_ns)
             raise
-        statistics.record_execution(timing)
-        statistics.record_success(
-            rows=request.batch_size,
-            queue_ns=queue_ns,
-            timing=timing,
-            total_ns=time.monotonic_ns() - request.arrival_ns,
-        )
-        return outputs
+        self._executor.record([request], executed, started)
+        outcome = executed.outcomes[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     async def close(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown, True)
 
 
 def create_scheduler(model: ModelVersion) -> Scheduler:

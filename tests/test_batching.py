@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from onnxserve.server.batching import BatchingConfig, DynamicBatcher
+from onnxserve.server.batching import DynamicBatcher
+from onnxserve.server.config_batching import BatchingConfig
 from onnxserve.server.errors import (
     ConfigError,
     InvalidInput,
@@ -28,7 +29,7 @@ from onnxserve.server.errors import (
     QueueFull,
     RequestTimeout,
 )
-from onnxserve.server.inference import InferRequest
+from onnxserve.server.inference import DecodedRequest
 from onnxserve.server.model import ModelVersion
 from onnxserve.server.scheduler import DirectScheduler, create_scheduler
 from tests.support.batching_models import Gate, load, pair_model
@@ -52,10 +53,10 @@ def request(
     priority: int = 0,
     timeout_us: int = 0,
     outputs: tuple[str, ...] = ("OUTPUT0", "OUTPUT1"),
-) -> InferRequest:
+) -> DecodedRequest:
     """A validated request for the pair model (INPUT1 defaults to ones)."""
     second = np.ones_like(first) if second is None else second
-    return InferRequest(
+    return DecodedRequest(
         model_name="model",
         model_version="1",
         id="",
@@ -98,7 +99,7 @@ def model_of(batcher: DynamicBatcher) -> ModelVersion:
     return batcher._model
 
 
-async def start(batcher: DynamicBatcher, infer_request: InferRequest) -> asyncio.Task[Any]:
+async def start(batcher: DynamicBatcher, infer_request: DecodedRequest) -> asyncio.Task[Any]:
     task = asyncio.create_task(batcher.infer(infer_request, None))
     await asyncio.sleep(0)  # let it reach the queue
     return task
@@ -111,7 +112,7 @@ async def hold_instance(batcher: DynamicBatcher, gate: Gate) -> asyncio.Task[Any
     return blocker
 
 
-def check_pair(infer_request: InferRequest, outputs: dict[str, np.ndarray]) -> None:
+def check_pair(infer_request: DecodedRequest, outputs: dict[str, np.ndarray]) -> None:
     first = infer_request.inputs["INPUT0"]
     second = infer_request.inputs["INPUT1"]
     assert set(outputs) == set(infer_request.output_names)

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 
 from onnxserve.protocol import model_config_pb2 as mc
-from onnxserve.server.config import TensorSpec, complete_config, parse_config_text
+from onnxserve.server.config import (
+    SUPPORTED_FIELDS,
+    TensorSpec,
+    complete_config,
+    parse_config_text,
+    set_field_paths,
+)
 from onnxserve.server.errors import ConfigError
 from onnxserve.server.repository import scan_model, scan_repository, select_versions
 from tests.support.models import add_sub_model, write_config
@@ -143,3 +153,137 @@ def test_symlinks_leaving_the_repository_are_refused(tmp_path: Path) -> None:
     assert escaped.error and "outside the model repository" in escaped.error
     assert sneaky.error and "outside the repository" in sneaky.error
     assert str(tmp_path) not in escaped.error + sneaky.error
+
+
+def _field_paths(descriptor: Descriptor, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every field of a message type, recursively, as paths (maps as key and value).
+
+    An enum field whose only value is its default cannot be set (proto3), so
+    it has no path of its own: its message's path stands for it.
+    """
+    for field in descriptor.fields:
+        if field.enum_type is not None and len(field.enum_type.values) == 1:
+            continue
+        path = (*prefix, field.name)
+        yield path
+        message = field.message_type
+        if message is None:
+            continue
+        if message.GetOptions().map_entry:
+            yield (*path, "key")
+            yield (*path, "value")
+            value = message.fields_by_name["value"].message_type
+            if value is not None:
+                yield from _field_paths(value, (*path, "value"))
+        else:
+            yield from _field_paths(message, path)
+
+
+def _scalar(field: FieldDescriptor) -> object:
+    """A value that differs from the field's default."""
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return field.enum_type.values[-1].number
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return True
+    if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES):
+        return "x" if field.type == FieldDescriptor.TYPE_STRING else b"x"
+    if field.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE):
+        return 1.5
+    return 1
+
+
+def _config_setting(path: tuple[str, ...]) -> mc.ModelConfig:
+    """A ModelConfig where the field at ``path`` (and so its parents) is set."""
+    config = mc.ModelConfig()
+    message: Message = config
+    index = 0
+    while index < len(path):
+        field = message.DESCRIPTOR.fields_by_name[path[index]]
+        last = index == len(path) - 1
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            key_field = field.message_type.fields_by_name["key"]
+            value_field = field.message_type.fields_by_name["value"]
+            container = getattr(message, field.name)
+            key = _scalar(key_field)
+            if value_field.message_type is None:
+                container[key] = _scalar(value_field)
+                return config
+            entry = container[key]
+            if index + 2 >= len(path):  # "x", "x.key" or "x.value": an entry is enough
+                return config
+            message, index = entry, index + 2
+            continue
+        if field.message_type is not None:
+            child = getattr(message, field.name)
+            if field.is_repeated:
+                child = child.add()
+            else:
+                child.SetInParent()
+            message, index = child, index + 1
+            continue
+        assert last
+        value = _scalar(field)
+        if field.is_repeated:
+            getattr(message, field.name).append(value)
+        else:
+            setattr(message, field.name, value)
+        index += 1
+    return config
+
+
+@pytest.mark.parametrize("path", sorted(_field_paths(mc.ModelConfig.DESCRIPTOR)), ids=".".join)
+def test_every_config_field_is_either_supported_or_refused_by_name(path: tuple[str, ...]) -> None:
+    dotted = ".".join(path)
+    config = _config_setting(path)
+    assert dotted in set(set_field_paths(config))
+    text = text_format.MessageToString(config)
+    if dotted in SUPPORTED_FIELDS:
+        try:
+            parse_config_text(text, "x")
+        except ConfigError as error:  # other checks may object to the value, never the field
+            assert "does not support" not in str(error)
+        return
+    with pytest.raises(ConfigError, match="does not support") as info:
+        parse_config_text(text, "x")
+    parents = [".".join(path[:n]) for n in range(1, len(path) + 1)]
+    outermost = next(p for p in parents if p not in SUPPORTED_FIELDS)
+    assert outermost in str(info.value)
+
+
+def test_supported_fields_all_exist() -> None:
+    known = {".".join(path) for path in _field_paths(mc.ModelConfig.DESCRIPTOR)}
+    assert known >= SUPPORTED_FIELDS
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('output [ { name: "y" label_filename: "labels.txt" } ]', "classification extension"),
+        ('metric_tags { key: "team" value: "a" }', "metric_tags"),
+        ("optimization { input_pinned_memory { enable: true } }", "pinned memory"),
+        ("instance_group [ { gpus: [0] }, { gpus: [1] } ]", "one GPU"),
+        ("instance_group [ { kind: KIND_MODEL } ]", "KIND_MODEL"),
+        ('runtime: "libtriton_onnxruntime.so"', "runtime"),
+    ],
+)
+def test_fields_triton_configs_carry_are_refused_with_the_reason(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config_text(text, "m")
+    assert fragment in str(info.value)
+
+
+def test_default_valued_switches_and_input_formats_are_accepted() -> None:
+    parse_config_text(
+        "optimization { input_pinned_memory { enable: false } }\n"
+        "model_transaction_policy { decoupled: false }\nresponse_cache { enable: false }",
+        "m",
+    )
+    images = (TensorSpec("image", "FP32", (-1, 8, 8, 3)),)
+    nhwc = parse_config_text(
+        'max_batch_size: 4 input [ { name: "image" format: FORMAT_NHWC } ]', "m"
+    )
+    config = complete_config(nhwc, "m", images, OUTPUTS)
+    assert config.input[0].format == mc.ModelInput.FORMAT_NHWC
+    flat = (TensorSpec("image", "FP32", (-1, 64)),)
+    with pytest.raises(ConfigError, match="FORMAT_NHWC, which needs 3 dims"):
+        complete_config(nhwc, "m", flat, OUTPUTS)

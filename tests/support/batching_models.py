@@ -23,7 +23,6 @@ from onnx import TensorProto, helper
 
 from onnxserve.server.config import parse_config_text
 from onnxserve.server.model import LoadOptions, ModelVersion, load_model_version
-from onnxserve.server.statistics import ExecutionTiming
 
 OPSET = 17
 
@@ -142,7 +141,7 @@ class Gate:
 
     def _execute(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
-    ) -> tuple[dict[str, np.ndarray], ExecutionTiming]:
+    ) -> dict[str, np.ndarray]:
         with self._lock:
             index = len(self.runs)
             self.runs.append({name: np.array(array) for name, array in feeds.items()})

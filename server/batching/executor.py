@@ -1,0 +1,160 @@
+"""Run a batch of validated requests: merge, run, split, time, and record the statistics.
+
+Both schedulers run requests through a :class:`BatchExecutor`: the dynamic
+batcher with the requests of one batch, the direct scheduler with one
+request. :meth:`BatchExecutor.run` runs on an instance thread (or, for a lone
+short request, on the event loop's: the batcher decides) and never raises:
+every request gets an outcome, its outputs or the error it ends with.
+:meth:`BatchExecutor.record` then feeds the model's statistics once per run and
+once per request, so both schedulers count the same way. The three phases are
+timed here, and only here: input (merging and padding), infer (the model's
+run), output (checking and splitting).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from onnxserve.server.errors import ModelExecutionError, ServerError
+from onnxserve.server.inference import DecodedRequest
+from onnxserve.server.model import ModelVersion
+from onnxserve.server.statistics import ExecutionTiming
+
+log = logging.getLogger(__name__)
+
+Outputs = dict[str, np.ndarray]
+Outcome = Outputs | ServerError
+
+
+@dataclass
+class ExecutedBatch:
+    """What became of a batch: per request, its outcome and the run that answered it."""
+
+    outcomes: list[Outcome]
+    timings: list[ExecutionTiming | None]  # None where the request failed
+    executions: list[ExecutionTiming]  # every run that succeeded, for batch statistics
+
+    @classmethod
+    def failed(cls, count: int, error: ServerError) -> ExecutedBatch:
+        """Every one of ``count`` requests ends with ``error``."""
+        return cls([error] * count, [None] * count, [])
+
+
+def _same_rows(rows: int) -> int:
+    return rows
+
+
+class BatchExecutor:
+    """Runs batches of one model version; safe to use from several instance threads."""
+
+    def __init__(self, model: ModelVersion, padded_rows: Callable[[int], int] = _same_rows) -> None:
+        self._model = model
+        self._padded_rows = padded_rows
+        self._batchable = model.signature.batchable
+        self._input_names = tuple(model.signature.inputs)
+        self._output_order = tuple(model.signature.outputs)
+
+    def run(self, requests: Sequence[DecodedRequest]) -> ExecutedBatch:
+        """Merge, run, split; any failure becomes the requests' outcome."""
+        try:
+            results, timing = self._execute(requests)
+        except ServerError as exc:
+            return ExecutedBatch.failed(len(requests), exc)
+        except Exception:
+            log.exception(
+                "model '%s' failed on a batch of %d request(s)", self._model.name, len(requests)
+            )
+            error = ModelExecutionError(
+                f"model '{self._model.name}' failed to run the request's batch; see the server log"
+            )
+            return ExecutedBatch.failed(len(requests), error)
+        return ExecutedBatch(list(results), [timing] * len(requests), [timing])
+
+    def record(
+        self, requests: Sequence[DecodedRequest], batch: ExecutedBatch, dispatched_ns: int
+    ) -> None:
+        """Count the batch's runs and each request's outcome in the model's statistics.
+
+        A request's queue time ends at ``dispatched_ns`` (a time.monotonic_ns()
+        instant) and its total time now.
+        """
+        statistics = self._model.statistics
+        for timing in batch.executions:
+            statistics.record_execution(timing)
+        now = time.monotonic_ns()
+        for request, outcome, timing in zip(requests, batch.outcomes, batch.timings, strict=True):
+            arrival = request.arrival_ns
+            if timing is None or isinstance(outcome, ServerError):
+                statistics.record_failure(now - arrival)
+            else:
+                statistics.record_success(
+                    rows=request.batch_size,
+                    queue_ns=dispatched_ns - arrival,
+                    timing=timing,
+                    total_ns=now - arrival,
+                )
+
+    def _execute(self, requests: Sequence[DecodedRequest]) -> tuple[list[Outputs], ExecutionTiming]:
+        started = time.perf_counter_ns()
+        output_names = self._output_names(requests)
+        rows = sum(r.batch_size for r in requests)
+        padded = self._padded_rows(rows)
+        whole = len(requests) == 1 and padded == rows
+        if whole:
+            feeds = requests[0].inputs
+        else:
+            feeds = {
+                name: _merge([r.inputs[name] for r in requests], padded - rows)
+                for name in self._input_names
+            }
+        merged = time.perf_counter_ns()
+        outputs = self._model.execute(feeds, output_names)
+        ran = time.perf_counter_ns()
+        if self._batchable:
+            for name, array in outputs.items():
+                if array.ndim == 0 or array.shape[0] != padded:
+                    raise ModelExecutionError(
+                        f"model '{self._model.name}' returned output '{name}' with shape "
+                        f"{list(array.shape)} for a batch of {padded}; its first dimension "
+                        "must be the batch"
+                    )
+        if whole:
+            results = [outputs]
+        else:
+            results = []
+            start = 0
+            for request in requests:
+                end = start + request.batch_size
+                results.append({name: outputs[name][start:end] for name in request.output_names})
+                start = end
+        done = time.perf_counter_ns()
+        batch_size = padded if self._batchable else 1
+        return results, ExecutionTiming(batch_size, merged - started, ran - merged, done - ran)
+
+    def _output_names(self, requests: Sequence[DecodedRequest]) -> tuple[str, ...]:
+        first = requests[0].output_names
+        if all(r.output_names == first for r in requests):
+            return first
+        wanted = {name for r in requests for name in r.output_names}
+        return tuple(name for name in self._output_order if name in wanted)
+
+
+def _merge(arrays: list[np.ndarray], pad_rows: int) -> np.ndarray:
+    """Stack requests' rows along the batch dim, with ``pad_rows`` zero rows at the end.
+
+    np.concatenate writes into one freshly allocated array in C, which
+    measured no slower than copying into a reused preallocated buffer from
+    Python, and a new array cannot be overwritten while onnxruntime reads it.
+    """
+    if pad_rows:
+        first = arrays[0]
+        padding = np.zeros((pad_rows, *first.shape[1:]), dtype=first.dtype)
+        if first.dtype == object:
+            padding[...] = ""
+        arrays = [*arrays, padding]
+    return np.concatenate(arrays, axis=0)
