@@ -16,10 +16,14 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from onnxserve.layout import BACKEND, PLATFORM
+from onnxserve.layout import BACKEND, INPUT_RANGE_PREFIX, PLATFORM, PROVIDERS_PARAMETER
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.datatypes import config_to_protocol, config_type_name, protocol_to_config
 from onnxserve.server.errors import ConfigError
+
+# Model parameters under this prefix are onnxserve's own: only the known ones are accepted,
+# so that a misspelt one is refused instead of silently doing nothing.
+_OWN_PARAMETER_PREFIX = "onnxserve."
 
 # max_batch_size given to a batchable model whose config does not say.
 DEFAULT_MAX_BATCH_SIZE = 64
@@ -220,6 +224,16 @@ def parse_config_text(text: str, model_name: str) -> mc.ModelConfig:
             + ", ".join(_refusal(path) for path in unsupported)
         )
     _check_instance_groups(config, model_name)
+    for key in config.parameters:
+        if (
+            key.startswith(_OWN_PARAMETER_PREFIX)
+            and key != PROVIDERS_PARAMETER
+            and not key.startswith(INPUT_RANGE_PREFIX)
+        ):
+            raise ConfigError(
+                f"model '{model_name}': unknown parameter '{key}'; onnxserve's own parameters are "
+                f"{PROVIDERS_PARAMETER} (reported, not set) and {INPUT_RANGE_PREFIX}<input>"
+            )
     if config.name and config.name != model_name:
         raise ConfigError(
             f"config.pbtxt names the model '{config.name}' but its folder is '{model_name}'; "

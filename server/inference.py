@@ -2,9 +2,16 @@
 
 Validation is complete and happens once, here: after it, every input is a
 numpy array of the model's dtype and shape, all inputs agree on the batch
-size, and every requested output exists. Each failure is an InvalidInput
+size, integer inputs hold values within their ranges (declared in
+config.pbtxt or read from the graph: ``onnxserve.server.input_ranges``), and
+every requested output exists. Each failure is an InvalidInput
 naming the input and what was expected, so callers never get INTERNAL for
 bad input. Raw tensors become zero-copy views of the request's bytes.
+
+Floats are not checked for NaN or Inf: models compute row by row (a converted
+Keras CNN given a NaN pixel answers NaN for that image and the same as before
+for the others), and a model that does fail on them fails only that request
+(batch isolation, ``onnxserve.server.batching.executor``).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from onnxserve.layout import input_range_key
 from onnxserve.protocol import codec
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.config import TensorSpec
@@ -32,6 +40,8 @@ class ModelSignature:
     inputs: Mapping[str, TensorSpec]
     outputs: Mapping[str, TensorSpec]
     max_batch_size: int
+    # Inclusive bounds of integer inputs' values (None: open on that side), by input name.
+    input_ranges: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
 
     @property
     def batchable(self) -> bool:
@@ -106,6 +116,31 @@ def _check_shape(spec: TensorSpec, shape: Sequence[int], model: ModelSignature) 
     return batch
 
 
+def _check_range(
+    array: np.ndarray, name: str, bounds: tuple[int | None, int | None], model: ModelSignature
+) -> None:
+    """Refuse values outside the input's declared or inferred range (one min/max pass each)."""
+    if array.size == 0:
+        return
+    low, high = bounds
+    offending = None
+    if low is not None and int(array.min()) < low:
+        offending = np.unravel_index(int(np.argmin(array)), array.shape)
+    elif high is not None and int(array.max()) > high:
+        offending = np.unravel_index(int(np.argmax(array)), array.shape)
+    if offending is None:
+        return
+    position = tuple(int(i) for i in offending)
+    if low is not None and high is not None:
+        allowed = f"{low} to {high}"
+    else:
+        allowed = f"at least {low}" if low is not None else f"at most {high}"
+    raise InvalidInput(
+        f"input '{name}' holds {array[position]} at index {position}, outside the values model "
+        f"'{model.name}' accepts: {allowed} (ModelConfig parameter {input_range_key(name)})"
+    )
+
+
 def _as_text(array: np.ndarray, name: str) -> np.ndarray:
     """BYTES elements as str: onnxruntime turns bytes objects into their repr."""
     flat = array.reshape(-1)
@@ -164,6 +199,9 @@ def decode_request(
             raise InvalidInput(f"input '{name}': {exc}") from None
         if spec.datatype == "BYTES":
             array = _as_text(array, name)
+        bounds = model.input_ranges.get(name)
+        if bounds is not None:
+            _check_range(array, name, bounds, model)
         inputs[name] = array
     missing = [name for name in model.inputs if name not in inputs]
     if missing:

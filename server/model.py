@@ -15,6 +15,7 @@ from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.config import complete_config, tensor_specs
 from onnxserve.server.errors import ConfigError
 from onnxserve.server.inference import ModelSignature
+from onnxserve.server.input_ranges import complete_ranges, declared_ranges
 from onnxserve.server.runtime import CUDA, OnnxSession, plan_session
 from onnxserve.server.statistics import ModelStatistics
 from onnxserve.server.warmup import warm_up
@@ -54,6 +55,7 @@ class ModelVersion:
             inputs={t.name: t for t in tensor_specs(config.input)},
             outputs={t.name: t for t in tensor_specs(config.output)},
             max_batch_size=config.max_batch_size,
+            input_ranges=declared_ranges(config),
         )
         self.instance_count = sum(max(g.count, 1) for g in config.instance_group) or 1
 
@@ -109,6 +111,7 @@ def load_model_version(
         )
     config = complete_config(named, name, session.inputs, session.outputs)
     config.parameters[PROVIDERS_PARAMETER].string_value = ",".join(session.providers)
+    complete_ranges(config, path)
     log.info(
         "loaded model '%s' version %d: max_batch_size %d, providers %s, %d intra-op threads",
         name,

@@ -36,6 +36,8 @@ _ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16
 # Model config parameters (Triton's onnxruntime backend names) read here.
 _INT_PARAMETERS = ("intra_op_thread_count", "inter_op_thread_count", "execution_mode")
 _BOOL_PARAMETERS = ("enable_mem_arena", "enable_mem_pattern", "allow_spinning")
+# onnxruntime's status name for a run refused because of its input values.
+_INVALID_ARGUMENT = "INVALID_ARGUMENT"
 
 
 def available_cpus() -> int:
@@ -240,6 +242,10 @@ class OnnxSession:
             raise ConfigError(
                 f"model '{config.name}': onnxruntime cannot load it: {message}"
             ) from None
+        # onnxruntime logs every failed run itself; the executor logs failures
+        # once, in words (one line per batch, not per attempt), so runs stay quiet.
+        self._run_options = ort.RunOptions()
+        self._run_options.log_severity_level = 4
         self.providers: list[str] = list(self._session.get_providers())
         self.inputs = tuple(self._spec(node) for node in self._session.get_inputs())
         self.outputs = tuple(self._spec(node) for node in self._session.get_outputs())
@@ -258,7 +264,7 @@ class OnnxSession:
         """Run the graph (releases the GIL while onnxruntime computes)."""
         if self._bf16_io:
             return self._run_bfloat16(feeds, output_names)
-        return list(self._session.run(list(output_names), dict(feeds)))
+        return list(self._session.run(list(output_names), dict(feeds), self._run_options))
 
     def _run_bfloat16(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]
@@ -276,7 +282,7 @@ class OnnxSession:
                 )
             else:
                 values[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
-        results = self._session.run_with_ort_values(list(output_names), values)
+        results = self._session.run_with_ort_values(list(output_names), values, self._run_options)
         arrays = []
         for value in results:
             if value.data_type() == "tensor(bfloat16)":
@@ -289,3 +295,26 @@ class OnnxSession:
             else:
                 arrays.append(value.numpy())
         return arrays
+
+
+def refused_input_reason(error: BaseException) -> str | None:
+    """onnxruntime's reason when a run failed because of its input values, else None.
+
+    onnxruntime raises ``InvalidArgument`` (status INVALID_ARGUMENT) where a
+    kernel finds an input value it cannot use, such as a Gather index outside
+    its table ("indices element out of data bounds"); other failures (FAIL,
+    RUNTIME_EXCEPTION...) say nothing about whose input was at fault. The
+    reason is onnxruntime's status message without the node's name, or a
+    generic one where that message holds a source path (never shown to callers).
+    """
+    text = str(error)
+    if type(error).__name__ != "InvalidArgument" and _INVALID_ARGUMENT not in text:
+        return None
+    for marker in ("Status Message: ", f"{_INVALID_ARGUMENT} : "):
+        if marker in text:
+            text = text.split(marker, 1)[1]
+            break
+    text = text.strip()
+    if "/" in text or "\\" in text:
+        return "onnxruntime refused the input"
+    return text[:300]

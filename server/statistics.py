@@ -62,6 +62,9 @@ class ModelStatistics:
         self.compute_infer = _Duration()
         self.compute_output = _Duration()
         self._batches: dict[int, _BatchDurations] = {}
+        # Batch isolation (see record_isolation); not part of Triton's proto.
+        self.isolation_count = 0
+        self.isolated_failures = 0
 
     def record_execution(self, timing: ExecutionTiming) -> None:
         """One model run over a batch of ``timing.batch_size`` rows."""
@@ -90,6 +93,18 @@ class ModelStatistics:
         with self._lock:
             self.fail.add(total_ns)
             self.last_inference_ms = time.time_ns() // 1_000_000
+
+    def record_isolation(self, failed: int) -> None:
+        """A merged batch failed in onnxruntime and its requests were re-run apart.
+
+        ``failed`` of them failed on their own (each also counted by
+        record_failure); the others were answered. Read as ``isolation_count``
+        (events) and ``isolated_failures`` (requests), e.g. by a metrics
+        exporter; ModelStatistics on the wire is Triton's and does not carry them.
+        """
+        with self._lock:
+            self.isolation_count += 1
+            self.isolated_failures += failed
 
     def to_proto(self, name: str, version: str) -> pb.ModelStatistics:
         with self._lock:

@@ -40,6 +40,7 @@ from onnxserve.bench.workload import (
     parse_shapes,
 )
 from onnxserve.cli import main
+from onnxserve.layout import input_range_key
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.codec import raw_to_array
@@ -78,6 +79,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     add_sub_model(root / "simple" / "1" / "model.onnx")
     add_sub_model(root / "simple" / "3" / "model.onnx")  # the raw baseline takes the highest
     lookup_model(root / "lookup" / "1" / "model.onnx")
+    # The server would refuse ids beyond the table (read from the graph) before they reach
+    # the model; an open upper bound lets them through, to fail in onnxruntime.
+    write_config(
+        root / "lookup",
+        f'parameters {{ key: "{input_range_key("INPUT0")}" value: {{ string_value: "0," }} }}',
+    )
     add_sub_model(root / "unbatched" / "1" / "model.onnx")
     write_config(
         root / "unbatched",

@@ -9,6 +9,18 @@ every request gets an outcome, its outputs or the error it ends with.
 once per request, so both schedulers count the same way. The three phases are
 timed here, and only here: input (merging and padding), infer (the model's
 run), output (checking and splitting).
+
+One caller's bad input never fails another's. Validation catches what it can
+before requests share a batch (datatypes, shapes, integer ranges); when
+onnxruntime still fails on a merged batch, the batch is isolated: its requests
+are re-run in halves, and halves of the halves that fail, down to single
+requests, so only the requests that fail on their own fail, each with its own
+status, and every other request gets its answer. This runs on the instance
+thread, never on the event loop (a batch run inline holds one request and
+has nothing to isolate). A request fails with INVALID_ARGUMENT when
+onnxruntime says its input was at fault (:func:`refused_input_reason`), with
+INTERNAL and a generic message otherwise (the details go to the log: one line
+per isolated batch, not per request).
 """
 
 from __future__ import annotations
@@ -20,9 +32,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from onnxserve.server.errors import ModelExecutionError, ServerError
+from onnxserve.server.errors import InvalidInput, ModelExecutionError, ServerError
 from onnxserve.server.inference import DecodedRequest
 from onnxserve.server.model import ModelVersion
+from onnxserve.server.runtime import refused_input_reason
 from onnxserve.server.statistics import ExecutionTiming
 
 log = logging.getLogger(__name__)
@@ -38,6 +51,7 @@ class ExecutedBatch:
     outcomes: list[Outcome]
     timings: list[ExecutionTiming | None]  # None where the request failed
     executions: list[ExecutionTiming]  # every run that succeeded, for batch statistics
+    isolated: bool = False  # the merged run failed and its requests were re-run apart
 
     @classmethod
     def failed(cls, count: int, error: ServerError) -> ExecutedBatch:
@@ -60,20 +74,79 @@ class BatchExecutor:
         self._output_order = tuple(model.signature.outputs)
 
     def run(self, requests: Sequence[DecodedRequest]) -> ExecutedBatch:
-        """Merge, run, split; any failure becomes the requests' outcome."""
+        """Merge, run, split; a failure becomes the outcome of the requests that cause it."""
         try:
             results, timing = self._execute(requests)
         except ServerError as exc:
             return ExecutedBatch.failed(len(requests), exc)
-        except Exception:
-            log.exception(
-                "model '%s' failed on a batch of %d request(s)", self._model.name, len(requests)
-            )
-            error = ModelExecutionError(
-                f"model '{self._model.name}' failed to run the request's batch; see the server log"
-            )
-            return ExecutedBatch.failed(len(requests), error)
+        except Exception as exc:
+            if len(requests) > 1:
+                return self._isolate(requests, exc)
+            return ExecutedBatch.failed(1, self._failure(exc, log_it=True))
         return ExecutedBatch(list(results), [timing] * len(requests), [timing])
+
+    def _isolate(self, requests: Sequence[DecodedRequest], error: Exception) -> ExecutedBatch:
+        """Re-run a failed batch's requests in halves until each failure is one request's."""
+        count = len(requests)
+        outcomes: list[Outcome | None] = [None] * count
+        timings: list[ExecutionTiming | None] = [None] * count
+        executions: list[ExecutionTiming] = []
+        middle = count // 2
+        parts = [(middle, count), (0, middle)]  # a stack: the first half runs first
+        runs = 0
+        reasons: dict[str, None] = {}  # what the single requests failed with, in order
+        while parts:
+            start, end = parts.pop()
+            runs += 1
+            try:
+                results, timing = self._execute(requests[start:end])
+            except ServerError as exc:  # the model's own fault: no request is to blame
+                outcomes[start:end] = [exc] * (end - start)
+                continue
+            except Exception as exc:
+                if end - start > 1:
+                    middle = (start + end) // 2
+                    parts += [(middle, end), (start, middle)]
+                else:
+                    outcomes[start] = self._failure(exc, log_it=False)
+                    reasons[f"{type(exc).__name__}: {str(exc).strip()}"] = None
+                continue
+            executions.append(timing)
+            outcomes[start:end] = results
+            timings[start:end] = [timing] * (end - start)
+        final = [outcome for outcome in outcomes if outcome is not None]
+        assert len(final) == count, "every request of an isolated batch has an outcome"
+        failed = sum(isinstance(outcome, ServerError) for outcome in final)
+        log.warning(
+            "model '%s': a batch of %d requests failed in onnxruntime (%s: %s); re-run apart "
+            "in %d runs: %d request(s) failed on their own (%s), %d answered",
+            self._model.name,
+            count,
+            type(error).__name__,
+            str(error).strip(),
+            runs,
+            failed,
+            "; ".join(list(reasons)[:3]) or "none",
+            count - failed,
+        )
+        return ExecutedBatch(final, timings, executions, isolated=True)
+
+    def _failure(self, error: Exception, log_it: bool) -> ServerError:
+        """The status of one request that onnxruntime failed on, alone."""
+        reason = refused_input_reason(error)
+        if reason is not None:
+            log.debug("model '%s' refused a request's input: %s", self._model.name, error)
+            return InvalidInput(f"model '{self._model.name}' cannot run on this input: {reason}")
+        if log_it:
+            log.error(
+                "model '%s' failed on a request: %s: %s",
+                self._model.name,
+                type(error).__name__,
+                str(error).strip(),
+            )
+        return ModelExecutionError(
+            f"model '{self._model.name}' failed to run the request; see the server log"
+        )
 
     def record(
         self, requests: Sequence[DecodedRequest], batch: ExecutedBatch, dispatched_ns: int
@@ -86,6 +159,10 @@ class BatchExecutor:
         statistics = self._model.statistics
         for timing in batch.executions:
             statistics.record_execution(timing)
+        if batch.isolated:
+            statistics.record_isolation(
+                sum(isinstance(outcome, ServerError) for outcome in batch.outcomes)
+            )
         now = time.monotonic_ns()
         for request, outcome, timing in zip(requests, batch.outcomes, batch.timings, strict=True):
             arrival = request.arrival_ns

@@ -6,6 +6,13 @@
 - ``spin_model``: OUTPUT0 = INPUT0, after an ONNX Loop that runs max(SPIN)
   times (a few microseconds each): a request can hold a model instance busy
   for as long as a test needs, inside onnxruntime, in a server process.
+- ``lookup_model``: an Embedding-like Gather over an initializer table (row r
+  holds r), reached from an INT32 ``ids`` input through Cast and Identity:
+  the server infers the ids' range from the graph.
+- ``picky_model``: fails in onnxruntime for chosen input values that
+  validation cannot know about: an index ``IDX`` into a table the graph
+  computes (out of bounds: onnxruntime's INVALID_ARGUMENT) and a Reshape to
+  ``max(R)`` columns (R other than 4: onnxruntime's FAIL).
 - :class:`Gate`: holds a loaded model's instances busy in-process, around the
   real onnxruntime run, so queue states are reached deterministically.
 """
@@ -103,6 +110,75 @@ def spin_model(path: Path) -> Path:
         ],
     )
     return _save(graph, path)
+
+
+def lookup_model(path: Path, rows: int = 50) -> Path:
+    """OUTPUT0[b, n] = 4 * ids[b, n]: each id picks a row of 4 copies of itself."""
+    table = np.repeat(np.arange(rows, dtype=np.float32)[:, None], 4, axis=1)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["ids"], ["ids64"], to=TensorProto.INT64),
+            helper.make_node("Identity", ["ids64"], ["indices"]),
+            helper.make_node("Gather", ["table", "indices"], ["vectors"]),
+            helper.make_node("ReduceSum", ["vectors", "last"], ["OUTPUT0"], keepdims=0),
+        ],
+        "lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT32, ["batch", "n"])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", "n"])],
+        [
+            helper.make_tensor("table", TensorProto.FLOAT, [rows, 4], table.ravel().tolist()),
+            helper.make_tensor("last", TensorProto.INT64, [1], [2]),
+        ],
+    )
+    return _save(graph, path)
+
+
+def picky_model(path: Path) -> Path:
+    """OUTPUT0 = X reshaped to [batch, max(R)]; OUTPUT1[b] = row IDX[b] of a computed table.
+
+    X is [batch, 4] FP32, IDX and R are [batch, 1] INT64. With R = 4 and IDX
+    within 0..9 every row is answered (OUTPUT0 = X, OUTPUT1[b, 0] = 10 * IDX[b]
+    in all 4 columns); R = 5 makes the Reshape fail, IDX = 10 or more the Gather.
+    """
+    table = np.repeat(np.arange(10, dtype=np.float32)[:, None] * 10, 4, axis=1)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Shape", ["X"], ["shape"]),
+            helper.make_node("Slice", ["shape", "zero1", "one1"], ["rows"]),
+            helper.make_node("ReduceMax", ["R"], ["widest"], keepdims=0),
+            helper.make_node("Unsqueeze", ["widest", "zero1"], ["width"]),
+            helper.make_node("Concat", ["rows", "width"], ["target"], axis=0),
+            helper.make_node("Reshape", ["X", "target"], ["OUTPUT0"]),
+            helper.make_node("Add", ["table", "nothing"], ["computed"]),
+            helper.make_node("Gather", ["computed", "IDX"], ["OUTPUT1"]),
+        ],
+        "picky",
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("IDX", TensorProto.INT64, ["batch", 1]),
+            helper.make_tensor_value_info("R", TensorProto.INT64, ["batch", 1]),
+        ],
+        [
+            helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 4]),
+            helper.make_tensor_value_info("OUTPUT1", TensorProto.FLOAT, ["batch", 1, 4]),
+        ],
+        [
+            helper.make_tensor("table", TensorProto.FLOAT, [10, 4], table.ravel().tolist()),
+            helper.make_tensor("nothing", TensorProto.FLOAT, [], [0.0]),
+            helper.make_tensor("zero1", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("one1", TensorProto.INT64, [1], [1]),
+        ],
+    )
+    return _save(graph, path)
+
+
+def picky_inputs(value: float, index: int = 1, width: int = 4) -> dict[str, np.ndarray]:
+    """One row for the picky model: X filled with ``value``; good unless told otherwise."""
+    return {
+        "X": np.full((1, 4), value, dtype=np.float32),
+        "IDX": np.array([[index]], dtype=np.int64),
+        "R": np.array([[width]], dtype=np.int64),
+    }
 
 
 def load(path: Path, config_text: str, name: str = "model") -> ModelVersion:
