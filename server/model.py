@@ -114,7 +114,7 @@ def load_model_version(
     config = complete_config(named, name, session.inputs, session.outputs)
     config.parameters[PROVIDERS_PARAMETER].string_value = ",".join(session.providers)
     log.info(
-        "loaded model '%s' version %d: max_batch_size %d, providers %s, %d intra-op threads",
+        "loaded model '%s' version %d: max_batch_size %d, providers %s, intra-op threads %d",
         name,
         version,
         config.max_batch_size,
