@@ -15,6 +15,7 @@ model that flattens the sequence into a Dense layer keeps its fixed length.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from onnxserve.converter.analysis import (
+    InputFacts,
+    LoopCause,
+    input_facts,
+    loop_causes,
+    masking_value,
+    walk_layers,
+)
 from onnxserve.converter.environment import import_tensorflow
 from onnxserve.converter.errors import ExportError, UnsupportedModelError
 from onnxserve.converter.load import LoadedModel
@@ -41,25 +50,49 @@ class InputInfo:
 
     ``shape`` is the traced shape (None = dynamic, axis 0 is the batch);
     ``example_shape`` is a concrete shape (without batch) for generated check
-    inputs; ``vocabulary`` is set for token-id inputs that feed an Embedding,
-    whose generated values must be ids within the vocabulary; ``padded`` is
-    set when the model masks padding (Embedding mask_zero=True on token ids, a
-    Masking layer on ``(batch, time, features)`` inputs), so that check inputs
-    are padded sequences (ids 0, or time steps of ``pad_value``) and the
-    masking is exercised.
+    inputs. ``facts`` is what the layers the input feeds accept (see
+    :mod:`onnxserve.converter.analysis`): its ``valid_range`` is declared in
+    config.pbtxt for integer inputs and bounds the generated check values.
+    ``guessed_range`` bounds generated ids where no range is known but an
+    Embedding may still read the input (a SavedModel's embedding table, an
+    integer input whose path to an Embedding could not be followed): a guess
+    for the check inputs only, never declared. ``padded`` is set when the
+    model masks padding (Embedding mask_zero=True on token ids, a Masking layer
+    on ``(batch, time, features)`` inputs), so that check inputs are padded
+    sequences (ids 0, or time steps of ``pad_value``) and the masking is
+    exercised.
     """
 
     name: str
     dtype: str
     shape: tuple[int | None, ...]
     example_shape: tuple[int, ...]
-    vocabulary: int | None = None
+    facts: InputFacts = field(default_factory=InputFacts)
+    guessed_range: tuple[int, int] | None = None
     padded: bool = False
     pad_value: float = 0.0
 
     @property
     def dynamic_sequence(self) -> bool:
         return len(self.shape) >= 2 and self.shape[1] is None
+
+    @property
+    def integer(self) -> bool:
+        return np.dtype(self.dtype).kind in "iu"
+
+    @property
+    def declared_range(self) -> tuple[int | None, int | None] | None:
+        """The range config.pbtxt declares: integer inputs only (the convention's bounds
+        are integers; a float input carrying ids keeps none)."""
+        return self.facts.valid_range if self.integer else None
+
+    @property
+    def id_range(self) -> tuple[int, int] | None:
+        """Inclusive bounds of generated check values, if the input carries ids."""
+        known = self.facts.valid_range
+        if known is not None and known[0] is not None and known[1] is not None:
+            return (known[0], known[1])
+        return self.guessed_range
 
 
 @dataclass
@@ -77,7 +110,7 @@ class TracedModel:
     inputs: list[InputInfo]
     output_names: list[str]
     reference: Callable[[Arrays], dict[str, np.ndarray]]
-    loop_causes: list[str] = field(default_factory=list)
+    loop_causes: list[LoopCause] = field(default_factory=list)
     source_kind: str = "keras"
 
 
@@ -89,26 +122,6 @@ def trace_model(loaded: LoadedModel, *, dynamic_sequence: bool = True) -> Traced
 
 
 # ---------------------------------------------------------------- Keras models
-
-
-def _walk_layers(layer: Any) -> Iterator[Any]:
-    """Every layer inside ``layer`` (nested models, Bidirectional/TimeDistributed wrappers)."""
-    seen: set[int] = set()
-    stack = [layer]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for attr in ("layers", "_layers"):
-            children = getattr(current, attr, None)
-            if isinstance(children, (list, tuple)):
-                stack.extend(children)
-        for attr in ("forward_layer", "backward_layer", "layer", "cell"):
-            child = getattr(current, attr, None)
-            if child is not None and hasattr(child, "name") and hasattr(child, "weights"):
-                stack.append(child)
 
 
 def _clean_name(name: str, fallback: str) -> str:
@@ -130,89 +143,29 @@ def _dedupe(names: Sequence[str]) -> list[str]:
     return result
 
 
-def _vocabularies(model: Any, tensors: Sequence[Any]) -> list[int | None]:
-    """For each input tensor, the input_dim of the Embedding it feeds, if any."""
+def _guessed_ranges(
+    model: Any, dtypes: Sequence[str], facts: Sequence[InputFacts]
+) -> list[tuple[int, int] | None]:
+    """Check-input bounds for integer inputs the analysis found no range for.
+
+    Without them an integer input that reaches an Embedding along a path the
+    analysis cannot follow (a Lambda, arithmetic) would get ids the table
+    lacks, and the check would fail inside TensorFlow. The smallest table
+    keeps every generated id valid; nothing is declared from it.
+    """
     import keras
 
-    embeddings = [
-        layer for layer in _walk_layers(model) if isinstance(layer, keras.layers.Embedding)
+    sizes = [
+        int(layer.input_dim)
+        for layer in walk_layers(model)
+        if isinstance(layer, keras.layers.Embedding)
     ]
-    found: list[int | None] = [None] * len(tensors)
-    for layer in embeddings:
-        try:
-            layer_input = layer.input
-        except (AttributeError, ValueError):  # shared layer or not called on a symbolic input
-            continue
-        for i, tensor in enumerate(tensors):
-            if layer_input is tensor:
-                vocab = int(layer.input_dim)
-                current = found[i]
-                found[i] = vocab if current is None else min(current, vocab)
-    if embeddings:
-        smallest = min(int(layer.input_dim) for layer in embeddings)
-        first = model.layers[0] if getattr(model, "layers", None) else None
-        for i, tensor in enumerate(tensors):
-            integer = np.issubdtype(np.dtype(str(tensor.dtype)), np.integer)
-            sequential_embedding = isinstance(model, keras.Sequential) and first in embeddings
-            if found[i] is None and (integer or sequential_embedding):
-                found[i] = smallest
-    return found
-
-
-def _masking_value(model: Any) -> float | None:
-    """The mask_value of the model's Masking layer, if it has one."""
-    import keras
-
-    for layer in _walk_layers(model):
-        if isinstance(layer, keras.layers.Masking):
-            return float(layer.mask_value)
-    return None
-
-
-def _masks_padding(model: Any) -> bool:
-    import keras
-
-    return any(
-        isinstance(layer, keras.layers.Embedding) and getattr(layer, "mask_zero", False)
-        for layer in _walk_layers(model)
-    )
-
-
-def _keras_loop_causes(model: Any) -> list[str]:
-    """Layer settings that make tf2onnx emit an ONNX Loop instead of a fused LSTM op."""
-    import keras
-
-    layers = list(_walk_layers(model))
-    rnns = [layer for layer in layers if isinstance(layer, keras.layers.RNN)]
-    causes: list[str] = []
-    if not rnns:
-        return causes
-    masks = [
-        f"Embedding '{layer.name}' with mask_zero=True"
-        for layer in layers
-        if isinstance(layer, keras.layers.Embedding) and getattr(layer, "mask_zero", False)
+    return [
+        (0, min(sizes) - 1)
+        if sizes and fact.valid_range is None and np.dtype(dtype).kind in "iu"
+        else None
+        for dtype, fact in zip(dtypes, facts, strict=True)
     ]
-    masks += [
-        f"Masking layer '{layer.name}'"
-        for layer in layers
-        if isinstance(layer, keras.layers.Masking)
-    ]
-    if masks:
-        causes.append("masking (" + ", ".join(masks) + ") feeds the recurrent layers")
-    for layer in rnns:
-        cell = getattr(layer, "cell", layer)
-        if isinstance(layer, keras.layers.GRU):
-            causes.append(f"GRU layer '{layer.name}'")
-        elif isinstance(layer, keras.layers.SimpleRNN):
-            causes.append(f"SimpleRNN layer '{layer.name}'")
-        elif not isinstance(layer, keras.layers.LSTM):
-            causes.append(f"recurrent layer '{layer.name}' ({type(layer).__name__})")
-        if float(getattr(cell, "recurrent_dropout", 0.0) or 0.0) > 0:
-            causes.append(f"recurrent_dropout={cell.recurrent_dropout} in '{layer.name}'")
-        activation = getattr(getattr(cell, "recurrent_activation", None), "__name__", "")
-        if "hard_sigmoid" in activation:
-            causes.append(f"hard_sigmoid recurrent activation in '{layer.name}'")
-    return causes
 
 
 def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
@@ -250,7 +203,24 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         dtypes.append(dtype.name)
         shape = tuple(tensor.shape)
         declared.append((None, *shape[1:]))
-    vocabularies = _vocabularies(model, tensors)
+    facts = input_facts(model, tensors)
+    guesses = _guessed_ranges(model, dtypes, facts)
+    mask_value = masking_value(model)
+    planned = [
+        InputInfo(
+            name=name,
+            dtype=dtype,
+            shape=shape,
+            example_shape=_example_shape(shape),
+            facts=fact,
+            guessed_range=guess,
+            padded=fact.masked or (len(shape) == 3 and mask_value is not None),
+            pad_value=mask_value or 0.0,
+        )
+        for name, dtype, shape, fact, guess in zip(
+            names, dtypes, declared, facts, guesses, strict=True
+        )
+    ]
 
     def arguments(values: Sequence[Any]) -> Any:
         if call_kind == "dict":
@@ -293,34 +263,22 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
 
     candidates = [
         i
-        for i, shape in enumerate(declared)
-        if len(shape) in (2, 3)
-        and shape[1] is not None
-        and (len(shape) == 3 or vocabularies[i] is not None or np.dtype(dtypes[i]).kind in "iu")
+        for i, info in enumerate(planned)
+        if len(info.shape) in (2, 3)
+        and info.shape[1] is not None
+        and (len(info.shape) == 3 or info.id_range is not None or info.integer)
     ]
     with _generic_rnn_kernels(model):
         function, specs, shapes = _trace_with_fallback(
-            build, eager, names, dtypes, declared, vocabularies, candidates, dynamic_sequence
+            build, eager, planned, candidates, dynamic_sequence
         )
 
     probe = function.get_concrete_function().structured_outputs
     output_names.extend(probe.keys())
 
-    mask_value = _masking_value(model)
     inputs = [
-        InputInfo(
-            name=name,
-            dtype=dtype,
-            shape=tuple(shape),
-            example_shape=_example_shape(declared_shape),
-            vocabulary=vocab,
-            padded=(vocab is not None and _masks_padding(model))
-            or (len(shape) == 3 and mask_value is not None),
-            pad_value=mask_value or 0.0,
-        )
-        for name, dtype, shape, declared_shape, vocab in zip(
-            names, dtypes, shapes, declared, vocabularies, strict=False
-        )
+        dataclasses.replace(info, shape=tuple(shape))
+        for info, shape in zip(planned, shapes, strict=True)
     ]
 
     def reference(values: Arrays) -> dict[str, np.ndarray]:
@@ -334,7 +292,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         inputs=inputs,
         output_names=output_names,
         reference=reference,
-        loop_causes=_keras_loop_causes(model),
+        loop_causes=loop_causes(model),
         source_kind="keras",
     )
 
@@ -342,14 +300,12 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
 def _trace_with_fallback(
     build: Callable[[Sequence[tuple[int | None, ...]]], tuple[Any, list[Any]]],
     eager: Callable[[list[np.ndarray]], Any],
-    names: Sequence[str],
-    dtypes: Sequence[str],
-    declared: Sequence[tuple[int | None, ...]],
-    vocabularies: Sequence[int | None],
+    planned: Sequence[InputInfo],
     candidates: Sequence[int],
     dynamic_sequence: bool,
 ) -> tuple[Any, list[Any], list[tuple[int | None, ...]]]:
     """Trace with dynamic sequence dims if the model allows them, else as declared."""
+    declared = [info.shape for info in planned]
     shapes = list(declared)
     function: Any = None
     specs: Any = None
@@ -361,7 +317,7 @@ def _trace_with_fallback(
         try:
             function, specs = build(relaxed)
             function.get_concrete_function()
-            _probe(function, eager, names, dtypes, relaxed, declared, vocabularies)
+            _probe(function, eager, planned, relaxed)
             shapes = relaxed
         except Exception:
             function = specs = None
@@ -385,7 +341,7 @@ def _generic_rnn_kernels(model: Any) -> Iterator[None]:
     Keras uses anyway, so the traced graph is the same.
     """
     changed = []
-    for layer in _walk_layers(model):
+    for layer in walk_layers(model):
         if getattr(layer, "use_cudnn", False) in ("auto", True):
             changed.append((layer, layer.use_cudnn))
             layer.use_cudnn = False
@@ -429,11 +385,8 @@ def _example_shape(declared: tuple[int | None, ...]) -> tuple[int, ...]:
 def _probe(
     function: Any,
     eager: Callable[[list[np.ndarray]], Any],
-    names: Sequence[str],
-    dtypes: Sequence[str],
+    planned: Sequence[InputInfo],
     relaxed: Sequence[tuple[int | None, ...]],
-    declared: Sequence[tuple[int | None, ...]],
-    vocabularies: Sequence[int | None],
 ) -> None:
     """Run Keras and the relaxed function at a length the model was not built with.
 
@@ -446,14 +399,11 @@ def _probe(
     from onnxserve.converter.inputs import generate
 
     values = []
-    for name, dtype, shape, declared_shape, vocab in zip(
-        names, dtypes, relaxed, declared, vocabularies, strict=False
-    ):
-        example = list(_example_shape(declared_shape))
-        if len(shape) >= 2 and shape[1] is None and declared_shape[1] is not None:
-            example[0] = int(declared_shape[1]) + 3
-        info = InputInfo(name, dtype, tuple(shape), tuple(example), vocab)
-        values.append(generate(info, 2, np.random.default_rng(1)))
+    for info, shape in zip(planned, relaxed, strict=True):
+        example = list(info.example_shape)
+        if len(shape) >= 2 and shape[1] is None and info.shape[1] is not None:
+            example[0] = int(info.shape[1]) + 3
+        values.append(generate(info, 2, np.random.default_rng(1), tuple(example)))
     eager(values)
     function(*values)
 
@@ -486,7 +436,7 @@ def _trace_saved_model(loaded: Any) -> TracedModel:
                 dtype=np.dtype(dtype).name,
                 shape=shape,
                 example_shape=_example_shape(shape),
-                vocabulary=vocab if token_ids else None,
+                guessed_range=(0, vocab - 1) if vocab is not None and token_ids else None,
             )
         )
         specs.append(tf.TensorSpec(shape, spec.dtype, name=name))
