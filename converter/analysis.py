@@ -15,11 +15,13 @@ a meaning. What each such consumer accepts:
   and ONNX Gather fails or reads another row: a real contract.
 - ``CategoryEncoding(num_tokens)``: ``0 .. num_tokens-1``. Keras drops other
   values silently, so they could never have meant anything.
-- ``IntegerLookup(invert=True)``: indices ``0 .. vocabulary_size-1``.
+- ``IntegerLookup`` / ``StringLookup`` with ``invert=True``: indices
+  ``0 .. vocabulary_size-1``.
 - ``IntegerLookup`` (forward): no range. Any integer is valid: values outside
   the vocabulary map to the OOV index, which is what the layer is for, and a
-  vocabulary is a set, not a range. Its keys are kept for the check inputs
-  (known keys and, when the layer has OOV indices, unknown ones).
+  vocabulary is a set, not a range. Its keys (a StringLookup's strings too)
+  are kept for the check inputs (known keys and, when the layer has OOV
+  indices, unknown ones).
 - ``Discretization``: no range (every number falls in a bucket); its bin
   boundaries are kept so that the check inputs fall in every bucket.
 - Anything else (Dense, arithmetic, Lambda...): no statement, and the walk
@@ -39,13 +41,38 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "UNCONVERTIBLE_LAYERS",
     "InputFacts",
     "LoopCause",
     "input_facts",
     "loop_causes",
     "masking_value",
+    "unconvertible_layers",
     "walk_layers",
 ]
+
+# Keras layers that tf2onnx cannot turn into operators onnxruntime runs (each tried with
+# Keras 3.15 / tf2onnx 1.17: the TensorFlow ops named stay unconverted), and what to do.
+UNCONVERTIBLE_LAYERS: dict[str, str] = {
+    "TextVectorization": (
+        "it standardizes and splits text with TensorFlow string ops (StaticRegexReplace, "
+        "StringSplitV2) that have no ONNX operator onnxruntime runs without its extensions "
+        "library. Tokenize in the client and give the model token ids (an integer Input "
+        "feeding the Embedding), or look up whole tokens with a StringLookup, which converts"
+    ),
+    "Hashing": (
+        "it hashes with TensorFlow's StringToHashBucketFast, which ONNX lacks. Hash in the "
+        "client and give the model the bucket ids"
+    ),
+    "HashedCrossing": (
+        "it crosses features with TensorFlow's SparseCross, which ONNX lacks. Cross and hash "
+        "in the client and give the model the bucket ids"
+    ),
+    "MelSpectrogram": (
+        "its FFT leaves complex-number ops (Real, Imag) that tf2onnx cannot convert. "
+        "Compute the spectrogram in the client, or use STFTSpectrogram, which converts"
+    ),
+}
 
 # Keras layers and ops (by class name, from keras' own modules) that only move values around.
 _PASS_THROUGH = frozenset(
@@ -88,14 +115,15 @@ class InputFacts:
 
     ``valid_range`` holds inclusive bounds (None: unbounded on that side) or is
     None when no consumer restricts the values; ``reasons`` names the layers
-    behind it, for the report. ``lookup_keys`` and ``boundaries`` shape the
-    check inputs only. ``masked``: an Embedding with mask_zero reads 0 as
+    behind it, for the report. ``lookup_keys`` (ints or strings; ``lookup_oov``
+    when unknown keys are valid too) and ``boundaries`` shape the check inputs
+    only. ``masked``: an Embedding with mask_zero reads 0 as
     padding, so check inputs are padded sequences.
     """
 
     valid_range: Range | None = None
     reasons: tuple[str, ...] = ()
-    lookup_keys: tuple[int, ...] = ()
+    lookup_keys: tuple[int | str, ...] = ()
     lookup_oov: bool = True
     boundaries: tuple[float, ...] = ()
     masked: bool = False
@@ -127,6 +155,16 @@ def walk_layers(layer: Any) -> Iterator[Any]:
             child = getattr(current, attr, None)
             if child is not None and hasattr(child, "name") and hasattr(child, "weights"):
                 stack.append(child)
+
+
+def unconvertible_layers(model: Any) -> list[str]:
+    """One sentence per layer of a kind in :data:`UNCONVERTIBLE_LAYERS`, naming it and why."""
+    return [
+        f"layer '{layer.name}' ({kind}) cannot be converted: {UNCONVERTIBLE_LAYERS[kind]}"
+        for layer in walk_layers(model)
+        for kind in [type(layer).__name__]
+        if kind in UNCONVERTIBLE_LAYERS and type(layer).__module__.startswith("keras.")
+    ]
 
 
 def _is_model(operation: Any) -> bool:
@@ -185,7 +223,7 @@ def _facts(consumers: Sequence[Any]) -> InputFacts:
 
     ranges: list[Range] = []
     reasons: list[str] = []
-    keys: list[int] = []
+    keys: list[int | str] = []
     oov = True
     boundaries: list[float] = []
     masked = False
@@ -197,20 +235,25 @@ def _facts(consumers: Sequence[Any]) -> InputFacts:
         elif isinstance(layer, keras.layers.CategoryEncoding):
             ranges.append((0, int(layer.num_tokens) - 1))
             reasons.append(f"CategoryEncoding '{layer.name}' (num_tokens {layer.num_tokens})")
-        elif isinstance(layer, keras.layers.IntegerLookup):
+        elif isinstance(layer, (keras.layers.IntegerLookup, keras.layers.StringLookup)):
+            kind = type(layer).__name__
             if layer.invert:
                 size = int(layer.vocabulary_size())
                 ranges.append((0, size - 1))
-                reasons.append(f"IntegerLookup '{layer.name}' (invert, {size} indices)")
+                reasons.append(f"{kind} '{layer.name}' (invert, {size} indices)")
             else:
-                keys.extend(int(k) for k in layer.get_vocabulary(include_special_tokens=False))
+                vocabulary = layer.get_vocabulary(include_special_tokens=False)
+                keys.extend(
+                    str(k) if isinstance(layer, keras.layers.StringLookup) else int(k)
+                    for k in vocabulary
+                )
                 oov = oov and int(layer.num_oov_indices) > 0
         elif isinstance(layer, keras.layers.Discretization):
             boundaries.extend(float(b) for b in layer.bin_boundaries or [])
     return InputFacts(
         valid_range=_intersect(ranges) if ranges else None,
         reasons=tuple(reasons),
-        lookup_keys=tuple(sorted(set(keys))),
+        lookup_keys=tuple(sorted(set(keys), key=str)),
         lookup_oov=oov,
         boundaries=tuple(sorted(set(boundaries))),
         masked=masked,

@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 
-from onnxserve.converter.analysis import LoopCause
+from onnxserve.converter.analysis import UNCONVERTIBLE_LAYERS, LoopCause
 from onnxserve.converter.errors import ExportError, UnsupportedModelError
 from onnxserve.converter.handlers import captured_tables, custom_op_handlers
 from onnxserve.converter.settings import MAX_OPSET, MIN_OPSET
@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 # Domains onnxruntime runs without extra libraries.
 _RUNNABLE_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 _LOOP_OPS = ("Loop", "Scan")
+# TensorFlow ops that only the layers of UNCONVERTIBLE_LAYERS emit.
+_OP_LAYERS = {
+    "StaticRegexReplace": "TextVectorization",
+    "StringSplitV2": "TextVectorization",
+    "StringToHashBucketFast": "Hashing",
+    "SparseCross": "HashedCrossing",
+    "Real": "MelSpectrogram",
+    "Imag": "MelSpectrogram",
+}
 
 
 @dataclass
@@ -106,7 +115,6 @@ def _convert_function(function: Any, opset: int) -> onnx.ModelProto:
     inputs = [t.name for t in concrete.inputs if t.dtype != tf.resource and id(t) not in captured]
     outputs = [t.name for t in concrete.outputs if t.dtype != tf.resource]
     renames = tf2onnx.convert.tensor_names_from_structed(concrete, inputs, outputs)
-    handlers = custom_op_handlers(captured_tables(concrete))
     tf_logger = logging.getLogger("tensorflow")
     level = tf_logger.level
     # from_graph_def runs TF1's convert_variables_to_constants on the already frozen graph
@@ -115,6 +123,7 @@ def _convert_function(function: Any, opset: int) -> onnx.ModelProto:
     try:
         with tf.device("/cpu:0"):
             graph_def = tf_loader.from_function(concrete, inputs, outputs)
+            handlers = custom_op_handlers(captured_tables(concrete, graph_def))
         model, _ = tf2onnx.convert.from_graph_def(
             graph_def,
             name=concrete.name,
@@ -147,6 +156,12 @@ def _check_supported(model: onnx.ModelProto) -> None:
             hint = (
                 " (keras.ops.argmax/argmin compile to Bitcast/BitwiseAnd with the TensorFlow "
                 "backend: return the scores and take the argmax in the client)"
+            )
+        layers = sorted({_OP_LAYERS[op] for op in unsupported if op in _OP_LAYERS})
+        if layers:  # a SavedModel has no layers to refuse by name before tracing
+            hint += "".join(
+                f" (keras.layers.{layer} emits these: {UNCONVERTIBLE_LAYERS[layer]})"
+                for layer in layers
             )
         raise UnsupportedModelError(
             f"the model uses TensorFlow operations that have no ONNX equivalent: {details}"

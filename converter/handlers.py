@@ -29,29 +29,40 @@ __all__ = ["Tables", "captured_tables", "custom_op_handlers"]
 Tables = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def captured_tables(concrete: Any) -> Tables:
-    """The contents of every lookup table a concrete function reads, by placeholder name.
+def captured_tables(concrete: Any, graph_def: Any) -> Tables:
+    """The contents of every lookup table the frozen graph reads, by placeholder name.
 
-    A table is captured as a resource placeholder feeding ``LookupTableFindV2``;
-    its contents are read from the eager resource behind that capture.
+    A table is a resource the concrete function captured; in the frozen
+    ``graph_def`` (nested calls inlined, as a SavedModel's signature has them)
+    each ``LookupTableFindV2`` reads it from that capture's placeholder, through
+    Identity nodes. The contents are exported from the eager resource behind
+    the capture, with the key and value types the lookup declares.
     """
     import tensorflow as tf
 
+    handles = {
+        internal.op.name: external
+        for external, internal in zip(
+            concrete.captured_inputs, concrete.graph.internal_captures, strict=False
+        )
+        if internal.dtype == tf.resource
+    }
+    nodes = {node.name: node for node in graph_def.node}
     tables: Tables = {}
-    for external, internal in zip(
-        concrete.captured_inputs, concrete.graph.internal_captures, strict=False
-    ):
-        if internal.dtype != tf.resource:
+    for node in graph_def.node:
+        if node.op != "LookupTableFindV2":
             continue
-        finds = [op for op in internal.consumers() if op.type == "LookupTableFindV2"]
-        if not finds:
+        source = node.input[0].split(":")[0]
+        while source in nodes and nodes[source].op == "Identity":
+            source = nodes[source].input[0].split(":")[0]
+        if source in tables or source not in handles:
             continue
         keys, values = tf.raw_ops.LookupTableExportV2(
-            table_handle=external,
-            Tkeys=finds[0].get_attr("Tin"),
-            Tvalues=finds[0].get_attr("Tout"),
+            table_handle=handles[source],
+            Tkeys=tf.as_dtype(node.attr["Tin"].type),
+            Tvalues=tf.as_dtype(node.attr["Tout"].type),
         )
-        tables[internal.op.name] = (keys.numpy(), values.numpy())
+        tables[source] = (keys.numpy(), values.numpy())
     return tables
 
 

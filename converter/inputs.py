@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from onnxserve.converter.trace import STRING
+
 if TYPE_CHECKING:
     from onnxserve.converter.trace import InputInfo
 
@@ -36,8 +38,10 @@ def generate(
 ) -> np.ndarray:
     """One input array of ``batch`` rows with the input's dtype and example shape."""
     shape = (batch, *(example_shape if example_shape is not None else info.example_shape))
-    dtype = np.dtype(info.dtype)
     facts = info.facts
+    if info.dtype == STRING:
+        return _strings(facts.lookup_keys, facts.lookup_oov, shape, rng)
+    dtype = np.dtype(info.dtype)
     if info.id_range is not None:
         first, last = info.id_range
         low = first + 1 if info.padded and last > first else first
@@ -69,6 +73,17 @@ def generate(
     if dtype.kind in "iu":
         return rng.integers(0, _DEFAULT_INTEGER_RANGE, size=shape).astype(dtype)
     return rng.standard_normal(shape).astype(dtype)
+
+
+def _strings(
+    keys: tuple[int | str, ...], oov: bool, shape: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
+    """String check values (an object array of str, as onnxruntime takes them): a
+    StringLookup's keys, with unknown strings where the lookup has OOV indices."""
+    words = [str(k) for k in keys] or [f"w{n}" for n in range(20)]
+    if oov or not keys:
+        words += ["never-seen-before", ""]
+    return np.asarray(rng.choice(np.asarray(words, dtype=object), size=shape), dtype=object)
 
 
 def generate_batch(

@@ -39,6 +39,8 @@ __all__ = ["InputInfo", "TracedModel", "trace_model"]
 
 Arrays = Mapping[str, np.ndarray]
 
+# The dtype name of string inputs (TensorFlow's; numpy has none: they are object arrays).
+STRING = "string"
 # The sequence length used for generated inputs where the model declares none.
 DEFAULT_SEQUENCE_LENGTH = 16
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -78,7 +80,7 @@ class InputInfo:
 
     @property
     def integer(self) -> bool:
-        return np.dtype(self.dtype).kind in "iu"
+        return _is_integer(self.dtype)
 
     @property
     def declared_range(self) -> tuple[int | None, int | None] | None:
@@ -124,6 +126,25 @@ def trace_model(loaded: LoadedModel, *, dynamic_sequence: bool = True) -> Traced
 # ---------------------------------------------------------------- Keras models
 
 
+def _input_dtype(name: str, dtype: str) -> str:
+    """The numpy name of an input's dtype, or STRING; UnsupportedModelError for others."""
+    if dtype == STRING:
+        return STRING
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:  # 'bfloat16', ...: no plain numpy equivalent
+        kind = ""
+    if kind not in "biuf":
+        raise UnsupportedModelError(
+            f"input {name!r} has dtype {dtype}; inputs must be numbers, booleans or strings"
+        )
+    return np.dtype(dtype).name
+
+
+def _is_integer(dtype: str) -> bool:
+    return dtype != STRING and np.dtype(dtype).kind in "iu"
+
+
 def _clean_name(name: str, fallback: str) -> str:
     """An ONNX/protocol friendly tensor name; Keras' automatic names become ``fallback``."""
     name = name.split(":")[0]
@@ -161,9 +182,7 @@ def _guessed_ranges(
         if isinstance(layer, keras.layers.Embedding)
     ]
     return [
-        (0, min(sizes) - 1)
-        if sizes and fact.valid_range is None and np.dtype(dtype).kind in "iu"
-        else None
+        (0, min(sizes) - 1) if sizes and fact.valid_range is None and _is_integer(dtype) else None
         for dtype, fact in zip(dtypes, facts, strict=True)
     ]
 
@@ -190,17 +209,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
     declared: list[tuple[int | None, ...]] = []
     dtypes: list[str] = []
     for name, tensor in zip(names, tensors, strict=False):
-        try:
-            dtype: np.dtype[Any] | None = np.dtype(str(tensor.dtype))
-        except TypeError:  # 'string', 'bfloat16', ...: no plain numpy equivalent
-            dtype = None
-        if dtype is None or dtype.kind not in "biuf":
-            raise UnsupportedModelError(
-                f"input {name!r} has dtype {tensor.dtype}; only numeric and boolean inputs can be "
-                "converted (move string preprocessing such as TextVectorization out of the "
-                "model and feed it token ids)"
-            )
-        dtypes.append(dtype.name)
+        dtypes.append(_input_dtype(name, str(tensor.dtype)))
         shape = tuple(tensor.shape)
         declared.append((None, *shape[1:]))
     facts = input_facts(model, tensors)
@@ -423,17 +432,13 @@ def _trace_saved_model(loaded: Any) -> TracedModel:
     specs = []
     for name, key in zip(names, original, strict=False):
         spec = keyword_specs[key]
-        dtype = spec.dtype.as_numpy_dtype
-        if np.dtype(dtype).kind not in "biuf":
-            raise UnsupportedModelError(
-                f"input {key!r} has dtype {spec.dtype.name}; not convertible"
-            )
+        dtype = _input_dtype(key, spec.dtype.name)
         shape = tuple(spec.shape.as_list())
-        token_ids = vocab is not None and (np.dtype(dtype).kind in "iu" or len(shape) == 2)
+        token_ids = vocab is not None and (_is_integer(dtype) or len(shape) == 2)
         inputs.append(
             InputInfo(
                 name=name,
-                dtype=np.dtype(dtype).name,
+                dtype=dtype,
                 shape=shape,
                 example_shape=_example_shape(shape),
                 guessed_range=(0, vocab - 1) if vocab is not None and token_ids else None,
