@@ -167,7 +167,7 @@ def _dedupe(names: Sequence[str]) -> list[str]:
 def _guessed_ranges(
     model: Any, dtypes: Sequence[str], facts: Sequence[InputFacts]
 ) -> list[tuple[int, int] | None]:
-    """Check-input bounds for integer inputs the analysis found no range for.
+    """Check-input bounds for integer inputs the analysis found nothing about.
 
     Without them an integer input that reaches an Embedding along a path the
     analysis cannot follow (a Lambda, arithmetic) would get ids the table
@@ -182,7 +182,7 @@ def _guessed_ranges(
         if isinstance(layer, keras.layers.Embedding)
     ]
     return [
-        (0, min(sizes) - 1) if sizes and fact.valid_range is None and _is_integer(dtype) else None
+        (0, min(sizes) - 1) if sizes and fact == InputFacts() and _is_integer(dtype) else None
         for dtype, fact in zip(dtypes, facts, strict=True)
     ]
 
