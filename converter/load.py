@@ -14,7 +14,7 @@ from typing import Any
 
 from onnxserve.converter.analysis import unconvertible_layers
 from onnxserve.converter.environment import import_tensorflow
-from onnxserve.converter.errors import ModelLoadError, UnsupportedModelError
+from onnxserve.converter.errors import ModelLoadError, UnsupportedModelError, first_line
 
 __all__ = ["KERAS_SUFFIXES", "LoadedModel", "from_keras_model", "load_model"]
 
@@ -95,12 +95,12 @@ def load_model(path: str | Path, *, safe_mode: bool = True) -> LoadedModel:
     except Exception as exc:  # Keras raises many types for unreadable files
         if safe_mode and "safe_mode" in str(exc):
             raise ModelLoadError(_unsafe_advice(path, exc)) from exc
-        raise ModelLoadError(f"Keras cannot load {path}: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"Keras cannot load {path}: {first_line(exc)}") from exc
     return from_keras_model(model, source=str(path))
 
 
 def _unsafe_advice(path: Path, exc: BaseException) -> str:
-    reason = _first_line(exc).split(". This carries")[0].replace("Requested the d", "D")
+    reason = first_line(exc).split(". This carries")[0].replace("Requested the d", "D")
     return (
         f"Keras refuses to load {path} by default: {reason}. Loading it runs Python code "
         "stored in the model file. If you trust the file, convert with "
@@ -121,7 +121,7 @@ def _load_saved_model(path: Path) -> LoadedModel:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
         raise ModelLoadError(
-            f"TensorFlow cannot load the SavedModel {path}: {_first_line(exc)}"
+            f"TensorFlow cannot load the SavedModel {path}: {first_line(exc)}"
         ) from exc
     signatures = getattr(loaded, "signatures", {})
     if "serving_default" not in signatures:
@@ -130,8 +130,3 @@ def _load_saved_model(path: Path) -> LoadedModel:
             "keras model.export(path) or tf.saved_model.save(..., signatures=...)"
         )
     return LoadedModel(source=str(path), saved_model=loaded)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]

@@ -32,7 +32,7 @@ from onnxserve.converter.analysis import (
     walk_layers,
 )
 from onnxserve.converter.environment import import_tensorflow
-from onnxserve.converter.errors import ExportError, UnsupportedModelError
+from onnxserve.converter.errors import ExportError, UnsupportedModelError, first_line
 from onnxserve.converter.load import LoadedModel
 
 __all__ = ["InputInfo", "TracedModel", "trace_model"]
@@ -80,7 +80,7 @@ class InputInfo:
 
     @property
     def integer(self) -> bool:
-        return _is_integer(self.dtype)
+        return is_integer(self.dtype)
 
     @property
     def declared_range(self) -> tuple[int | None, int | None] | None:
@@ -120,13 +120,15 @@ def trace_model(loaded: LoadedModel, *, dynamic_sequence: bool = True) -> Traced
     """Trace a loaded model; see the module docstring for the choices made."""
     if loaded.keras_model is not None:
         return _trace_keras(loaded.keras_model, dynamic_sequence)
-    return _trace_saved_model(loaded.saved_model)
+    from onnxserve.converter.trace_saved_model import trace_saved_model
+
+    return trace_saved_model(loaded.saved_model)
 
 
 # ---------------------------------------------------------------- Keras models
 
 
-def _input_dtype(name: str, dtype: str) -> str:
+def input_dtype(name: str, dtype: str) -> str:
     """The numpy name of an input's dtype, or STRING; UnsupportedModelError for others."""
     if dtype == STRING:
         return STRING
@@ -141,11 +143,11 @@ def _input_dtype(name: str, dtype: str) -> str:
     return np.dtype(dtype).name
 
 
-def _is_integer(dtype: str) -> bool:
+def is_integer(dtype: str) -> bool:
     return dtype != STRING and np.dtype(dtype).kind in "iu"
 
 
-def _clean_name(name: str, fallback: str) -> str:
+def clean_name(name: str, fallback: str) -> str:
     """An ONNX/protocol friendly tensor name; Keras' automatic names become ``fallback``."""
     name = name.split(":")[0]
     if not name or name.startswith("keras_tensor"):
@@ -153,7 +155,7 @@ def _clean_name(name: str, fallback: str) -> str:
     return _NAME_CHARS.sub("_", name)
 
 
-def _dedupe(names: Sequence[str]) -> list[str]:
+def dedupe(names: Sequence[str]) -> list[str]:
     result: list[str] = []
     for name in names:
         candidate, n = name, 1
@@ -182,7 +184,7 @@ def _guessed_ranges(
         if isinstance(layer, keras.layers.Embedding)
     ]
     return [
-        (0, min(sizes) - 1) if sizes and fact == InputFacts() and _is_integer(dtype) else None
+        (0, min(sizes) - 1) if sizes and fact == InputFacts() and is_integer(dtype) else None
         for dtype, fact in zip(dtypes, facts, strict=True)
     ]
 
@@ -195,7 +197,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         keys = [str(k) for k in struct]
         tensors = list(struct.values())
         call_kind = "dict"
-        names = [_clean_name(k, f"input_{i}") for i, k in enumerate(keys)]
+        names = [clean_name(k, f"input_{i}") for i, k in enumerate(keys)]
     else:
         tensors = list(model.inputs)
         keys = []
@@ -203,13 +205,13 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
             "single" if len(tensors) == 1 and not isinstance(struct, (list, tuple)) else "list"
         )
         default = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
-        names = [_clean_name(_input_layer_name(t), default[i]) for i, t in enumerate(tensors)]
-    names = _dedupe(names)
+        names = [clean_name(_input_layer_name(t), default[i]) for i, t in enumerate(tensors)]
+    names = dedupe(names)
 
     declared: list[tuple[int | None, ...]] = []
     dtypes: list[str] = []
     for name, tensor in zip(names, tensors, strict=False):
-        dtypes.append(_input_dtype(name, str(tensor.dtype)))
+        dtypes.append(input_dtype(name, str(tensor.dtype)))
         shape = tuple(tensor.shape)
         declared.append((None, *shape[1:]))
     facts = input_facts(model, tensors)
@@ -220,7 +222,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
             name=name,
             dtype=dtype,
             shape=shape,
-            example_shape=_example_shape(shape),
+            example_shape=example_shape_of(shape),
             facts=fact,
             guessed_range=guess,
             padded=fact.masked or (len(shape) == 3 and mask_value is not None),
@@ -250,7 +252,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         else:
             values = [result]
             raw = _keras_output_names(model, 1)
-        cleaned = _dedupe([_clean_name(n, f"output_{i}") for i, n in enumerate(raw)])
+        cleaned = dedupe([clean_name(n, f"output_{i}") for i, n in enumerate(raw)])
         return dict(zip(cleaned, values, strict=False))
 
     def build(shapes: Sequence[tuple[int | None, ...]]) -> tuple[Any, list[Any]]:
@@ -335,7 +337,7 @@ def _trace_with_fallback(
             function, specs = build(shapes)
             function.get_concrete_function()
         except Exception as exc:
-            raise ExportError(f"tracing the Keras model failed: {_first_line(exc)}") from exc
+            raise ExportError(f"tracing the Keras model failed: {first_line(exc)}") from exc
     return function, list(specs or []), shapes
 
 
@@ -387,7 +389,7 @@ def _keras_output_names(model: Any, count: int) -> list[str]:
     return names
 
 
-def _example_shape(declared: tuple[int | None, ...]) -> tuple[int, ...]:
+def example_shape_of(declared: tuple[int | None, ...]) -> tuple[int, ...]:
     return tuple(DEFAULT_SEQUENCE_LENGTH if d is None else int(d) for d in declared[1:])
 
 
@@ -415,78 +417,3 @@ def _probe(
         values.append(generate(info, 2, np.random.default_rng(1), tuple(example)))
     eager(values)
     function(*values)
-
-
-# ------------------------------------------------------------ SavedModels
-
-
-def _trace_saved_model(loaded: Any) -> TracedModel:
-    tf = import_tensorflow()
-    signature = loaded.signatures["serving_default"]
-    _, keyword_specs = signature.structured_input_signature
-    original = list(keyword_specs)
-    default = ["input"] if len(original) == 1 else [f"input_{i}" for i in range(len(original))]
-    names = _dedupe([_clean_name(n, default[i]) for i, n in enumerate(original)])
-    vocab = _saved_model_vocabulary(loaded)
-    inputs: list[InputInfo] = []
-    specs = []
-    for name, key in zip(names, original, strict=False):
-        spec = keyword_specs[key]
-        dtype = _input_dtype(key, spec.dtype.name)
-        shape = tuple(spec.shape.as_list())
-        token_ids = vocab is not None and (_is_integer(dtype) or len(shape) == 2)
-        inputs.append(
-            InputInfo(
-                name=name,
-                dtype=dtype,
-                shape=shape,
-                example_shape=_example_shape(shape),
-                guessed_range=(0, vocab - 1) if vocab is not None and token_ids else None,
-            )
-        )
-        specs.append(tf.TensorSpec(shape, spec.dtype, name=name))
-    raw_outputs = list(signature.structured_outputs)
-    out_names = _dedupe([_clean_name(str(n), f"output_{i}") for i, n in enumerate(raw_outputs)])
-
-    def call(*values: Any) -> dict[str, Any]:
-        result = signature(**dict(zip(original, values, strict=False)))
-        return {new: result[old] for new, old in zip(out_names, raw_outputs, strict=False)}
-
-    function = tf.function(call, input_signature=specs, autograph=False)
-    try:
-        function.get_concrete_function()
-    except Exception as exc:
-        raise ExportError(f"tracing the SavedModel failed: {_first_line(exc)}") from exc
-
-    def reference(values: Arrays) -> dict[str, np.ndarray]:
-        result = signature(
-            **{old: tf.constant(values[i.name]) for old, i in zip(original, inputs, strict=False)}
-        )
-        return {
-            new: np.asarray(result[old]) for new, old in zip(out_names, raw_outputs, strict=False)
-        }
-
-    return TracedModel(
-        function=function,
-        input_signature=specs,
-        inputs=inputs,
-        output_names=out_names,
-        reference=reference,
-        loop_causes=[],
-        source_kind="saved_model",
-    )
-
-
-def _saved_model_vocabulary(loaded: Any) -> int | None:
-    """The smallest embedding table's row count, from the SavedModel's variable names."""
-    sizes = [
-        int(v.shape[0])
-        for v in getattr(loaded, "variables", [])
-        if "embedding" in v.name.lower() and len(v.shape) == 2
-    ]
-    return min(sizes) if sizes else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]
