@@ -21,7 +21,9 @@ a meaning. What each such consumer accepts:
   the vocabulary map to the OOV index, which is what the layer is for, and a
   vocabulary is a set, not a range. Its keys (a StringLookup's strings too)
   are kept for the check inputs (known keys and, when the layer has OOV
-  indices, unknown ones).
+  indices, unknown ones). With ``num_oov_indices=0`` Keras raises on unknown
+  keys through an assertion that tf2onnx drops (the ONNX model maps them to
+  the table's default instead), so the check inputs keep to known keys there.
 - ``Discretization``: no range (every number falls in a bucket); its bin
   boundaries are kept so that the check inputs fall in every bucket.
 - Anything else (Dense, arithmetic, Lambda...): no statement, and the walk

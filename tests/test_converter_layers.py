@@ -9,9 +9,6 @@ inputs. Layers that cannot be converted are refused by name before tracing.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -161,15 +158,18 @@ def test_lambda_layer_needs_unsafe_deserialization_and_says_so(tmp_path: Path) -
     assert convert(model, tmp_path / "repo", "lam_in_memory").max_abs_difference <= 1e-5
 
 
-def test_cli_unsafe_deserialization_flag(tmp_path: Path) -> None:
+def test_cli_unsafe_deserialization_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The flag, from the command line through the settings to Keras' safe_mode (in-process:
+    the same parser and handler as the ``onnxserve`` executable, without a second TensorFlow
+    start-up)."""
+    from onnxserve.cli import main
+
     _, path = _lambda_model(tmp_path)
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = [sys.executable, "-m", "onnxserve", "convert", str(path)]
-    command += ["--repository", str(tmp_path / "repo"), "--name", "lam"]
-    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert refused.returncode == 1 and "--unsafe-deserialization" in refused.stderr
-    done = subprocess.run(
-        [*command, "--unsafe-deserialization"], capture_output=True, text=True, env=env, timeout=300
-    )
-    assert done.returncode == 0, done.stderr
-    assert "'lam' version 1" in done.stdout
+    command = ["convert", str(path), "--repository", str(tmp_path / "repo"), "--name", "lam"]
+    assert main(command) == 1
+    assert "--unsafe-deserialization" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
+    assert main([*command, "--unsafe-deserialization"]) == 0
+    assert "'lam' version 1" in capsys.readouterr().out
