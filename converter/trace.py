@@ -10,6 +10,12 @@ The batch dimension is always dynamic. The sequence dimension (axis 1) of
 token and ``(batch, time, features)`` inputs is made dynamic too when the
 traced function really runs at another length ("where the model allows"); a
 model that flattens the sequence into a Dense layer keeps its fixed length.
+
+Inputs are numbers, booleans or strings (a StringLookup's input, BYTES on the
+wire). What each input accepts is read from the layer graph once
+(:mod:`onnxserve.converter.analysis`) and travels in :class:`InputInfo`. A
+SavedModel is traced through its signature by
+:mod:`onnxserve.converter.trace_saved_model`.
 """
 
 from __future__ import annotations
