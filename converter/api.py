@@ -49,13 +49,17 @@ def convert(
     min_agreement: float = 0.99,
     variant_atol: float = 1e-4,
     seed: int = 0,
+    unsafe_deserialization: bool = False,
     progress: Progress | None = None,
 ) -> ConversionReport:
     """Convert a Keras model into ``<repository>/<name>/<version>/model.onnx`` + config.pbtxt.
 
     ``model`` is an in-memory ``keras.Model`` or a path to a ``.keras`` / ``.h5``
     file or a SavedModel directory. ``progress`` receives one line per stage
-    (default: the 'onnxserve.converter' logger at INFO). Raises a
+    (default: the 'onnxserve.converter' logger at INFO).
+    ``unsafe_deserialization`` loads a model file with Keras' ``safe_mode=False``,
+    which runs the Python code stored in it (Lambda layers): only for files you
+    trust. Raises a
     :class:`ConversionError` subclass, having written nothing, when any step
     fails. GPUs are hidden from TensorFlow during conversion (see the module
     docstring).
@@ -74,23 +78,31 @@ def convert(
     _check_options(opset, max_batch_size, optimize, quantize, fp16)
     check_target(repository, name, version)
 
-    def stage(number: int, text: str) -> None:
-        say(f"[{number}/6 {time.monotonic() - started:5.1f}s] {text}")
+    variants = optimize != "none" or quantize != "none" or fp16
+    total = 6 if variants else 5
+    numbers = iter(range(1, total + 1))
+
+    def stage(text: str) -> None:
+        say(f"[{next(numbers)}/{total} {time.monotonic() - started:5.1f}s] {text}")
 
     if isinstance(model, (str, os.PathLike)):
-        stage(1, f"loading {model}")
-        loaded = load_model(model)
+        stage(f"loading {model}")
+        loaded = load_model(model, safe_mode=not unsafe_deserialization)
     else:
-        stage(1, "checking the in-memory Keras model")
+        stage("checking the in-memory Keras model")
         loaded = from_keras_model(model)
-    stage(2, "tracing with an explicit input signature")
+    stage("tracing with an explicit input signature")
     traced = trace_model(loaded, dynamic_sequence=dynamic_sequence)
-    stage(3, f"exporting to ONNX (opset {opset}) with tf2onnx")
+    ranges = {i.name: i.declared_range for i in traced.inputs if i.declared_range is not None}
+    for info in traced.inputs:
+        if info.name in ranges:
+            say(f"  input {info.name!r}: {_range_text(ranges[info.name])}, from {_reasons(info)}")
+    stage(f"exporting to ONNX (opset {opset}) with tf2onnx")
     exported = export_onnx(traced, opset=opset)
     for warning in exported.warnings:
         log.warning("%s", warning)
     _stamp(exported.model, loaded.source)
-    stage(4, "verifying with onnx.checker and onnxruntime against Keras")
+    stage("verifying with onnx.checker and onnxruntime against Keras")
     checks = verify_onnx(
         exported.model,
         traced,
@@ -101,8 +113,8 @@ def convert(
         progress=say,
     )
     final_model, variant = exported.model, None
-    if optimize != "none" or quantize != "none" or fp16:
-        stage(5, "optimizing / quantizing and judging the result against Keras")
+    if variants:
+        stage("optimizing / quantizing and judging the result against Keras")
         final_model, variant = apply_variants(
             exported.model,
             checks,  # the same inputs and Keras answers as the fp32 check
@@ -112,8 +124,8 @@ def convert(
             min_agreement=min_agreement,
             variant_atol=variant_atol,
         )
-    config = build_config(final_model, name, max_batch_size)
-    stage(6, f"writing to {repository / name}")
+    config = build_config(final_model, name, max_batch_size, input_ranges=ranges)
+    stage(f"writing to {repository / name}")
     written = write_entry(repository, name, final_model, config, version)
     report = ConversionReport(
         name=name,
@@ -125,8 +137,8 @@ def convert(
         opset=opset,
         max_batch_size=max_batch_size,
         size_bytes=written.size_bytes,
-        inputs=_summaries(final_model.graph.input, config.input),
-        outputs=_summaries(final_model.graph.output, config.output),
+        inputs=_summaries(final_model.graph.input, config.input, ranges),
+        outputs=_summaries(final_model.graph.output, config.output, {}),
         checks=checks,
         rtol=rtol,
         atol=atol,
@@ -181,7 +193,18 @@ def _stamp(model: Any, source: str) -> None:
         entry.key, entry.value = key, value
 
 
-def _summaries(values: Any, configs: Any) -> list[TensorSummary]:
+def _range_text(bounds: tuple[int | None, int | None]) -> str:
+    low, high = bounds
+    return f"values {'' if low is None else low}..{'' if high is None else high}"
+
+
+def _reasons(info: Any) -> str:
+    return ", ".join(info.facts.reasons) or "the model's layers"
+
+
+def _summaries(
+    values: Any, configs: Any, ranges: dict[str, tuple[int | None, int | None]]
+) -> list[TensorSummary]:
     from onnxserve.protocol import model_config_pb2 as mc
 
     summaries = []
@@ -196,6 +219,7 @@ def _summaries(values: Any, configs: Any) -> list[TensorSummary]:
                 data_type=mc.DataType.Name(config.data_type),
                 dims=tuple(config.dims),
                 onnx_shape=shape,
+                valid_range=ranges.get(config.name),
             )
         )
     return summaries

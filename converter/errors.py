@@ -14,6 +14,7 @@ __all__ = [
     "RepositoryError",
     "UnsupportedModelError",
     "VerificationError",
+    "first_line",
 ]
 
 
@@ -39,3 +40,9 @@ class VerificationError(ConversionError):
 
 class RepositoryError(ConversionError):
     """The repository entry cannot be written (name taken, version exists, bad name, I/O)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 500 characters), for a user message."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:500]

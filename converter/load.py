@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from onnxserve.converter.analysis import unconvertible_layers
 from onnxserve.converter.environment import import_tensorflow
-from onnxserve.converter.errors import ModelLoadError
+from onnxserve.converter.errors import ModelLoadError, UnsupportedModelError, first_line
 
 __all__ = ["KERAS_SUFFIXES", "LoadedModel", "from_keras_model", "load_model"]
 
@@ -37,7 +38,12 @@ class LoadedModel:
 
 
 def from_keras_model(model: Any, source: str = "in-memory keras.Model") -> LoadedModel:
-    """Wrap an in-memory model after checking it is a keras.Model with known inputs."""
+    """Wrap an in-memory model after checking it is a keras.Model with known inputs.
+
+    Layers known not to convert (see ``UNCONVERTIBLE_LAYERS`` in
+    :mod:`onnxserve.converter.analysis`) are refused here, by name, before any
+    tracing: UnsupportedModelError.
+    """
     import_tensorflow()
     import keras
 
@@ -56,11 +62,21 @@ def from_keras_model(model: Any, source: str = "in-memory keras.Model") -> Loade
             "Sequential never built): wrap it in a functional model first, e.g. "
             "inputs = keras.Input(shape=..., name=...); keras.Model(inputs, model(inputs))"
         )
+    refused = unconvertible_layers(model)
+    if refused:
+        raise UnsupportedModelError("; ".join(refused))
     return LoadedModel(source=source, keras_model=model)
 
 
-def load_model(path: str | Path) -> LoadedModel:
-    """Load a .keras / .h5 file or a SavedModel directory; ModelLoadError if that fails."""
+def load_model(path: str | Path, *, safe_mode: bool = True) -> LoadedModel:
+    """Load a .keras / .h5 file or a SavedModel directory; ModelLoadError if that fails.
+
+    ``safe_mode=False`` is Keras' own switch: it deserializes Python code stored
+    in the file (Lambda layers), i.e. runs code from the model file. Keras
+    refuses such files by default; the error then names the converter's flag
+    and the Python alternative instead of Keras' ``safe_mode`` advice, which
+    ``onnxserve convert`` users cannot follow as such.
+    """
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist")
@@ -75,10 +91,24 @@ def load_model(path: str | Path) -> LoadedModel:
     import keras
 
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
     except Exception as exc:  # Keras raises many types for unreadable files
-        raise ModelLoadError(f"Keras cannot load {path}: {_first_line(exc)}") from exc
+        if safe_mode and "safe_mode" in str(exc):
+            raise ModelLoadError(_unsafe_advice(path, exc)) from exc
+        raise ModelLoadError(f"Keras cannot load {path}: {first_line(exc)}") from exc
     return from_keras_model(model, source=str(path))
+
+
+def _unsafe_advice(path: Path, exc: BaseException) -> str:
+    reason = first_line(exc).split(". This carries")[0].replace("Requested the d", "D")
+    return (
+        f"Keras refuses to load {path} by default: {reason}. Loading it runs Python code "
+        "stored in the model file. If you trust the file, convert with "
+        "--unsafe-deserialization (ONNXSERVE_UNSAFE_DESERIALIZATION=true, or "
+        "unsafe_deserialization = true in [convert]), or load the model in Python with "
+        "keras.saving.load_model(path, safe_mode=False) and pass it to "
+        "onnxserve.converter.convert(model, repository, name)"
+    )
 
 
 def _load_saved_model(path: Path) -> LoadedModel:
@@ -91,7 +121,7 @@ def _load_saved_model(path: Path) -> LoadedModel:
         loaded = tf.saved_model.load(str(path))
     except Exception as exc:
         raise ModelLoadError(
-            f"TensorFlow cannot load the SavedModel {path}: {_first_line(exc)}"
+            f"TensorFlow cannot load the SavedModel {path}: {first_line(exc)}"
         ) from exc
     signatures = getattr(loaded, "signatures", {})
     if "serving_default" not in signatures:
@@ -100,8 +130,3 @@ def _load_saved_model(path: Path) -> LoadedModel:
             "keras model.export(path) or tf.saved_model.save(..., signatures=...)"
         )
     return LoadedModel(source=str(path), saved_model=loaded)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]

@@ -19,6 +19,7 @@ class TensorSummary:
     data_type: str  # TYPE_FP32, ...
     dims: tuple[int, ...]  # without the batch dim; -1 = dynamic
     onnx_shape: tuple[str | int, ...]  # with named dims, e.g. ('batch', 'sequence')
+    valid_range: tuple[int | None, int | None] | None = None  # declared in config.pbtxt
 
 
 @dataclass
@@ -72,7 +73,11 @@ class ConversionReport:
         for title, tensors in (("input ", self.inputs), ("output", self.outputs)):
             for t in tensors:
                 shape = ", ".join(str(d) for d in t.onnx_shape)
-                lines.append(f"  {title}    {t.name}: {t.data_type} [{shape}]")
+                line = f"  {title}    {t.name}: {t.data_type} [{shape}]"
+                if t.valid_range is not None:
+                    low, high = ("" if b is None else b for b in t.valid_range)
+                    line += f", valid values {low}..{high} (declared in config.pbtxt)"
+                lines.append(line)
         lines.append(
             f"  fp32 check vs Keras (rtol={self.rtol:g}, atol={self.atol:g}): passed on "
             + ", ".join(c.label for c in self.checks)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +23,22 @@ import onnx
 from google.protobuf import text_format
 
 from onnxserve.converter.errors import RepositoryError
+from onnxserve.layout import (
+    BACKEND,
+    CONFIG_FILENAME,
+    INPUT_RANGE_PREFIX,
+    MODEL_FILENAME,
+    MODEL_NAME_RULE,
+    PLATFORM,
+    format_input_range,
+    input_range_key,
+    is_valid_model_name,
+    version_folders,
+)
 from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.protocol.datatypes import ort_to_protocol, protocol_to_config
 
 __all__ = [
-    "MODEL_FILENAME",
     "WrittenEntry",
     "build_config",
     "check_target",
@@ -35,29 +47,14 @@ __all__ = [
     "write_entry",
 ]
 
-MODEL_FILENAME = "model.onnx"
-CONFIG_FILENAME = "config.pbtxt"
-PLATFORM = "onnxruntime_onnx"
-BACKEND = "onnxruntime"
-# The server's rule for model folder names.
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+InputRanges = Mapping[str, tuple[int | None, int | None]]
 
-_ONNX_TO_CONFIG: dict[int, int] = {
-    onnx.TensorProto.BOOL: mc.TYPE_BOOL,
-    onnx.TensorProto.UINT8: mc.TYPE_UINT8,
-    onnx.TensorProto.UINT16: mc.TYPE_UINT16,
-    onnx.TensorProto.UINT32: mc.TYPE_UINT32,
-    onnx.TensorProto.UINT64: mc.TYPE_UINT64,
-    onnx.TensorProto.INT8: mc.TYPE_INT8,
-    onnx.TensorProto.INT16: mc.TYPE_INT16,
-    onnx.TensorProto.INT32: mc.TYPE_INT32,
-    onnx.TensorProto.INT64: mc.TYPE_INT64,
-    onnx.TensorProto.FLOAT16: mc.TYPE_FP16,
-    onnx.TensorProto.FLOAT: mc.TYPE_FP32,
-    onnx.TensorProto.DOUBLE: mc.TYPE_FP64,
-    onnx.TensorProto.STRING: mc.TYPE_STRING,
-    onnx.TensorProto.BFLOAT16: mc.TYPE_BF16,
-}
+
+def _config_type(elem_type: int) -> int | None:
+    """ONNX element type -> config.pbtxt TYPE_*, through onnxruntime's type names."""
+    name = onnx.TensorProto.DataType.Name(elem_type).lower()  # FLOAT -> 'float'
+    protocol = ort_to_protocol(f"tensor({name})")
+    return None if protocol is None else protocol_to_config(protocol)
 
 
 @dataclass(frozen=True)
@@ -74,18 +71,13 @@ class WrittenEntry:
 
 def validate_name(name: str) -> None:
     """The server's model-name rule; checked before any work so a typo fails fast."""
-    if not _MODEL_NAME.match(name):
-        raise RepositoryError(
-            f"model name {name!r} is not valid: letters, digits, '_', '.', '-' "
-            "(starting with a letter or digit), at most 128 characters"
-        )
+    if not is_valid_model_name(name):
+        raise RepositoryError(f"model name {name!r} is not valid: {MODEL_NAME_RULE}")
 
 
 def existing_versions(folder: Path) -> list[int]:
     """The version numbers present in a model folder (numeric subfolders), sorted."""
-    if not folder.is_dir():
-        return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit() and p.is_dir())
+    return sorted(version_folders(folder))
 
 
 def check_target(repository: Path, name: str, version: int | None) -> None:
@@ -109,7 +101,7 @@ def _tensor_configs(
     tensors = []
     for value in values:
         tensor_type = value.type.tensor_type
-        data_type = _ONNX_TO_CONFIG.get(tensor_type.elem_type)
+        data_type = _config_type(tensor_type.elem_type)
         if data_type is None:
             raise RepositoryError(
                 f"tensor {value.name!r} has ONNX type "
@@ -122,8 +114,24 @@ def _tensor_configs(
     return tensors
 
 
-def build_config(model: onnx.ModelProto, name: str, max_batch_size: int) -> mc.ModelConfig:
-    """config.pbtxt content: dims without the batch dim (-1 where dynamic), dynamic batching."""
+def build_config(
+    model: onnx.ModelProto,
+    name: str,
+    max_batch_size: int,
+    input_ranges: InputRanges | None = None,
+) -> mc.ModelConfig:
+    """config.pbtxt content: dims without the batch dim (-1 where dynamic), dynamic batching.
+
+    ``input_ranges`` (input name -> inclusive bounds, from
+    :mod:`onnxserve.converter.analysis`) become one model-level parameter per
+    input, ``onnxserve.input_range.<input>`` = ``"<min>,<max>"``
+    (:mod:`onnxserve.layout`): Triton's syntax, so Triton loads the config and
+    ignores them, while onnxserve can refuse values the model cannot handle.
+    """
+    known = {value.name for value in model.graph.input}
+    for input_name in input_ranges or {}:
+        if input_name not in known:
+            raise RepositoryError(f"a range is given for {input_name!r}, which is no input")
     config = mc.ModelConfig(
         name=name,
         platform=PLATFORM,
@@ -136,7 +144,19 @@ def build_config(model: onnx.ModelProto, name: str, max_batch_size: int) -> mc.M
         config.output.add(name=tensor_name, data_type=data_type, dims=dims)
     if max_batch_size > 0:
         config.dynamic_batching.SetInParent()
+    for input_name, (low, high) in sorted((input_ranges or {}).items()):
+        if low is None and high is None:
+            continue
+        config.parameters[input_range_key(input_name)].string_value = format_input_range(low, high)
     return config
+
+
+def _ranges(config: mc.ModelConfig) -> dict[str, str]:
+    return {
+        key: value.string_value
+        for key, value in config.parameters.items()
+        if key.startswith(INPUT_RANGE_PREFIX)
+    }
 
 
 def _signature(config: mc.ModelConfig) -> tuple[object, ...]:
@@ -159,10 +179,13 @@ def _check_existing_config(path: Path, new: mc.ModelConfig) -> None:
                 f"{new.max_batch_size}; use the same --max-batch-size or a new model name"
             )
         return
-    if _signature(old) != _signature(new):
+    # Input ranges are part of the contract too, where the existing config declares them
+    # (a config written before ranges existed declares none, and stays valid).
+    if _signature(old) != _signature(new) or (_ranges(old) and _ranges(old) != _ranges(new)):
         raise RepositoryError(
-            f"{path} declares other inputs/outputs (or max_batch_size) than the new model has; "
-            "all versions of a model share one config.pbtxt, so convert to a new model name. "
+            f"{path} declares other inputs/outputs (or max_batch_size, or input ranges) than "
+            "the new model has; all versions of a model share one config.pbtxt, so convert to "
+            "a new model name. "
             f"Existing: {text_format.MessageToString(old, as_one_line=True)[:400]}; new: "
             f"{text_format.MessageToString(new, as_one_line=True)[:400]}"
         )

@@ -107,6 +107,13 @@ class ConvertSettings:
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the generated check inputs"})
+    unsafe_deserialization: bool = field(
+        default=False,
+        metadata={
+            "help": "Load the model with Keras' safe_mode=False, as Lambda layers need: this "
+            "RUNS PYTHON CODE STORED IN THE MODEL FILE, so use it only for files you trust"
+        },
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
         default="INFO", metadata={"help": "Log level"}
     )

@@ -10,11 +10,18 @@ The batch dimension is always dynamic. The sequence dimension (axis 1) of
 token and ``(batch, time, features)`` inputs is made dynamic too when the
 traced function really runs at another length ("where the model allows"); a
 model that flattens the sequence into a Dense layer keeps its fixed length.
+
+Inputs are numbers, booleans or strings (a StringLookup's input, BYTES on the
+wire). What each input accepts is read from the layer graph once
+(:mod:`onnxserve.converter.analysis`) and travels in :class:`InputInfo`. A
+SavedModel is traced through its signature by
+:mod:`onnxserve.converter.trace_saved_model`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,14 +29,24 @@ from typing import Any
 
 import numpy as np
 
+from onnxserve.converter.analysis import (
+    InputFacts,
+    LoopCause,
+    input_facts,
+    loop_causes,
+    masking_value,
+    walk_layers,
+)
 from onnxserve.converter.environment import import_tensorflow
-from onnxserve.converter.errors import ExportError, UnsupportedModelError
+from onnxserve.converter.errors import ExportError, UnsupportedModelError, first_line
 from onnxserve.converter.load import LoadedModel
 
 __all__ = ["InputInfo", "TracedModel", "trace_model"]
 
 Arrays = Mapping[str, np.ndarray]
 
+# The dtype name of string inputs (TensorFlow's; numpy has none: they are object arrays).
+STRING = "string"
 # The sequence length used for generated inputs where the model declares none.
 DEFAULT_SEQUENCE_LENGTH = 16
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -41,25 +58,49 @@ class InputInfo:
 
     ``shape`` is the traced shape (None = dynamic, axis 0 is the batch);
     ``example_shape`` is a concrete shape (without batch) for generated check
-    inputs; ``vocabulary`` is set for token-id inputs that feed an Embedding,
-    whose generated values must be ids within the vocabulary; ``padded`` is
-    set when the model masks padding (Embedding mask_zero=True on token ids, a
-    Masking layer on ``(batch, time, features)`` inputs), so that check inputs
-    are padded sequences (ids 0, or time steps of ``pad_value``) and the
-    masking is exercised.
+    inputs. ``facts`` is what the layers the input feeds accept (see
+    :mod:`onnxserve.converter.analysis`): its ``valid_range`` is declared in
+    config.pbtxt for integer inputs and bounds the generated check values.
+    ``guessed_range`` bounds generated ids where no range is known but an
+    Embedding may still read the input (a SavedModel's embedding table, an
+    integer input whose path to an Embedding could not be followed): a guess
+    for the check inputs only, never declared. ``padded`` is set when the
+    model masks padding (Embedding mask_zero=True on token ids, a Masking layer
+    on ``(batch, time, features)`` inputs), so that check inputs are padded
+    sequences (ids 0, or time steps of ``pad_value``) and the masking is
+    exercised.
     """
 
     name: str
     dtype: str
     shape: tuple[int | None, ...]
     example_shape: tuple[int, ...]
-    vocabulary: int | None = None
+    facts: InputFacts = field(default_factory=InputFacts)
+    guessed_range: tuple[int, int] | None = None
     padded: bool = False
     pad_value: float = 0.0
 
     @property
     def dynamic_sequence(self) -> bool:
         return len(self.shape) >= 2 and self.shape[1] is None
+
+    @property
+    def integer(self) -> bool:
+        return is_integer(self.dtype)
+
+    @property
+    def declared_range(self) -> tuple[int | None, int | None] | None:
+        """The range config.pbtxt declares: integer inputs only (the convention's bounds
+        are integers; a float input carrying ids keeps none)."""
+        return self.facts.valid_range if self.integer else None
+
+    @property
+    def id_range(self) -> tuple[int, int] | None:
+        """Inclusive bounds of generated check values, if the input carries ids."""
+        known = self.facts.valid_range
+        if known is not None and known[0] is not None and known[1] is not None:
+            return (known[0], known[1])
+        return self.guessed_range
 
 
 @dataclass
@@ -77,7 +118,7 @@ class TracedModel:
     inputs: list[InputInfo]
     output_names: list[str]
     reference: Callable[[Arrays], dict[str, np.ndarray]]
-    loop_causes: list[str] = field(default_factory=list)
+    loop_causes: list[LoopCause] = field(default_factory=list)
     source_kind: str = "keras"
 
 
@@ -85,33 +126,34 @@ def trace_model(loaded: LoadedModel, *, dynamic_sequence: bool = True) -> Traced
     """Trace a loaded model; see the module docstring for the choices made."""
     if loaded.keras_model is not None:
         return _trace_keras(loaded.keras_model, dynamic_sequence)
-    return _trace_saved_model(loaded.saved_model)
+    from onnxserve.converter.trace_saved_model import trace_saved_model
+
+    return trace_saved_model(loaded.saved_model)
 
 
 # ---------------------------------------------------------------- Keras models
 
 
-def _walk_layers(layer: Any) -> Iterator[Any]:
-    """Every layer inside ``layer`` (nested models, Bidirectional/TimeDistributed wrappers)."""
-    seen: set[int] = set()
-    stack = [layer]
-    while stack:
-        current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield current
-        for attr in ("layers", "_layers"):
-            children = getattr(current, attr, None)
-            if isinstance(children, (list, tuple)):
-                stack.extend(children)
-        for attr in ("forward_layer", "backward_layer", "layer", "cell"):
-            child = getattr(current, attr, None)
-            if child is not None and hasattr(child, "name") and hasattr(child, "weights"):
-                stack.append(child)
+def input_dtype(name: str, dtype: str) -> str:
+    """The numpy name of an input's dtype, or STRING; UnsupportedModelError for others."""
+    if dtype == STRING:
+        return STRING
+    try:
+        kind = np.dtype(dtype).kind
+    except TypeError:  # 'bfloat16', ...: no plain numpy equivalent
+        kind = ""
+    if kind not in "biuf":
+        raise UnsupportedModelError(
+            f"input {name!r} has dtype {dtype}; inputs must be numbers, booleans or strings"
+        )
+    return np.dtype(dtype).name
 
 
-def _clean_name(name: str, fallback: str) -> str:
+def is_integer(dtype: str) -> bool:
+    return dtype != STRING and np.dtype(dtype).kind in "iu"
+
+
+def clean_name(name: str, fallback: str) -> str:
     """An ONNX/protocol friendly tensor name; Keras' automatic names become ``fallback``."""
     name = name.split(":")[0]
     if not name or name.startswith("keras_tensor"):
@@ -119,7 +161,7 @@ def _clean_name(name: str, fallback: str) -> str:
     return _NAME_CHARS.sub("_", name)
 
 
-def _dedupe(names: Sequence[str]) -> list[str]:
+def dedupe(names: Sequence[str]) -> list[str]:
     result: list[str] = []
     for name in names:
         candidate, n = name, 1
@@ -130,89 +172,27 @@ def _dedupe(names: Sequence[str]) -> list[str]:
     return result
 
 
-def _vocabularies(model: Any, tensors: Sequence[Any]) -> list[int | None]:
-    """For each input tensor, the input_dim of the Embedding it feeds, if any."""
+def _guessed_ranges(
+    model: Any, dtypes: Sequence[str], facts: Sequence[InputFacts]
+) -> list[tuple[int, int] | None]:
+    """Check-input bounds for integer inputs the analysis found nothing about.
+
+    Without them an integer input that reaches an Embedding along a path the
+    analysis cannot follow (a Lambda, arithmetic) would get ids the table
+    lacks, and the check would fail inside TensorFlow. The smallest table
+    keeps every generated id valid; nothing is declared from it.
+    """
     import keras
 
-    embeddings = [
-        layer for layer in _walk_layers(model) if isinstance(layer, keras.layers.Embedding)
+    sizes = [
+        int(layer.input_dim)
+        for layer in walk_layers(model)
+        if isinstance(layer, keras.layers.Embedding)
     ]
-    found: list[int | None] = [None] * len(tensors)
-    for layer in embeddings:
-        try:
-            layer_input = layer.input
-        except (AttributeError, ValueError):  # shared layer or not called on a symbolic input
-            continue
-        for i, tensor in enumerate(tensors):
-            if layer_input is tensor:
-                vocab = int(layer.input_dim)
-                current = found[i]
-                found[i] = vocab if current is None else min(current, vocab)
-    if embeddings:
-        smallest = min(int(layer.input_dim) for layer in embeddings)
-        first = model.layers[0] if getattr(model, "layers", None) else None
-        for i, tensor in enumerate(tensors):
-            integer = np.issubdtype(np.dtype(str(tensor.dtype)), np.integer)
-            sequential_embedding = isinstance(model, keras.Sequential) and first in embeddings
-            if found[i] is None and (integer or sequential_embedding):
-                found[i] = smallest
-    return found
-
-
-def _masking_value(model: Any) -> float | None:
-    """The mask_value of the model's Masking layer, if it has one."""
-    import keras
-
-    for layer in _walk_layers(model):
-        if isinstance(layer, keras.layers.Masking):
-            return float(layer.mask_value)
-    return None
-
-
-def _masks_padding(model: Any) -> bool:
-    import keras
-
-    return any(
-        isinstance(layer, keras.layers.Embedding) and getattr(layer, "mask_zero", False)
-        for layer in _walk_layers(model)
-    )
-
-
-def _keras_loop_causes(model: Any) -> list[str]:
-    """Layer settings that make tf2onnx emit an ONNX Loop instead of a fused LSTM op."""
-    import keras
-
-    layers = list(_walk_layers(model))
-    rnns = [layer for layer in layers if isinstance(layer, keras.layers.RNN)]
-    causes: list[str] = []
-    if not rnns:
-        return causes
-    masks = [
-        f"Embedding '{layer.name}' with mask_zero=True"
-        for layer in layers
-        if isinstance(layer, keras.layers.Embedding) and getattr(layer, "mask_zero", False)
+    return [
+        (0, min(sizes) - 1) if sizes and fact == InputFacts() and is_integer(dtype) else None
+        for dtype, fact in zip(dtypes, facts, strict=True)
     ]
-    masks += [
-        f"Masking layer '{layer.name}'"
-        for layer in layers
-        if isinstance(layer, keras.layers.Masking)
-    ]
-    if masks:
-        causes.append("masking (" + ", ".join(masks) + ") feeds the recurrent layers")
-    for layer in rnns:
-        cell = getattr(layer, "cell", layer)
-        if isinstance(layer, keras.layers.GRU):
-            causes.append(f"GRU layer '{layer.name}'")
-        elif isinstance(layer, keras.layers.SimpleRNN):
-            causes.append(f"SimpleRNN layer '{layer.name}'")
-        elif not isinstance(layer, keras.layers.LSTM):
-            causes.append(f"recurrent layer '{layer.name}' ({type(layer).__name__})")
-        if float(getattr(cell, "recurrent_dropout", 0.0) or 0.0) > 0:
-            causes.append(f"recurrent_dropout={cell.recurrent_dropout} in '{layer.name}'")
-        activation = getattr(getattr(cell, "recurrent_activation", None), "__name__", "")
-        if "hard_sigmoid" in activation:
-            causes.append(f"hard_sigmoid recurrent activation in '{layer.name}'")
-    return causes
 
 
 def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
@@ -223,7 +203,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         keys = [str(k) for k in struct]
         tensors = list(struct.values())
         call_kind = "dict"
-        names = [_clean_name(k, f"input_{i}") for i, k in enumerate(keys)]
+        names = [clean_name(k, f"input_{i}") for i, k in enumerate(keys)]
     else:
         tensors = list(model.inputs)
         keys = []
@@ -231,26 +211,33 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
             "single" if len(tensors) == 1 and not isinstance(struct, (list, tuple)) else "list"
         )
         default = ["input"] if len(tensors) == 1 else [f"input_{i}" for i in range(len(tensors))]
-        names = [_clean_name(_input_layer_name(t), default[i]) for i, t in enumerate(tensors)]
-    names = _dedupe(names)
+        names = [clean_name(_input_layer_name(t), default[i]) for i, t in enumerate(tensors)]
+    names = dedupe(names)
 
     declared: list[tuple[int | None, ...]] = []
     dtypes: list[str] = []
     for name, tensor in zip(names, tensors, strict=False):
-        try:
-            dtype: np.dtype[Any] | None = np.dtype(str(tensor.dtype))
-        except TypeError:  # 'string', 'bfloat16', ...: no plain numpy equivalent
-            dtype = None
-        if dtype is None or dtype.kind not in "biuf":
-            raise UnsupportedModelError(
-                f"input {name!r} has dtype {tensor.dtype}; only numeric and boolean inputs can be "
-                "converted (move string preprocessing such as TextVectorization out of the "
-                "model and feed it token ids)"
-            )
-        dtypes.append(dtype.name)
+        dtypes.append(input_dtype(name, str(tensor.dtype)))
         shape = tuple(tensor.shape)
         declared.append((None, *shape[1:]))
-    vocabularies = _vocabularies(model, tensors)
+    facts = input_facts(model, tensors)
+    guesses = _guessed_ranges(model, dtypes, facts)
+    mask_value = masking_value(model)
+    planned = [
+        InputInfo(
+            name=name,
+            dtype=dtype,
+            shape=shape,
+            example_shape=example_shape_of(shape),
+            facts=fact,
+            guessed_range=guess,
+            padded=fact.masked or (len(shape) == 3 and mask_value is not None),
+            pad_value=mask_value or 0.0,
+        )
+        for name, dtype, shape, fact, guess in zip(
+            names, dtypes, declared, facts, guesses, strict=True
+        )
+    ]
 
     def arguments(values: Sequence[Any]) -> Any:
         if call_kind == "dict":
@@ -271,7 +258,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         else:
             values = [result]
             raw = _keras_output_names(model, 1)
-        cleaned = _dedupe([_clean_name(n, f"output_{i}") for i, n in enumerate(raw)])
+        cleaned = dedupe([clean_name(n, f"output_{i}") for i, n in enumerate(raw)])
         return dict(zip(cleaned, values, strict=False))
 
     def build(shapes: Sequence[tuple[int | None, ...]]) -> tuple[Any, list[Any]]:
@@ -293,34 +280,22 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
 
     candidates = [
         i
-        for i, shape in enumerate(declared)
-        if len(shape) in (2, 3)
-        and shape[1] is not None
-        and (len(shape) == 3 or vocabularies[i] is not None or np.dtype(dtypes[i]).kind in "iu")
+        for i, info in enumerate(planned)
+        if len(info.shape) in (2, 3)
+        and info.shape[1] is not None
+        and (len(info.shape) == 3 or info.id_range is not None or info.integer)
     ]
     with _generic_rnn_kernels(model):
         function, specs, shapes = _trace_with_fallback(
-            build, eager, names, dtypes, declared, vocabularies, candidates, dynamic_sequence
+            build, eager, planned, candidates, dynamic_sequence
         )
 
     probe = function.get_concrete_function().structured_outputs
     output_names.extend(probe.keys())
 
-    mask_value = _masking_value(model)
     inputs = [
-        InputInfo(
-            name=name,
-            dtype=dtype,
-            shape=tuple(shape),
-            example_shape=_example_shape(declared_shape),
-            vocabulary=vocab,
-            padded=(vocab is not None and _masks_padding(model))
-            or (len(shape) == 3 and mask_value is not None),
-            pad_value=mask_value or 0.0,
-        )
-        for name, dtype, shape, declared_shape, vocab in zip(
-            names, dtypes, shapes, declared, vocabularies, strict=False
-        )
+        dataclasses.replace(info, shape=tuple(shape))
+        for info, shape in zip(planned, shapes, strict=True)
     ]
 
     def reference(values: Arrays) -> dict[str, np.ndarray]:
@@ -334,7 +309,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         inputs=inputs,
         output_names=output_names,
         reference=reference,
-        loop_causes=_keras_loop_causes(model),
+        loop_causes=loop_causes(model),
         source_kind="keras",
     )
 
@@ -342,14 +317,12 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
 def _trace_with_fallback(
     build: Callable[[Sequence[tuple[int | None, ...]]], tuple[Any, list[Any]]],
     eager: Callable[[list[np.ndarray]], Any],
-    names: Sequence[str],
-    dtypes: Sequence[str],
-    declared: Sequence[tuple[int | None, ...]],
-    vocabularies: Sequence[int | None],
+    planned: Sequence[InputInfo],
     candidates: Sequence[int],
     dynamic_sequence: bool,
 ) -> tuple[Any, list[Any], list[tuple[int | None, ...]]]:
     """Trace with dynamic sequence dims if the model allows them, else as declared."""
+    declared = [info.shape for info in planned]
     shapes = list(declared)
     function: Any = None
     specs: Any = None
@@ -361,7 +334,7 @@ def _trace_with_fallback(
         try:
             function, specs = build(relaxed)
             function.get_concrete_function()
-            _probe(function, eager, names, dtypes, relaxed, declared, vocabularies)
+            _probe(function, eager, planned, relaxed)
             shapes = relaxed
         except Exception:
             function = specs = None
@@ -370,7 +343,7 @@ def _trace_with_fallback(
             function, specs = build(shapes)
             function.get_concrete_function()
         except Exception as exc:
-            raise ExportError(f"tracing the Keras model failed: {_first_line(exc)}") from exc
+            raise ExportError(f"tracing the Keras model failed: {first_line(exc)}") from exc
     return function, list(specs or []), shapes
 
 
@@ -385,7 +358,7 @@ def _generic_rnn_kernels(model: Any) -> Iterator[None]:
     Keras uses anyway, so the traced graph is the same.
     """
     changed = []
-    for layer in _walk_layers(model):
+    for layer in walk_layers(model):
         if getattr(layer, "use_cudnn", False) in ("auto", True):
             changed.append((layer, layer.use_cudnn))
             layer.use_cudnn = False
@@ -422,18 +395,15 @@ def _keras_output_names(model: Any, count: int) -> list[str]:
     return names
 
 
-def _example_shape(declared: tuple[int | None, ...]) -> tuple[int, ...]:
+def example_shape_of(declared: tuple[int | None, ...]) -> tuple[int, ...]:
     return tuple(DEFAULT_SEQUENCE_LENGTH if d is None else int(d) for d in declared[1:])
 
 
 def _probe(
     function: Any,
     eager: Callable[[list[np.ndarray]], Any],
-    names: Sequence[str],
-    dtypes: Sequence[str],
+    planned: Sequence[InputInfo],
     relaxed: Sequence[tuple[int | None, ...]],
-    declared: Sequence[tuple[int | None, ...]],
-    vocabularies: Sequence[int | None],
 ) -> None:
     """Run Keras and the relaxed function at a length the model was not built with.
 
@@ -446,92 +416,10 @@ def _probe(
     from onnxserve.converter.inputs import generate
 
     values = []
-    for name, dtype, shape, declared_shape, vocab in zip(
-        names, dtypes, relaxed, declared, vocabularies, strict=False
-    ):
-        example = list(_example_shape(declared_shape))
-        if len(shape) >= 2 and shape[1] is None and declared_shape[1] is not None:
-            example[0] = int(declared_shape[1]) + 3
-        info = InputInfo(name, dtype, tuple(shape), tuple(example), vocab)
-        values.append(generate(info, 2, np.random.default_rng(1)))
+    for info, shape in zip(planned, relaxed, strict=True):
+        example = list(info.example_shape)
+        if len(shape) >= 2 and shape[1] is None and info.shape[1] is not None:
+            example[0] = int(info.shape[1]) + 3
+        values.append(generate(info, 2, np.random.default_rng(1), tuple(example)))
     eager(values)
     function(*values)
-
-
-# ------------------------------------------------------------ SavedModels
-
-
-def _trace_saved_model(loaded: Any) -> TracedModel:
-    tf = import_tensorflow()
-    signature = loaded.signatures["serving_default"]
-    _, keyword_specs = signature.structured_input_signature
-    original = list(keyword_specs)
-    default = ["input"] if len(original) == 1 else [f"input_{i}" for i in range(len(original))]
-    names = _dedupe([_clean_name(n, default[i]) for i, n in enumerate(original)])
-    vocab = _saved_model_vocabulary(loaded)
-    inputs: list[InputInfo] = []
-    specs = []
-    for name, key in zip(names, original, strict=False):
-        spec = keyword_specs[key]
-        dtype = spec.dtype.as_numpy_dtype
-        if np.dtype(dtype).kind not in "biuf":
-            raise UnsupportedModelError(
-                f"input {key!r} has dtype {spec.dtype.name}; not convertible"
-            )
-        shape = tuple(spec.shape.as_list())
-        token_ids = vocab is not None and (np.dtype(dtype).kind in "iu" or len(shape) == 2)
-        inputs.append(
-            InputInfo(
-                name=name,
-                dtype=np.dtype(dtype).name,
-                shape=shape,
-                example_shape=_example_shape(shape),
-                vocabulary=vocab if token_ids else None,
-            )
-        )
-        specs.append(tf.TensorSpec(shape, spec.dtype, name=name))
-    raw_outputs = list(signature.structured_outputs)
-    out_names = _dedupe([_clean_name(str(n), f"output_{i}") for i, n in enumerate(raw_outputs)])
-
-    def call(*values: Any) -> dict[str, Any]:
-        result = signature(**dict(zip(original, values, strict=False)))
-        return {new: result[old] for new, old in zip(out_names, raw_outputs, strict=False)}
-
-    function = tf.function(call, input_signature=specs, autograph=False)
-    try:
-        function.get_concrete_function()
-    except Exception as exc:
-        raise ExportError(f"tracing the SavedModel failed: {_first_line(exc)}") from exc
-
-    def reference(values: Arrays) -> dict[str, np.ndarray]:
-        result = signature(
-            **{old: tf.constant(values[i.name]) for old, i in zip(original, inputs, strict=False)}
-        )
-        return {
-            new: np.asarray(result[old]) for new, old in zip(out_names, raw_outputs, strict=False)
-        }
-
-    return TracedModel(
-        function=function,
-        input_signature=specs,
-        inputs=inputs,
-        output_names=out_names,
-        reference=reference,
-        loop_causes=[],
-        source_kind="saved_model",
-    )
-
-
-def _saved_model_vocabulary(loaded: Any) -> int | None:
-    """The smallest embedding table's row count, from the SavedModel's variable names."""
-    sizes = [
-        int(v.shape[0])
-        for v in getattr(loaded, "variables", [])
-        if "embedding" in v.name.lower() and len(v.shape) == 2
-    ]
-    return min(sizes) if sizes else None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:500]

@@ -113,7 +113,7 @@ def load_model_version(
     config.parameters[PROVIDERS_PARAMETER].string_value = ",".join(session.providers)
     complete_ranges(config, path)
     log.info(
-        "loaded model '%s' version %d: max_batch_size %d, providers %s, %d intra-op threads",
+        "loaded model '%s' version %d: max_batch_size %d, providers %s, intra-op threads %d",
         name,
         version,
         config.max_batch_size,

@@ -13,13 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from tests import converter_models
+from tests import converter_layers, converter_models
 from tests.converter_models import LENGTH, VOCABULARY
 
 
 @functools.cache
 def trained(family: str) -> Any:
-    """The trained Keras model of a family (see tests/converter_models.py)."""
+    """The Keras model of a family (tests/converter_models.py) or of a preprocessing-layer
+    case (tests/converter_layers.py)."""
+    if family in converter_layers.LAYERS:
+        return converter_layers.LAYERS[family][0]()
     return converter_models.FAMILIES[family]()
 
 
@@ -45,10 +48,14 @@ def keras_outputs(family: str, inputs: dict[str, Any]) -> dict[str, Any]:
     """Keras' own answer for named inputs, keyed like the ONNX outputs are."""
     model = trained(family)
     struct = getattr(model, "_inputs_struct", None)
+    import tensorflow as tf
+
+    # String arrays (object dtype) go in as string tensors; numbers as they are.
+    tensors = {k: tf.constant(v) if v.dtype == object else v for k, v in inputs.items()}
     if isinstance(struct, dict):
-        result = model(dict(inputs), training=False)
+        result = model(tensors, training=False)
     else:
-        values = list(inputs.values())
+        values = list(tensors.values())
         result = model(values[0] if len(values) == 1 else values, training=False)
     if isinstance(result, dict):
         return {k: np.asarray(v) for k, v in result.items()}

@@ -2,8 +2,11 @@
 
 Every model family of issue 4 is converted from its .keras file (and the seed
 model also from a SavedModel) into one repository with the ``onnxserve
-convert`` pipeline; a real server process loads that repository as is, and
-ModelInfer requests with raw tensor contents are compared with Keras.
+convert`` pipeline, with a representative few of the preprocessing-layer
+models of issue 10 (tests/converter_layers.py: numbers, integer and string
+lookups, buckets, category counts); a real server process loads that
+repository as is, and ModelInfer requests with raw tensor contents (BYTES for
+strings) are compared with Keras.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import numpy as np
 import pytest
 from google.protobuf import text_format
 
+from onnxserve.layout import input_range_key
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.codec import array_to_raw, datatype_of, raw_to_array
 from tests import converter_fixtures as fx
+from tests import converter_layers
 from tests.converter_fixtures import EXPECTED, expected_io, make_inputs
 from tests.support.server import RunningServer
 
@@ -30,6 +35,13 @@ pytestmark = pytest.mark.slow
 
 SERVING_ATOL = 1e-4
 SAVED_MODEL_NAME = "seed_lstm_saved_model"
+SERVED_LAYERS = (
+    "normalization_adapted",
+    "integer_lookup",
+    "string_lookup",
+    "discretization",
+    "category_encoding",
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +52,8 @@ def served_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for family in EXPECTED:
         convert(fx.saved(family), repository, family, max_batch_size=8)
     convert(fx.saved("seed_lstm", "saved_model"), repository, SAVED_MODEL_NAME, max_batch_size=8)
+    for case in SERVED_LAYERS:
+        convert(fx.saved(case), repository, case, max_batch_size=8)
     return repository
 
 
@@ -93,6 +107,26 @@ def test_served_family_answers_like_keras(
     for batch in (1, 3, 8):
         inputs = make_inputs(family, batch, seed=1000 + batch)
         assert_close_to_keras(infer(stub, family, inputs), fx.keras_outputs(family, inputs))
+
+
+@pytest.mark.parametrize("case", SERVED_LAYERS)
+def test_served_preprocessing_layer_answers_like_keras(
+    stub: pb_grpc.GRPCInferenceServiceStub, case: str
+) -> None:
+    for batch in (1, 6):
+        inputs = converter_layers.make_inputs(case, batch, seed=2000 + batch)
+        assert_close_to_keras(infer(stub, case, inputs), fx.keras_outputs(case, inputs))
+
+
+def test_served_config_carries_the_declared_input_range(
+    stub: pb_grpc.GRPCInferenceServiceStub,
+) -> None:
+    served = stub.ModelConfig(pb.ModelConfigRequest(name="category_encoding"), timeout=30).config
+    key = input_range_key("category")
+    assert served.parameters[key].string_value == f"0,{converter_layers.CATEGORIES - 1}"
+    tokens = stub.ModelConfig(pb.ModelConfigRequest(name="multi_io"), timeout=30).config
+    assert tokens.parameters[input_range_key("tokens")].string_value.startswith("0,")
+    assert input_range_key("features") not in tokens.parameters
 
 
 def test_served_seed_model_under_concurrent_single_requests(

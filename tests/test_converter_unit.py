@@ -21,6 +21,7 @@ from onnxserve.converter.errors import RepositoryError
 from onnxserve.converter.repository import build_config, existing_versions, write_entry
 from onnxserve.converter.variants import label_agreement
 from onnxserve.converter.verify import check_batch_sizes, compare_outputs
+from onnxserve.layout import input_range_key, parse_input_range
 from onnxserve.protocol import model_config_pb2 as mc
 
 
@@ -49,6 +50,47 @@ def test_build_config_drops_the_batch_dim_and_maps_types() -> None:
     ]
     text = text_format.MessageToString(config)
     assert "dynamic_batching {\n}" in text and 'platform: "onnxruntime_onnx"' in text
+
+
+def test_build_config_declares_input_ranges_as_triton_parameters() -> None:
+    """One model-level parameter per ranged input, in the layout module's convention."""
+    config = build_config(tiny_model(), "tiny", 4, input_ranges={"x": (0, 999)})
+    assert dict(config.parameters) == {
+        input_range_key("x"): mc.ModelParameter(string_value="0,999")
+    }
+    assert parse_input_range(config.parameters[input_range_key("x")].string_value) == (0, 999)
+    text = text_format.MessageToString(config)
+    assert 'key: "onnxserve.input_range.x"' in text and 'string_value: "0,999"' in text
+    # Triton's own parser (the same message type) reads it back unchanged.
+    assert text_format.Parse(text, mc.ModelConfig()) == config
+    # An open side stays empty; no bound at all declares nothing.
+    assert (
+        build_config(tiny_model(), "t", 4, input_ranges={"x": (5, None)})
+        .parameters[input_range_key("x")]
+        .string_value
+        == "5,"
+    )
+    assert not build_config(tiny_model(), "t", 4, input_ranges={"x": (None, None)}).parameters
+    assert not build_config(tiny_model(), "t", 4).parameters
+    with pytest.raises(RepositoryError, match="'nope', which is no input"):
+        build_config(tiny_model(), "t", 4, input_ranges={"nope": (0, 1)})
+
+
+def test_a_new_version_with_other_input_ranges_is_refused(tmp_path: Path) -> None:
+    """All versions share config.pbtxt: a range it declares must hold for the new one too."""
+    model = tiny_model()
+    write_entry(tmp_path, "ids", model, build_config(model, "ids", 4, input_ranges={"x": (0, 9)}))
+    same = build_config(model, "ids", 4, input_ranges={"x": (0, 9)})
+    assert write_entry(tmp_path, "ids", model, same).version == 2
+    for other in ({"x": (0, 19)}, {}):
+        with pytest.raises(RepositoryError, match="input ranges"):
+            write_entry(tmp_path, "ids", model, build_config(model, "ids", 4, input_ranges=other))
+    assert existing_versions(tmp_path / "ids") == [1, 2]
+    # A config written before ranges existed declares none and accepts a version with some.
+    write_entry(tmp_path, "old", model, build_config(model, "old", 4))
+    ranged = build_config(model, "old", 4, input_ranges={"x": (0, 9)})
+    assert write_entry(tmp_path, "old", model, ranged).version == 2
+    assert "input_range" not in (tmp_path / "old" / "config.pbtxt").read_text()
 
 
 def test_write_entry_versions_atomic_and_never_overwrites(tmp_path: Path) -> None:
@@ -140,8 +182,11 @@ def test_convert_help_imports_no_tensorflow() -> None:
         "--optimize",
         "--quantize",
         "--fp16",
+        "--unsafe-deserialization",
     ):
         assert flag in helped.stdout
+    # The flag says what it does: it runs code from the model file.
+    assert "RUNS PYTHON CODE" in " ".join(helped.stdout.split())
 
 
 def test_concurrent_writers_get_distinct_versions(tmp_path: Path) -> None:
