@@ -29,6 +29,7 @@ from onnxserve.protocol.codec import array_to_raw, datatype_of, raw_to_array
 from tests import converter_fixtures as fx
 from tests import converter_layers
 from tests.converter_fixtures import EXPECTED, expected_io, make_inputs
+from tests.converter_models import VOCABULARY
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -148,3 +149,37 @@ def test_served_seed_model_from_saved_model(stub: pb_grpc.GRPCInferenceServiceSt
     want = next(iter(fx.keras_outputs("seed_lstm", inputs).values()))
     got = infer(stub, SAVED_MODEL_NAME, {"input": next(iter(inputs.values()))})
     assert_close_to_keras(got, {"output_0": want})
+
+
+@pytest.mark.parametrize(("bad_id", "position"), [(-1, (2, 5)), (VOCABULARY, (0, 0))])
+def test_converted_embedding_refuses_out_of_range_ids_alone(
+    stub: pb_grpc.GRPCInferenceServiceStub, bad_id: int, position: tuple[int, int]
+) -> None:
+    """Issue 9 end to end: the converter's declared range, enforced by the server.
+
+    Keras would refuse a negative id and onnxruntime would count it from the
+    end of the table; the server refuses both kinds with the range, while the
+    good calls sent with it are answered like Keras.
+    """
+    good = make_inputs("multi_io", 1, seed=31)
+    want = fx.keras_outputs("multi_io", good)
+    bad = make_inputs("multi_io", 3, seed=32)
+    bad["tokens"][position] = bad_id
+
+    def call(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray] | grpc.RpcError:
+        try:
+            return infer(stub, "multi_io", inputs)
+        except grpc.RpcError as exc:
+            return exc
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, [good] * 8 + [bad] + [good] * 8))
+    refused = answers.pop(8)
+    assert isinstance(refused, grpc.RpcError)
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    message = refused.details()
+    assert f"input 'tokens' holds {bad_id} at index {position}" in message
+    assert f"0 to {VOCABULARY - 1}" in message
+    for answer in answers:
+        assert not isinstance(answer, grpc.RpcError), answer
+        assert_close_to_keras(answer, want)
