@@ -200,3 +200,18 @@ def test_toml_tables_keys_and_relative_paths(tmp_path: Path) -> None:
         config.write_text(text)
         with pytest.raises(SettingsError, match=words):
             resolve(ServerSettings, None, environ={}, config_file=config, section="serve")
+
+
+def test_the_readme_s_toml_example_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text("utf-8")
+    block = readme[readme.index("```toml\n") + len("```toml\n") :]
+    config = tmp_path / "onnxserve.toml"
+    config.write_text(block[: block.index("```")], "utf-8")
+    (tmp_path / "models").mkdir()
+    serve = resolve(ServerSettings, None, environ={}, config_file=config, section="serve")
+    assert (serve.model_repository, serve.grpc_port) == (tmp_path / "models", 9001)
+    infer_args = argparse.Namespace(model="m")
+    infer = resolve(InferSettings, infer_args, environ={}, config_file=config, section="infer")
+    assert infer.url == "127.0.0.1:9001"
+    bench = resolve(BenchSettings, infer_args, environ={}, config_file=config, section="bench")
+    assert bench.concurrency == (1, 8, 64)
