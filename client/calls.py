@@ -18,7 +18,12 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
-from onnxserve.client.errors import InferenceServerError, InvalidInputError, InvalidResponseError
+from onnxserve.client.errors import (
+    InferenceServerError,
+    InvalidInputError,
+    InvalidResponseError,
+    error_for_stream_message,
+)
 from onnxserve.client.types import (
     BatchStatistics,
     Duration,
@@ -233,7 +238,9 @@ def stream_result(response: pb.ModelStreamInferResponse) -> InferResult:
     """One answer of ModelStreamInfer: a result, or an error carried in the stream.
 
     The stream's error_message has no status code (Triton's protocol sends text
-    only), so such errors are :class:`InferenceServerError` with code UNKNOWN.
+    only); :func:`error_for_stream_message` gives onnxserve's messages the
+    class a unary call raises (InvalidInputError, ModelNotFoundError, ...), and
+    other text the base class with code UNKNOWN.
     """
     if response.error_message:
         inner = response.infer_response
@@ -242,7 +249,7 @@ def stream_result(response: pb.ModelStreamInferResponse) -> InferResult:
             model_version=inner.model_version,
             id=inner.id,
             outputs={},
-            error=InferenceServerError(response.error_message),
+            error=error_for_stream_message(response.error_message),
         )
     return infer_result(response.infer_response)
 

@@ -1,9 +1,12 @@
 """``onnxserve infer``: one inference from a shell, printing the outputs.
 
 Argument parsing and printing only; the call is :meth:`Client.infer`. Inputs
-come from ``.npy`` files, ``.json`` files or inline JSON; JSON values take the
-datatype the model declares (asked with ModelMetadata), so ``[1, 2]`` becomes
-FP32 for an FP32 input rather than numpy's default float64.
+come from ``.npy`` files, ``.json`` files or inline JSON. Values from either
+take the datatype the model declares (asked with ModelMetadata) when no value
+changes on the way (``[1, 2]`` or a float64 file become FP32 for an FP32
+input); a cast that would change a value (1.7 to INT32, 300 to INT8, 1e39 to
+FP32) is refused, naming the input and the value. Narrowing a float to a
+smaller float type rounds, as sending it to the model would.
 """
 
 from __future__ import annotations
@@ -21,21 +24,23 @@ import numpy as np
 
 from onnxserve.settings import SettingsError, add_arguments, resolve
 
-__all__ = ["InferSettings", "format_outputs", "parse_input", "register", "run"]
+__all__ = ["InferSettings", "format_outputs", "parse_input", "register", "run", "to_declared"]
 
 _DESCRIPTION = """\
 Run one inference on an Open Inference Protocol (KServe v2 / Triton) gRPC
 server and print the outputs.
 
-Each --input is NAME=VALUE, where VALUE is a .npy file, a .json file, or inline
-JSON. JSON values get the datatype the model declares for that input, and a
-batch dimension of 1 is added when the model's input has one more (variable)
-leading dimension than the value.
+Each --input is NAME=VALUE, where VALUE is a .npy file (numpy.save), a .json
+file, or inline JSON. Values get the datatype the model declares for that input
+when the cast changes no value (a cast that would, such as 1.7 to INT32, is
+refused), and a batch dimension of 1 is added when the model's input has one
+more (variable) leading dimension than the value.
 
 examples:
-  onnxserve infer simple --input INPUT0=a.npy --input INPUT1=b.npy
-  onnxserve infer sentiment --url grpcs://models.example:443 --token "$TOKEN" \\
-      --input text='["great film"]' --format json
+  onnxserve infer simple --input INPUT0=a.npy --input INPUT1=b.json --format json
+  onnxserve infer sentiment --input tokens=tokens.npy --url 127.0.0.1:8001
+  ONNXSERVE_INFER_TOKEN=... onnxserve infer digits --url grpcs://models.example:443 \\
+      --input image=digit.npy --output probabilities
 """
 
 OutputFormat = Literal["text", "json"]
@@ -43,7 +48,7 @@ OutputFormat = Literal["text", "json"]
 
 @dataclass(frozen=True)
 class InferSettings:
-    """Settings of ``onnxserve infer``, from flags, ONNXSERVE_* or an [infer] table."""
+    """Settings of ``onnxserve infer``, from flags, ONNXSERVE_INFER_* or an [infer] table."""
 
     model: str = field(metadata={"help": "Model name", "metavar": "MODEL"})
     url: str = field(
@@ -113,57 +118,139 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _json_value(name: str, text: str) -> Any:
-    path = Path(text)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_npy(name: str, value: str) -> np.ndarray:
+    try:
+        with open(value, "rb") as handle:
+            magic = handle.read(len(_NPY_MAGIC))
+    except FileNotFoundError:
+        raise SettingsError(f"input '{name}': file {value} does not exist") from None
+    except OSError as exc:
+        raise SettingsError(f"input '{name}': cannot read {value}: {exc.strerror}") from None
+    if magic != _NPY_MAGIC:
+        raise SettingsError(
+            f"input '{name}': {value} is not a .npy file (numpy's format, written by numpy.save)"
+        )
+    try:
+        return np.load(value, allow_pickle=False)
+    except ValueError as exc:
+        raise SettingsError(f"input '{name}': cannot read {value}: {exc}") from None
+
+
+def _read_json(name: str, text: str) -> Any:
     if text.endswith(".json"):
         try:
-            return json.loads(path.read_text())
+            return json.loads(Path(text).read_text("utf-8"))
         except FileNotFoundError:
             raise SettingsError(f"input '{name}': file {text} does not exist") from None
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SettingsError(f"input '{name}': {text} is not valid JSON ({exc})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError:
+        if Path(text).is_file():
+            raise SettingsError(
+                f"input '{name}': {text} is neither a .npy nor a .json file; save the array "
+                "with numpy.save (.npy) or as JSON"
+            ) from None
         raise SettingsError(
             f"input '{name}': {text!r} is neither a .npy file, a .json file nor inline JSON"
         ) from None
 
 
-def parse_input(spec: str, declared: Mapping[str, tuple[str, tuple[int, ...]]]) -> tuple[str, Any]:
-    """``NAME=VALUE`` -> (name, array); ``declared`` maps input names to (datatype, shape).
+def _is_float(dtype: np.dtype[Any]) -> bool:
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
-    The declared datatype is applied to JSON values (a .npy file keeps its
-    dtype); a leading batch dimension of 1 is added when the declared shape
-    has one more dimension than the value and it is variable (-1).
+
+def _first_changed(
+    name: str, array: np.ndarray, cast: np.ndarray, changed: np.ndarray, datatype: str
+) -> str:
+    index = tuple(int(i) for i in np.argwhere(changed)[0])
+    where = f" at {list(index)}" if array.ndim else ""
+    return (
+        f"input '{name}': the model takes {datatype}, and the value {array[index].item()!r}"
+        f"{where} would become {cast[index].item()!r}; give {datatype} values"
+    )
+
+
+def to_declared(name: str, array: np.ndarray, datatype: str | None) -> np.ndarray:
+    """``array`` as the model's ``datatype`` (None: unknown, left as it is).
+
+    The cast must keep every value: integers and booleans exactly (1.7 or 300
+    do not become INT32 1 or INT8 44), floats from integers exactly, and
+    floats from wider floats within range (rounding to the nearest value of
+    the narrower type is expected; overflowing to infinity is refused).
     """
     from onnxserve.protocol import codec
 
+    if datatype is None:
+        return array
+    if datatype == "BYTES":
+        if array.dtype.kind in "OUS":
+            return array
+        raise SettingsError(f"input '{name}': the model takes BYTES (text), not {array.dtype}")
+    target = codec.numpy_dtype(datatype)
+    if array.dtype == target:
+        return array
+    if not (array.dtype.kind in "biu" or _is_float(array.dtype)):
+        raise SettingsError(f"input '{name}': the model takes {datatype}, not {array.dtype} values")
+    with np.errstate(all="ignore"):
+        cast = array.astype(target)
+        if _is_float(target) and _is_float(array.dtype):
+            wide = array.astype(np.float64)
+            changed = np.isfinite(wide) & ~np.isfinite(cast.astype(np.float64))
+        else:
+            back = cast.astype(array.dtype)
+            changed = ~((back == array) | (np.isnan(array) & np.isnan(back)))
+            if target.kind in "biu":  # NaN and infinity have no integer value
+                changed |= ~np.isfinite(array.astype(np.float64))
+    if changed.any():
+        raise SettingsError(_first_changed(name, array, cast, changed, datatype))
+    return cast
+
+
+def parse_input(spec: str, declared: Mapping[str, tuple[str, tuple[int, ...]]]) -> tuple[str, Any]:
+    """``NAME=VALUE`` -> (name, array); ``declared`` maps input names to (datatype, shape).
+
+    Values from a .npy file and from JSON alike take the declared datatype
+    when no value changes (:func:`to_declared`); a leading batch dimension of 1
+    is added when the declared shape has one more dimension than the value
+    and it is variable (-1). ``declared`` empty: the server did not say, and
+    numpy's types are sent.
+    """
     name, sep, value = spec.partition("=")
     if not sep or not name or not value:
         raise SettingsError(f"--input {spec!r}: expected NAME=VALUE")
+    if declared and name not in declared:
+        raise SettingsError(
+            f"--input {name}: the model has no input '{name}'; its inputs are "
+            + ", ".join(declared)
+        )
     datatype, shape = declared.get(name, (None, None))
     if value.endswith(".npy"):
-        try:
-            array = np.load(value, allow_pickle=False)
-        except FileNotFoundError:
-            raise SettingsError(f"input '{name}': file {value} does not exist") from None
-        except ValueError as exc:
-            raise SettingsError(f"input '{name}': cannot read {value}: {exc}") from None
+        array = _read_npy(name, value)
     else:
-        data = _json_value(name, value)
-        if datatype is None:
-            array = np.asarray(data)
-        elif datatype == "BYTES":
-            array = np.asarray(data, dtype=object)
-        else:
-            try:
-                array = np.asarray(data, dtype=codec.numpy_dtype(datatype))
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise SettingsError(f"input '{name}': not {datatype} values: {exc}") from None
+        data = _read_json(name, value)
+        try:
+            array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise SettingsError(f"input '{name}': not an array of values: {exc}") from None
+        if array.dtype == object and datatype != "BYTES":
+            raise SettingsError(f"input '{name}': not an array of numbers or of strings")
+    array = to_declared(name, array, datatype)
     if shape is not None and len(shape) == array.ndim + 1 and shape[0] == -1:
         array = array[np.newaxis, ...]
     return name, array
+
+
+def _unique(flag: str, names: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise SettingsError(f"{flag} {name} is given twice")
+        seen.add(name)
 
 
 def _jsonable(array: np.ndarray) -> Any:
@@ -218,10 +305,11 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from onnxserve.client import Client, InferenceServerError, TLSConfig, UnimplementedError
 
     out = out or sys.stdout
-    settings = resolve(InferSettings, args, config_file=args.config, section="infer")
+    settings = resolve(InferSettings, args, section="infer", config_file=args.config)
     specs: Sequence[str] = args.inputs
     if not specs:
         raise SettingsError("give at least one --input NAME=VALUE")
+    _unique("--output", args.outputs)
     tls: bool | TLSConfig = settings.tls
     if settings.root_certificates or settings.certificate_chain or settings.server_name:
         tls = TLSConfig(
@@ -248,7 +336,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 declared = {t.name: (t.datatype, t.shape) for t in metadata.inputs}
             except UnimplementedError:
                 declared = {}  # a server without ModelMetadata: numpy's defaults apply
-            inputs = dict(parse_input(spec, declared) for spec in specs)
+            parsed = [parse_input(spec, declared) for spec in specs]
+            _unique("--input", [name for name, _ in parsed])
+            inputs = dict(parsed)
             outputs = client.infer(
                 settings.model,
                 inputs,

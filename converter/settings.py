@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from onnxserve.settings import LogLevel
+
 OptimizeLevel = Literal["none", "basic", "extended"]
 Quantize = Literal["none", "int8"]
 
@@ -21,7 +23,7 @@ MAX_OPSET = 18
 
 @dataclass(frozen=True)
 class ConvertSettings:
-    """Everything ``onnxserve convert`` can be told, from flags, ONNXSERVE_* or [convert]."""
+    """Everything ``onnxserve convert`` can be told: flags, ONNXSERVE_CONVERT_*, [convert]."""
 
     model: Path = field(
         metadata={
@@ -114,6 +116,4 @@ class ConvertSettings:
             "RUNS PYTHON CODE STORED IN THE MODEL FILE, so use it only for files you trust"
         },
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
-        default="INFO", metadata={"help": "Log level"}
-    )
+    log_level: LogLevel = field(default="INFO", metadata={"help": "Log level"})

@@ -1,22 +1,27 @@
 """Build the example model repository that ``make serve`` serves: sentiment and digits.
 
-    python -m examples.build_repository --repository build/model_repository [--quick]
+    python -m onnxserve.examples.build_repository [--repository DIR] [--quick]
 
 Trains the seed's sentiment LSTM and the digits CNN, converts both with
-onnxserve's converter into ``--repository`` and prints their held-out
-accuracies. The marker file ``.complete`` is written last, once both entries
-are complete; a repository with the marker is left as it is (the build runs
-once, ``make serve`` afterwards starts at once), and one without it is an
+onnxserve's converter into ``--repository`` (default: the checkout's
+``build/model_repository``) and prints their held-out accuracies.
+
+The marker file ``.complete`` is written last, once both entries are complete,
+and records what the build was made from: a fingerprint of the training code
+(:data:`TRAINING_SOURCES`), ``--quick``, and the fingerprint of the sentiment
+data. A later run compares: when nothing changed the repository is left as it
+is (``make serve`` starts at once); when the code, ``--quick`` or the data
+found now (``--data`` or ``$ONNXSERVE_SENTIMENT_DATA``, or a downloaded copy)
+differ, it says why and builds again. A repository without the marker is an
 interrupted build whose example entries are removed and built again.
 ``--force`` rebuilds anyway. ``--quick`` trains each model for one epoch of
 two batches: for tests, which need the files and the wiring, not accuracy.
-
-Full training takes about a minute on two cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -25,12 +30,62 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from examples.common import Say, write_json
+from onnxserve.examples.common import Say, example_repository, write_json
 
-__all__ = ["MARKER", "build_repository", "main"]
+__all__ = ["MARKER", "TRAINING_SOURCES", "build_repository", "main", "stale_reason"]
 
 MARKER = ".complete"
 ENTRIES = ("sentiment", "digits")
+# What the models are made from, relative to this package: a change rebuilds them.
+TRAINING_SOURCES = (
+    "build_repository.py",
+    "common.py",
+    "sentiment/data.py",
+    "sentiment/tokenizer.py",
+    "sentiment/train.py",
+    "sentiment/fallback_sentences.tsv",
+    "digits/data.py",
+    "digits/train.py",
+)
+
+
+def sources_fingerprint() -> str:
+    """SHA-256 over the training sources, in :data:`TRAINING_SOURCES` order."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for name in TRAINING_SOURCES:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def stale_reason(
+    repository: Path, *, quick: bool, data: str | None = None, cache_dir: Path | None = None
+) -> str | None:
+    """Why the complete repository must be built again (None: it is up to date).
+
+    The sentiment data is compared only where a build would read a folder
+    without downloading (``data``, ``$ONNXSERVE_SENTIMENT_DATA``, a downloaded
+    copy): with none, the data the repository was built on is kept.
+    """
+    from onnxserve.examples.sentiment.data import folder_fingerprint, local_folder
+
+    try:
+        record = json.loads((repository / MARKER).read_text("utf-8"))
+        built_from = record["sentiment_data"]
+        built_code, built_quick = record["sources"], record["quick"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{repository / MARKER} is from an older version of the examples"
+    if built_code != sources_fingerprint():
+        return "the examples' training code changed"
+    if built_quick != quick:
+        return "it was built " + ("with" if built_quick else "without") + " --quick"
+    folder = local_folder(data, cache_dir)
+    if folder is not None and folder_fingerprint(folder) != built_from["fingerprint"]:
+        return (
+            f"the sentiment data changed: it was built on {built_from['name']} from "
+            f"{built_from['location']}, and the data is now {folder}"
+        )
+    return None
 
 
 def _summary_lines(repository: Path) -> list[str]:
@@ -72,17 +127,26 @@ def build_repository(
     Returns ``{"built": bool, "sentiment": metrics, "digits": metrics}``
     (metrics read back from the entries when nothing was built).
     """
-    from examples.digits.train import DigitsOptions, train_digits
-    from examples.sentiment.data import find_dataset
-    from examples.sentiment.train import SentimentOptions, train_sentiment
+    from onnxserve.examples.digits.train import DigitsOptions, train_digits
+    from onnxserve.examples.sentiment.data import ENVIRONMENT_VARIABLE, find_dataset
+    from onnxserve.examples.sentiment.train import SentimentOptions, train_sentiment
 
     repository = Path(repository)
     marker = repository / MARKER
     if marker.is_file() and not force:
-        say(f"{repository} is complete (remove {marker} or pass --force to rebuild)")
-        for line in _summary_lines(repository):
-            say(line)
-        return {"built": False, **_read_metrics(repository)}
+        reason = stale_reason(repository, quick=quick, data=data)
+        if reason is None:
+            say(f"{repository} is complete and up to date (--force rebuilds it)")
+            for line in _summary_lines(repository):
+                say(line)
+            if json.loads(marker.read_text("utf-8"))["sentiment_data"]["origin"] == "fallback":
+                say(
+                    "the sentiment model was trained on the fallback sentences: set "
+                    f"{ENVIRONMENT_VARIABLE}=DIR (or pass --data DIR) and run this again to "
+                    "rebuild it on UCI's data, or pass --force to try the download again"
+                )
+            return {"built": False, **_read_metrics(repository)}
+        say(f"rebuilding {repository}: {reason}")
     marker.unlink(missing_ok=True)
     for name in ENTRIES:
         if (repository / name).exists():
@@ -97,13 +161,17 @@ def build_repository(
     )
     digits = train_digits(repository, DigitsOptions(quick=quick, threads=threads), say=say)
     seconds = time.monotonic() - started
+    described = dataset.describe()
     write_json(
         marker,
         {
             "entries": list(ENTRIES),
             "quick": quick,
             "seconds": round(seconds, 1),
-            "sentiment_data": dataset.describe()["name"],
+            "sources": sources_fingerprint(),
+            "sentiment_data": {
+                key: described[key] for key in ("name", "origin", "location", "fingerprint")
+            },
         },
     )
     say(f"built {repository} in {seconds:.0f}s")
@@ -122,11 +190,16 @@ def _read_metrics(repository: Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.build_repository",
+        prog="python -m onnxserve.examples.build_repository",
         description="Train the sentiment and digits examples and convert them into a "
         "model repository.",
     )
-    parser.add_argument("--repository", type=Path, default=Path("build/model_repository"))
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        default=example_repository(),
+        help="where to build it (default: %(default)s)",
+    )
     parser.add_argument(
         "--quick", action="store_true", help="train one epoch of two batches (for tests)"
     )
@@ -142,10 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="never download the sentiment data",
     )
-    parser.add_argument("--force", action="store_true", help="rebuild a complete repository")
+    parser.add_argument(
+        "--force", action="store_true", help="rebuild even a complete, up-to-date repository"
+    )
     parser.add_argument("--threads", type=int, help="TensorFlow threads (default: all cores)")
     args = parser.parse_args(argv)
-    from examples.sentiment.data import DataError
+    from onnxserve.examples.sentiment.data import DataError
 
     try:
         build_repository(

@@ -1,4 +1,5 @@
-"""What both examples share: importing Keras the converter's way, and writing reports."""
+"""What both examples share: where their files go, importing Keras the converter's way,
+and writing reports."""
 
 from __future__ import annotations
 
@@ -8,9 +9,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Say", "import_keras", "write_json"]
+__all__ = [
+    "REPOSITORY_ENVIRONMENT_VARIABLE",
+    "Say",
+    "build_folder",
+    "example_repository",
+    "import_keras",
+    "write_json",
+]
 
 Say = Callable[[str], None]
+#: Overrides where the example repository is built and read.
+REPOSITORY_ENVIRONMENT_VARIABLE = "ONNXSERVE_EXAMPLE_REPOSITORY"
+
+
+def build_folder() -> Path:
+    """``build/`` of the onnxserve checkout these examples run from (an editable
+    install, as ``make`` makes), else ``build/`` under the working directory
+    (a wheel has no checkout). Absolute, so it does not depend on where a
+    script runs."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "build"
+    return Path.cwd() / "build"
+
+
+def example_repository() -> Path:
+    """The model repository ``make serve`` builds and serves:
+    ``$ONNXSERVE_EXAMPLE_REPOSITORY``, else ``build/model_repository`` of the checkout."""
+    configured = os.environ.get(REPOSITORY_ENVIRONMENT_VARIABLE, "").strip()
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return build_folder() / "model_repository"
 
 
 def import_keras(threads: int | None = None, seed: int | None = None) -> Any:

@@ -140,13 +140,10 @@ async def serve(settings: ServerSettings, peers: WorkerPeers | None = None) -> N
 
 
 def run(settings: ServerSettings) -> int:
-    """Run the server until SIGTERM/SIGINT; the process's exit code."""
-    if not settings.model_repository.is_dir():
-        log.error("model repository %s is not a directory", settings.model_repository)
-        return 2
-    if settings.workers < 1:
-        log.error("--workers must be at least 1, not %d", settings.workers)
-        return 2
+    """Run the server until SIGTERM/SIGINT; the process's exit code.
+
+    ``settings`` are valid (ServerSettings checks itself when it is made).
+    """
     if settings.workers > 1:
         from onnxserve.server.workers import run_workers
 

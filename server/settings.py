@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from onnxserve.settings import LogLevel, SettingsError
+
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -63,6 +65,12 @@ class ServerSettings:
             "turns NOT_SERVING"
         },
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
-        default="INFO", metadata={"help": "Log level"}
-    )
+    log_level: LogLevel = field(default="INFO", metadata={"help": "Log level"})
+
+    def __post_init__(self) -> None:
+        if not self.model_repository.is_dir():
+            raise SettingsError(
+                f"--model-repository: model repository {self.model_repository} is not a directory"
+            )
+        if self.workers < 1:
+            raise SettingsError(f"--workers must be at least 1, not {self.workers}")

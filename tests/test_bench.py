@@ -18,9 +18,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from onnxserve.bench.drivers import H2LoadDriver, PythonDriver, find_h2load
 from onnxserve.bench.raw import find_model_file
@@ -29,48 +27,30 @@ from onnxserve.bench.results import BenchReport, StepResult
 from onnxserve.bench.runner import BenchError, _Server, _step_result, run_bench, server_delta
 from onnxserve.bench.settings import BenchSettings
 from onnxserve.bench.workload import (
-    InputSpec,
     ModelInfo,
     WorkloadError,
     build_inputs,
     decode_frame,
     encode_frame,
     encode_request,
+    integer_range,
     model_info,
     parse_shapes,
 )
 from onnxserve.cli import main
-from onnxserve.layout import input_range_key
+from onnxserve.client.types import TensorMetadata
+from onnxserve.layout import format_input_range, input_range_key
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.codec import raw_to_array
 from onnxserve.settings import SettingsError, resolve
-from tests.support.models import add_sub_model, write_config
+from tests.support.models import LOOKUP_ROWS, add_sub_model, lookup_model, write_config
 from tests.support.server import RunningServer
 
-VOCABULARY = 10
+VOCABULARY = LOOKUP_ROWS
 needs_h2load = pytest.mark.skipif(
     find_h2load() is None, reason="h2load not installed (apt-get install nghttp2-client)"
 )
-
-
-def lookup_model(path: Path) -> Path:
-    """An Embedding-like lookup: OUTPUT0 = table[INPUT0]; ids >= 10 fail in onnxruntime."""
-    table = helper.make_tensor(
-        "table", TensorProto.FLOAT, [VOCABULARY, 2], np.arange(20, dtype=np.float32).tolist()
-    )
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "INPUT0"], ["OUTPUT0"])],
-        "lookup",
-        [helper.make_tensor_value_info("INPUT0", TensorProto.INT64, ["batch", 3])],
-        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 3, 2])],
-        initializer=[table],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +64,14 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_config(
         root / "lookup",
         f'parameters {{ key: "{input_range_key("INPUT0")}" value: {{ string_value: "0," }} }}',
+    )
+    # The same lookup with its valid ids declared in its config.
+    lookup_model(root / "lookup_ranged" / "1" / "model.onnx")
+    write_config(
+        root / "lookup_ranged",
+        "max_batch_size: 64 dynamic_batching {} parameters { key: "
+        f'"{input_range_key("INPUT0")}" value {{ string_value: '
+        f'"{format_input_range(0, VOCABULARY - 1)}" }} }}',
     )
     add_sub_model(root / "unbatched" / "1" / "model.onnx")
     write_config(
@@ -145,7 +133,7 @@ def test_h2load_body_is_a_grpc_frame_holding_the_request() -> None:
         name="m",
         versions=("1",),
         max_batch_size=8,
-        inputs=(InputSpec("A", "FP32", (4,)), InputSpec("B", "INT32", (2, 3))),
+        inputs=(TensorMetadata("A", "FP32", (4,)), TensorMetadata("B", "INT32", (2, 3))),
         default_model_filename="model.onnx",
     )
     arrays = build_inputs(info, 2, "random", int_range=(5, 7), seed=3)[0]
@@ -174,17 +162,65 @@ def test_variable_dims_need_a_shape_and_shapes_are_checked() -> None:
     config = mc.ModelConfig(name="m", max_batch_size=16)
     with pytest.raises(WorkloadError, match="--shape tokens:N"):
         model_info(metadata, config, {})
-    assert model_info(metadata, config, parse_shapes("tokens:50")).inputs[0].dims == (50,)
+    assert model_info(metadata, config, parse_shapes("tokens:50")).inputs[0].shape == (50,)
     with pytest.raises(WorkloadError, match="unknown input"):
         model_info(metadata, config, parse_shapes("tokens:50;other:1"))
     assert parse_shapes("a:3x4;b:5") == {"a": (3, 4), "b": (5,)}
 
 
+def test_random_integers_follow_the_declared_range_unless_told_otherwise() -> None:
+    metadata = pb.ModelMetadataResponse(name="m", versions=["1"])
+    for name in ("ids", "mask", "plain"):
+        metadata.inputs.add(name=name, datatype="INT64", shape=[-1, 3])
+    config = mc.ModelConfig(name="m", max_batch_size=8)
+    config.parameters[input_range_key("ids")].string_value = "0,9"
+    config.parameters[input_range_key("mask")].string_value = "-3,"
+    config.parameters[input_range_key("gone")].string_value = "0,1"  # no such input: ignored
+    info = model_info(metadata, config, {})
+    assert dict(info.input_ranges) == {"ids": (0, 9), "mask": (-3, None)}
+    int64 = np.dtype(np.int64)
+    assert integer_range(info, "ids", int64) == (0, 9)
+    assert integer_range(info, "mask", int64) == (-3, 99)  # the open side from the default
+    assert integer_range(info, "plain", int64) == (0, 99)
+    assert integer_range(info, "ids", int64, (5, 500)) == (5, 500)  # --int-range wins
+    assert integer_range(info, "ids", np.dtype(np.uint8), (-5, 500)) == (0, 255)
+    arrays = build_inputs(info, 8, "random", count=4)
+    for request in arrays:
+        assert request["ids"].min() >= 0 and request["ids"].max() <= 9
+        assert request["mask"].min() >= -3 and request["mask"].max() <= 99
+    config.parameters[input_range_key("ids")].string_value = "9,0"
+    with pytest.raises(WorkloadError, match=r"onnxserve\.input_range\.ids: the range's minimum"):
+        model_info(metadata, config, {})
+
+
+def test_bench_keeps_random_ids_inside_the_declared_range(
+    server: RunningServer, repository: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 9: a 10-word embedding fails on the default 0..99 ids (``lookup`` declares
+    only a lower bound, so onnxruntime meets them and the server answers
+    INVALID_ARGUMENT); with its range declared in the config the bench drives it
+    with no failure, no flag needed."""
+    common = ["--url", server.address, "--driver", "python", "--concurrency", "1,4",
+              "--requests", "40", "--warmup", "0", "--no-raw-baseline",
+              "--no-progress"]  # fmt: skip
+    assert main(["bench", "lookup", *common]) == 2
+    assert "refused the bench's request: INVALID_ARGUMENT" in capsys.readouterr().err
+    out_json = tmp_path / "bench.json"
+    assert main(["bench", "lookup_ranged", *common, "--json", str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    assert [s["failures"] for s in result["steps"]] == [0, 0]
+    assert [s["server"]["success"] for s in result["steps"]] == [40, 40]
+    assert any("declares (0,9)" in note for note in result["notes"])
+    # An explicit range still wins, even a wrong one.
+    assert main(["bench", "lookup_ranged", *common, "--int-range", "0,50"]) == 2
+    assert "INVALID_ARGUMENT" in capsys.readouterr().err
+
+
 def test_settings_refuse_nonsense_before_any_request() -> None:
-    with pytest.raises(SettingsError, match="concurrency"):
-        resolve(BenchSettings, None, environ={"ONNXSERVE_MODEL": "m", "ONNXSERVE_CONCURRENCY": "0"})
-    with pytest.raises(SettingsError, match="int_range"):
-        resolve(BenchSettings, None, environ={"ONNXSERVE_MODEL": "m", "ONNXSERVE_INT_RANGE": "9,1"})
+    for variable, flag in (("CONCURRENCY", "--concurrency"), ("INT_RANGE", "--int-range")):
+        environ = {"ONNXSERVE_BENCH_MODEL": "m", f"ONNXSERVE_BENCH_{variable}": "9,1,0"}
+        with pytest.raises(SettingsError, match=flag):
+            resolve(BenchSettings, None, environ=environ, section="bench")
 
 
 # --- against the server --------------------------------------------------------------------
@@ -282,7 +318,7 @@ def test_h2load_counts_grpc_failures_that_arrive_as_http_200(
 ) -> None:
     """gRPC errors reach h2load as HTTP 200. With the size of a good answer known,
     the DATA bytes tell how many calls got one; without it, the server's counters do."""
-    info = ModelInfo("lookup", ("1",), 64, (InputSpec("INPUT0", "INT64", (3,)),), "model.onnx")
+    info = ModelInfo("lookup", ("1",), 64, (TensorMetadata("INPUT0", "INT64", (3,)),), "model.onnx")
     bad = encode_request("lookup", "", info, {"INPUT0": np.full((1, 3), 50, dtype=np.int64)})
     good = encode_request("lookup", "", info, {"INPUT0": np.ones((1, 3), dtype=np.int64)})
 
@@ -380,11 +416,11 @@ def test_settings_come_from_a_bench_table(tmp_path: Path) -> None:
     )
     loaded = resolve(BenchSettings, None, environ={}, config_file=config, section="bench")
     assert (loaded.model, loaded.concurrency, loaded.int_range) == ("m", (1, 4), (0, 9))
-    assert loaded.plot == Path("out.png") and loaded.driver == "auto"
+    assert loaded.plot == tmp_path / "out.png" and loaded.driver == "auto"
 
 
 def test_input_files_give_one_request_per_batch_of_rows(tmp_path: Path) -> None:
-    info = ModelInfo("m", ("1",), 8, (InputSpec("ids", "INT64", (3,)),), "model.onnx")
+    info = ModelInfo("m", ("1",), 8, (TensorMetadata("ids", "INT64", (3,)),), "model.onnx")
     listed = tmp_path / "plain.json"
     listed.write_text(json.dumps({"ids": [[1, 2, 3], [4, 5, 6], [7, 8, 9], [0, 0, 0]]}))
     requests = build_inputs(info, 2, str(listed))

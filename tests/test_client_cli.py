@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,10 +36,45 @@ def test_input_files(tmp_path: Path) -> None:
     np.save(tmp_path / "a.npy", A.astype(np.float16))
     (tmp_path / "b.json").write_text(json.dumps(B.tolist()))
     _, from_npy = parse_input(f"INPUT0={tmp_path / 'a.npy'}", SIMPLE)
-    assert from_npy.dtype == np.float16  # a .npy file keeps its own dtype
-    np.testing.assert_array_equal(from_npy, A.astype(np.float16))
+    assert from_npy.dtype == np.float32  # cast like JSON: float16 -> float32 changes nothing
+    np.testing.assert_array_equal(from_npy, A)
     _, from_json = parse_input(f"INPUT1={tmp_path / 'b.json'}", SIMPLE)
     np.testing.assert_array_equal(from_json, B)
+
+
+INTS = {"ids": ("INT32", (-1, 3)), "small": ("INT8", (-1, 2)), "x": ("FP32", (-1, 2))}
+
+
+def test_npy_files_and_json_are_cast_alike_and_lossy_casts_are_refused(tmp_path: Path) -> None:
+    """Issue 10: a float64 .npy was refused while JSON was cast, and 1.7 became INT32 1."""
+    np.save(tmp_path / "f64.npy", np.array([[0.5, 2.0]]))
+    _, array = parse_input(f"x={tmp_path / 'f64.npy'}", INTS)
+    assert array.dtype == np.float32 and array.tolist() == [[0.5, 2.0]]
+    np.save(tmp_path / "whole.npy", np.array([1.0, 2.0, 3.0]))
+    _, ids = parse_input(f"ids={tmp_path / 'whole.npy'}", INTS)
+    assert ids.dtype == np.int32 and ids.tolist() == [[1, 2, 3]]  # batch dim added too
+    np.save(tmp_path / "frac.npy", np.array([1.0, 1.7, 3.0]))
+    for spec, words in (
+        ("ids=[1, 1.7, 3]", "value 1.7 at [1] would become 1; give INT32 values"),
+        (f"ids={tmp_path / 'frac.npy'}", "value 1.7 at [1] would become 1"),
+        ("small=[1, 300]", "value 300 at [1] would become 44; give INT8 values"),
+        ("x=[1e39, 0]", "value 1e+39 at [0] would become inf"),
+        ('x=["a", "b"]', "takes FP32, not <U1"),
+        ("x=[[1, 2], [3]]", "not an array of values"),
+    ):
+        with pytest.raises(SettingsError, match=re.escape(words)):
+            parse_input(spec, INTS)
+
+
+def test_files_that_are_not_arrays_are_named(tmp_path: Path) -> None:
+    (tmp_path / "image.npy").write_bytes(b"\x89PNG\r\n\x1a\n not numpy")
+    with pytest.raises(SettingsError, match=r"image\.npy is not a \.npy file"):
+        parse_input(f"x={tmp_path / 'image.npy'}", INTS)
+    (tmp_path / "data.txt").write_text("1 2\n")
+    with pytest.raises(SettingsError, match=r"data\.txt is neither a \.npy nor a \.json file"):
+        parse_input(f"x={tmp_path / 'data.txt'}", INTS)
+    with pytest.raises(SettingsError, match="the model has no input 'text'; its inputs are ids"):
+        parse_input('text=["great film"]', INTS)
 
 
 @pytest.mark.parametrize(
@@ -49,7 +85,7 @@ def test_input_files(tmp_path: Path) -> None:
         ("INPUT0=missing.npy", "does not exist"),
         ("INPUT0=missing.json", "does not exist"),
         ("INPUT0=[1, 2", "inline JSON"),
-        ('INPUT0=["x"]', "not FP32"),
+        ('INPUT0=["x"]', "takes FP32"),
     ],
 )
 def test_bad_input_specs_say_what_is_wrong(spec: str, words: str) -> None:
@@ -108,7 +144,7 @@ def test_infer_reads_the_url_from_the_environment_and_filters_outputs(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("ONNXSERVE_URL", protocol_server.address)
+    monkeypatch.setenv("ONNXSERVE_INFER_URL", protocol_server.address)
     row = json.dumps([1.0] * 16)
     code = main(
         ["infer", "simple", "--input", f"INPUT0={row}", "--input", f"INPUT1={row}",
@@ -174,3 +210,30 @@ def test_infer_a_given_version_and_an_unknown_one(
     assert json.loads(capsys.readouterr().out)["OUTPUT0"]["data"] == [[6.0] * 16]
     assert main([*base, "--model-version", "7"]) == 1
     assert "[NOT_FOUND]" in capsys.readouterr().err
+
+
+def test_a_repeated_input_is_refused(
+    protocol_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = json.dumps([1.0] * 16)
+    with pytest.raises(SystemExit) as info:
+        main(["infer", "simple", "--url", protocol_server.address, "--input", f"INPUT0={row}",
+              "--input", f"INPUT1={row}", "--input", f"INPUT0={row}"])  # fmt: skip
+    assert info.value.code == 2
+    assert "--input INPUT0 is given twice" in capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_quietly(protocol_server: RunningServer) -> None:
+    """Issue 10: `onnxserve infer ... | head` ended in a BrokenPipeError traceback."""
+    row = json.dumps([2.0] * 16)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "onnxserve", "infer", "simple", "--url", protocol_server.address,
+         "--input", f"INPUT0={row}", "--input", f"INPUT1={row}", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # the reader is gone before the first line is written
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    assert process.wait(timeout=60) == 141  # 128 + SIGPIPE, as `yes | head` leaves `yes`
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr

@@ -24,7 +24,7 @@ from tests.support.server import RunningServer
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = {"onnxruntime", "onnxruntime-gpu", "tensorflow", "tensorflow-cpu", "tf2onnx", "keras"}
 # What the wheel needs to build: metadata, and the packages' sources.
-SOURCES = ("pyproject.toml", "README.md", "onnxserve", "client", "server", "converter")
+SOURCES = ("pyproject.toml", "README.md", "onnxserve", "client", "server", "converter", "examples")
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +71,14 @@ def test_the_wheel_requires_no_heavy_package_without_an_extra(wheel: Path) -> No
     assert "onnxserve/client/py.typed" in names
     assert "onnxserve/protocol/grpc_service_pb2.pyi" in names
     assert "onnxserve/client/cli.py" in names
+    # The examples ship under onnxserve's name (no top-level "examples" to clash with
+    # tf2onnx's), with their data; training them is the "examples" extra.
+    assert "onnxserve/examples/sentiment/fallback_sentences.tsv" in names
+    assert not [n for n in names if n.startswith("examples/")]
+    examples = {
+        r.name for r in requirements if r.marker and r.marker.evaluate({"extra": "examples"})
+    }
+    assert {"onnxserve", "scikit-learn"} <= examples
 
 
 def test_pip_resolves_a_plain_install_without_heavy_packages(wheel: Path, tmp_path: Path) -> None:

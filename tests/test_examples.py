@@ -1,19 +1,22 @@
 """The examples of issue 6, end to end on reduced training: data, tokenizer, build, serve, call.
 
-One repository is built per module with ``python -m examples.build_repository
---quick`` (the command ``make serve`` runs, minus the training time) in a
-subprocess, from the shared copy of the Sentiment Labelled Sentences when it
-exists and from the fallback sentences otherwise; a real server serves it and
-the examples' own client functions call it. Quick training learns nothing, so
-no test asserts high accuracy; they assert that the figures are computed from
-the server's real answers and agree with what the build measured in Keras.
+One repository is built per module with ``python -m
+onnxserve.examples.build_repository --quick`` (the command ``make serve`` runs,
+minus the training time) in a subprocess, from the shared copy of the Sentiment
+Labelled Sentences when it exists and from the fallback sentences otherwise; a
+real server serves it and the examples' own client functions call it. Quick
+training learns nothing, so no test asserts high accuracy; they assert that the
+figures are computed from the server's real answers and agree with what the
+build measured in Keras.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -23,20 +26,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from examples.digits.data import held_out_split
-from examples.sentiment import data as sentiment_data
-from examples.sentiment.data import (
+from onnxserve.client import Client
+from onnxserve.examples.build_repository import MARKER, stale_reason
+from onnxserve.examples.common import REPOSITORY_ENVIRONMENT_VARIABLE
+from onnxserve.examples.digits.data import held_out_split
+from onnxserve.examples.sentiment import data as sentiment_data
+from onnxserve.examples.sentiment.data import (
     SHA256SUMS,
     SOURCES,
     DataError,
     Dataset,
     find_dataset,
+    folder_fingerprint,
     load_fallback,
     load_uci_folder,
     split_dataset,
 )
-from examples.sentiment.tokenizer import OOV_ID, PAD_ID, SEQUENCE_LENGTH, Tokenizer
-from onnxserve.client import Client
+from onnxserve.examples.sentiment.tokenizer import OOV_ID, PAD_ID, SEQUENCE_LENGTH, Tokenizer
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -194,7 +200,7 @@ def _build_command(repository: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "examples.build_repository",
+        "onnxserve.examples.build_repository",
         "--repository",
         str(repository),
         "--quick",
@@ -290,6 +296,80 @@ def test_complete_repository_is_not_rebuilt(repository: Path) -> None:
     assert model.stat().st_mtime_ns == before
 
 
+def _write_uci_folder(folder: Path) -> Path:
+    """UCI's three files in UCI's format, holding the fallback sentences (not UCI's data)."""
+    folder.mkdir(parents=True)
+    fallback = load_fallback()
+    for source, name in zip(fallback.sources, SOURCES.values(), strict=True):
+        lines = [f"{s.text}\t{s.label}\n" for s in fallback.sentences if s.source == source]
+        (folder / name).write_text("".join(lines), "utf-8")
+    return folder
+
+
+def test_a_changed_data_source_is_noticed_and_rebuilt(repository: Path, tmp_path: Path) -> None:
+    """Issue 10: after a build, pointing ONNXSERVE_SENTIMENT_DATA at other data (as the
+    fallback warning advises) and running the build again served the old model."""
+    copy = tmp_path / "model_repository"
+    shutil.copytree(repository, copy)
+    data = _write_uci_folder(tmp_path / "other-data")
+    env = {**_build_env(), sentiment_data.ENVIRONMENT_VARIABLE: str(data)}
+    run = functools.partial(
+        subprocess.run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    rebuilt = run(_build_command(copy), check=False)
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:] + rebuilt.stderr[-3000:]
+    assert "rebuilding" in rebuilt.stdout and "the sentiment data changed" in rebuilt.stdout
+    marker = json.loads((copy / MARKER).read_text("utf-8"))
+    assert marker["sentiment_data"]["location"] == str(data.resolve())
+    assert marker["sentiment_data"]["fingerprint"] == folder_fingerprint(data)
+    trained_on = _metrics(copy, "sentiment")["data"]
+    assert trained_on["fingerprint"] == folder_fingerprint(data)  # type: ignore[index]
+    assert trained_on["sentences"] == len(load_fallback().sentences)  # type: ignore[index]
+    # Run again with the same data: nothing to do.
+    again = run(_build_command(copy), check=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "is complete and up to date" in again.stdout
+    assert stale_reason(copy, quick=True, data=str(data)) is None
+    assert "--quick" in (stale_reason(copy, quick=False, data=str(data)) or "")
+
+
+def _readme_snippet() -> str:
+    """The Python block of the README's "Call it" section, as a user copies it."""
+    readme = (ROOT / "README.md").read_text("utf-8")
+    section = readme[readme.index("### Call it") :]
+    return section[section.index("```python\n") + len("```python\n") : section.index("\n```\n")]
+
+
+def test_readme_snippet_runs_as_a_file_in_another_folder(
+    repository: Path, server: RunningServer, tmp_path: Path
+) -> None:
+    """Issue 10: saved as a file elsewhere the snippet failed (No module named
+    'examples.digits': tf2onnx installs a top-level 'examples'). It runs as written with
+    the project's python; only the port differs here, and the repository is the test's."""
+    snippet = _readme_snippet()
+    assert "127.0.0.1:8001" in snippet and "examples" not in snippet.replace(
+        "onnxserve.examples", ""
+    )
+    script = tmp_path / "elsewhere" / "snippet.py"
+    script.parent.mkdir()
+    script.write_text(snippet.replace("127.0.0.1:8001", server.address), "utf-8")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env[REPOSITORY_ENVIRONMENT_VARIABLE] = str(repository)
+    result = subprocess.run(
+        [sys.executable, script.name],
+        cwd=script.parent, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    assert lines[0].endswith("I love this phone, the battery lasts for days.")
+    assert lines[1].endswith("The food was cold and the service was terrible.")
+    for line in lines[:2]:
+        score, label = line.split()[:2]
+        assert label == ("positive:" if float(score) > 0.5 else "negative:")
+    assert lines[2].startswith(f"digit labelled {held_out_split().test_labels[0]}: predicted ")
+
+
 def test_shipped_vocabulary_is_the_training_vocabulary(repository: Path, dataset: Dataset) -> None:
     """The vocabulary file gives the ids the model was trained on: refitting agrees."""
     shipped = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
@@ -303,7 +383,7 @@ def test_shipped_vocabulary_is_the_training_vocabulary(repository: Path, dataset
 def test_sentiment_scores_through_the_server(repository: Path, client: Client) -> None:
     import onnxruntime as ort
 
-    from examples.sentiment.predict import score_sentences
+    from onnxserve.examples.sentiment.predict import score_sentences
 
     tokenizer = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
     sentences = ["I love it", "terrible service", "", "ok " * 80]
@@ -321,7 +401,7 @@ def test_sentiment_scores_through_the_server(repository: Path, client: Client) -
 def test_sentiment_held_out_accuracy_through_the_server(
     repository: Path, client: Client, dataset: Dataset
 ) -> None:
-    from examples.sentiment.predict import held_out_accuracy
+    from onnxserve.examples.sentiment.predict import held_out_accuracy
 
     tokenizer = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
     accuracy, scores = held_out_accuracy(client, dataset, tokenizer)
@@ -342,7 +422,7 @@ def test_sentiment_held_out_accuracy_through_the_server(
 
 
 def test_digits_classified_through_the_server(repository: Path, client: Client) -> None:
-    from examples.digits.predict import classify, classify_held_out
+    from onnxserve.examples.digits.predict import classify, classify_held_out
 
     result = classify_held_out(client)
     split = held_out_split()
@@ -361,8 +441,8 @@ def test_digits_classified_through_the_server(repository: Path, client: Client) 
 def test_predict_commands(
     repository: Path, server: RunningServer, client: Client, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from examples.digits import predict as digits_predict
-    from examples.sentiment import predict as sentiment_predict
+    from onnxserve.examples.digits import predict as digits_predict
+    from onnxserve.examples.sentiment import predict as sentiment_predict
 
     address = server.address
     sentences = ["I love it", "terrible service"]
@@ -394,7 +474,7 @@ def test_held_out_command_uses_the_training_data(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    from examples.sentiment import predict as sentiment_predict
+    from onnxserve.examples.sentiment import predict as sentiment_predict
 
     entry = repository / "sentiment"
     assert sentiment_predict.training_dataset(entry) == dataset

@@ -1,6 +1,6 @@
 """Classify held-out digit images through the server and measure the accuracy.
 
-    python -m examples.digits.predict --url 127.0.0.1:8001
+    python -m onnxserve.examples.digits.predict --url 127.0.0.1:8001
 
 The held-out images are those of the training split (same seed), which the
 model never saw. They are sent as scikit-learn gives them (float32, grey
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from examples.digits.data import held_out_split
 from onnxserve.client import Client
+from onnxserve.examples.digits.data import held_out_split
 
 __all__ = ["Classified", "classify", "classify_held_out", "main"]
 
@@ -66,7 +66,7 @@ def classify_held_out(client: Client, *, model: str = MODEL_NAME) -> Classified:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.digits.predict",
+        prog="python -m onnxserve.examples.digits.predict",
         description="Classify the held-out digit images with the served model.",
     )
     parser.add_argument("--url", default="127.0.0.1:8001", help="the server's gRPC address")

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from examples.common import Say, import_keras, write_json
-from examples.digits.data import held_out_split
+from onnxserve.examples.common import Say, import_keras, write_json
+from onnxserve.examples.digits.data import held_out_split
 
 __all__ = [
     "INPUT_NAME",

@@ -9,7 +9,8 @@ It is not part of this repository. :func:`find_dataset` looks for it, in order:
 1. a folder given explicitly (``--data DIR``);
 2. the folder named by ``ONNXSERVE_SENTIMENT_DATA`` (the Makefile and CI point
    it at a shared copy when one exists);
-3. a copy downloaded earlier into ``build/data/sentiment-labelled-sentences``;
+3. a copy downloaded earlier into ``build/data/sentiment-labelled-sentences``
+   (of the checkout: :func:`onnxserve.examples.common.build_folder`);
 4. a download of UCI's zip (unless downloads are off: ``--no-download`` or
    ``ONNXSERVE_SENTIMENT_DOWNLOAD=0``), every file checked against the SHA-256
    sums of UCI's release below before it is used;
@@ -35,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from onnxserve.examples.common import build_folder
+
 __all__ = [
     "CITATION",
     "DOWNLOAD_ENV",
@@ -47,9 +50,12 @@ __all__ = [
     "Dataset",
     "Sentence",
     "Split",
+    "download_cache",
     "find_dataset",
+    "folder_fingerprint",
     "load_fallback",
     "load_uci_folder",
+    "local_folder",
     "split_dataset",
 ]
 
@@ -75,10 +81,6 @@ SHA256SUMS: dict[str, str] = {
 }
 FALLBACK_FILE = Path(__file__).with_name("fallback_sentences.tsv")
 FALLBACK_ORIGIN = "written for onnxserve"
-# Where a downloaded copy is kept: build/ of the repository this example runs from.
-DOWNLOAD_CACHE = (
-    Path(__file__).resolve().parents[2] / "build" / "data" / "sentiment-labelled-sentences"
-)
 DOWNLOAD_TIMEOUT_S = 30.0
 
 Say = Callable[[str], None]
@@ -103,7 +105,9 @@ class Dataset:
 
     ``origin`` is "uci" or "fallback"; ``location`` the folder or file read;
     ``verified`` whether every file matched UCI's SHA-256 sums; ``notes``
-    what the reports should repeat (warnings included).
+    what the reports should repeat (warnings included); ``fingerprint`` the
+    SHA-256 of the files' contents (:func:`folder_fingerprint`), which tells
+    whether a model was trained on the data found now.
     """
 
     sentences: tuple[Sentence, ...]
@@ -111,6 +115,7 @@ class Dataset:
     location: str
     verified: bool
     notes: tuple[str, ...] = ()
+    fingerprint: str = ""
 
     @property
     def sources(self) -> list[str]:
@@ -136,6 +141,7 @@ class Dataset:
             "per_source": counts,
             "citation": CITATION if self.origin == "uci" else None,
             "notes": list(self.notes),
+            "fingerprint": self.fingerprint,
         }
 
 
@@ -164,6 +170,19 @@ class Split:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _fingerprint(sums: Sequence[str]) -> str:
+    return _sha256(" ".join(sums).encode("ascii"))
+
+
+def folder_fingerprint(folder: str | os.PathLike[str]) -> str | None:
+    """The fingerprint of UCI's three files in ``folder`` (None: one is missing),
+    without parsing them: the same value :func:`load_uci_folder` records."""
+    try:
+        return _fingerprint([_sha256((Path(folder) / n).read_bytes()) for n in SOURCES.values()])
+    except OSError:
+        return None
 
 
 def _parse_lines(data: bytes, source: str, where: str) -> list[Sentence]:
@@ -197,18 +216,28 @@ def load_uci_folder(folder: str | os.PathLike[str]) -> Dataset:
         )
     sentences: list[Sentence] = []
     notes: list[str] = []
+    sums = []
     for source, name in SOURCES.items():
         data = (folder / name).read_bytes()
-        if _sha256(data) != SHA256SUMS[name]:
+        sums.append(_sha256(data))
+        if sums[-1] != SHA256SUMS[name]:
             notes.append(f"{name} differs from UCI's release (SHA-256 mismatch)")
         sentences.extend(_parse_lines(data, source, str(folder / name)))
-    return Dataset(tuple(sentences), "uci", str(folder), verified=not notes, notes=tuple(notes))
+    return Dataset(
+        tuple(sentences),
+        "uci",
+        str(folder.resolve()),
+        verified=not notes,
+        notes=tuple(notes),
+        fingerprint=_fingerprint(sums),
+    )
 
 
 def load_fallback() -> Dataset:
     """The sentences written for onnxserve (``source<TAB>sentence<TAB>label`` lines)."""
     sentences = []
-    for number, line in enumerate(FALLBACK_FILE.read_text("utf-8").split("\n"), 1):
+    data = FALLBACK_FILE.read_bytes()
+    for number, line in enumerate(data.decode("utf-8").split("\n"), 1):
         if not line.strip() or line.startswith("#"):
             continue
         source, sentence, label = line.split("\t")
@@ -219,7 +248,14 @@ def load_fallback() -> Dataset:
         f"FALLBACK DATA: {len(sentences)} sentences {FALLBACK_ORIGIN}, not UCI's 3,000 review "
         "sentences; the model shows the pipeline working, its accuracy means little"
     )
-    return Dataset(tuple(sentences), "fallback", str(FALLBACK_FILE), verified=False, notes=(note,))
+    return Dataset(
+        tuple(sentences),
+        "fallback",
+        str(FALLBACK_FILE),
+        verified=False,
+        notes=(note,),
+        fingerprint=_fingerprint([_sha256(data)]),
+    )
 
 
 def _files_in_zip(archive: bytes, depth: int = 0) -> dict[str, bytes]:
@@ -241,7 +277,12 @@ def _files_in_zip(archive: bytes, depth: int = 0) -> dict[str, bytes]:
     return found
 
 
-def download_uci(target: Path = DOWNLOAD_CACHE, *, url: str = UCI_URL) -> Path:
+def download_cache() -> Path:
+    """Where a downloaded copy is kept: build/data/ of the checkout the example runs from."""
+    return build_folder() / "data" / "sentiment-labelled-sentences"
+
+
+def download_uci(target: Path | None = None, *, url: str = UCI_URL) -> Path:
     """Download UCI's zip and keep its three files in ``target``, each checked first.
 
     Raises DataError when the download fails or a file's SHA-256 is not UCI's:
@@ -261,6 +302,7 @@ def download_uci(target: Path = DOWNLOAD_CACHE, *, url: str = UCI_URL) -> Path:
             raise DataError(f"{url} lacks {name}")
         if _sha256(found[name]) != expected:
             raise DataError(f"{name} from {url} does not match UCI's SHA-256 sum; not used")
+    target = target or download_cache()
     target.mkdir(parents=True, exist_ok=True)
     for name, data in found.items():
         partial = target / f".{name}.partial"
@@ -280,11 +322,26 @@ def _warn(text: str) -> None:
     print(f"{bar}\n{text}\n{bar}", file=sys.stderr, flush=True)
 
 
+def local_folder(
+    data_dir: str | os.PathLike[str] | None = None, cache_dir: Path | None = None
+) -> Path | None:
+    """The folder :func:`find_dataset` reads without a download: the one given
+    (argument, else the environment variable), else a complete earlier download;
+    None when it would download or fall back."""
+    explicit = str(data_dir) if data_dir else os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
+    if explicit:
+        return Path(explicit)
+    cache_dir = cache_dir or download_cache()
+    if all((cache_dir / name).is_file() for name in SOURCES.values()):
+        return cache_dir
+    return None
+
+
 def find_dataset(
     data_dir: str | os.PathLike[str] | None = None,
     *,
     download: bool | None = None,
-    cache_dir: Path = DOWNLOAD_CACHE,
+    cache_dir: Path | None = None,
     say: Say = print,
 ) -> Dataset:
     """The labelled sentences, looked for in the order of the module docstring.
@@ -292,11 +349,10 @@ def find_dataset(
     A folder given explicitly (argument or environment variable) must hold the
     data: pointing at the wrong place is an error, not a reason to fall back.
     """
-    explicit = str(data_dir) if data_dir else os.environ.get(ENVIRONMENT_VARIABLE, "").strip()
-    if explicit:
-        dataset = load_uci_folder(explicit)
-    elif all((cache_dir / name).is_file() for name in SOURCES.values()):
-        dataset = load_uci_folder(cache_dir)
+    cache_dir = cache_dir or download_cache()
+    folder = local_folder(data_dir, cache_dir)
+    if folder is not None:
+        dataset = load_uci_folder(folder)
     elif _downloads_allowed(download):
         say(f"downloading the Sentiment Labelled Sentences from {UCI_URL}")
         try:

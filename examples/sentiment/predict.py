@@ -1,7 +1,7 @@
 """Sentences in, sentiment scores out: the client side of the sentiment example.
 
-    python -m examples.sentiment.predict --url 127.0.0.1:8001 "I love it" "terrible service"
-    python -m examples.sentiment.predict --held-out     # accuracy of the served model
+    python -m onnxserve.examples.sentiment.predict "I love it" "terrible service"
+    python -m onnxserve.examples.sentiment.predict --held-out     # accuracy of the served model
 
 Sentences are turned into token ids here, with the vocabulary the model was
 trained with (``<repository>/sentiment/vocabulary.json``), and sent to the
@@ -23,28 +23,27 @@ from pathlib import Path
 
 import numpy as np
 
-from examples.sentiment.data import (
-    DOWNLOAD_CACHE,
+from onnxserve.client import Client
+from onnxserve.examples.common import example_repository
+from onnxserve.examples.sentiment.data import (
     ENVIRONMENT_VARIABLE,
     DataError,
     Dataset,
     accuracy_by_source,
+    download_cache,
     load_fallback,
     load_uci_folder,
     split_dataset,
 )
-from examples.sentiment.tokenizer import Tokenizer
-from onnxserve.client import Client
+from onnxserve.examples.sentiment.tokenizer import Tokenizer
 
 __all__ = [
-    "DEFAULT_REPOSITORY",
     "held_out_accuracy",
     "main",
     "score_sentences",
     "training_dataset",
 ]
 
-DEFAULT_REPOSITORY = Path("build/model_repository")
 MODEL_NAME = "sentiment"
 INPUT_NAME = "tokens"
 OUTPUT_NAME = "score"
@@ -98,7 +97,7 @@ def training_dataset(entry: Path, data: str | Path | None = None) -> Dataset:
         dataset = load_fallback()
     else:
         candidates = [data, os.environ.get(ENVIRONMENT_VARIABLE, "").strip(), recorded["location"]]
-        candidates.append(DOWNLOAD_CACHE)
+        candidates.append(download_cache())
         folder = next((Path(c) for c in candidates if c and Path(c).is_dir()), None)
         if folder is None:
             raise DataError(
@@ -121,7 +120,7 @@ def _label(score: float) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m examples.sentiment.predict",
+        prog="python -m onnxserve.examples.sentiment.predict",
         description="Score sentences with the served sentiment model.",
     )
     parser.add_argument("sentences", nargs="*", help="sentences to score")
@@ -129,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--repository",
         type=Path,
-        default=DEFAULT_REPOSITORY,
+        default=example_repository(),
         help="the model repository the server serves; the vocabulary is read from "
         "REPOSITORY/sentiment/vocabulary.json (default: %(default)s)",
     )

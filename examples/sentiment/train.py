@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from examples.common import Say, import_keras, write_json
-from examples.sentiment.data import Dataset, Split, accuracy_by_source, split_dataset
-from examples.sentiment.tokenizer import SEQUENCE_LENGTH, Tokenizer
+from onnxserve.examples.common import Say, import_keras, write_json
+from onnxserve.examples.sentiment.data import Dataset, Split, accuracy_by_source, split_dataset
+from onnxserve.examples.sentiment.tokenizer import SEQUENCE_LENGTH, Tokenizer
 
 __all__ = [
     "INPUT_NAME",

@@ -81,7 +81,7 @@ def measure_raw(
     seconds: float = 1.0,
     device: str = "auto",
     threads: int = 0,
-    int_range: Sequence[int] = (0, 99),
+    int_range: Sequence[int] = (),
     seed: int = 0,
     progress: Callable[[str, float], None] | None = None,
 ) -> RawResult:

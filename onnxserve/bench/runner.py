@@ -38,6 +38,7 @@ from onnxserve.bench.workload import (
     model_info,
     parse_shapes,
 )
+from onnxserve.layout import format_input_range
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
@@ -317,6 +318,12 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
             )
         except WorkloadError as exc:
             raise BenchError(str(exc)) from None
+        if settings.input_data == "random" and not settings.int_range:
+            for name, (low, high) in sorted(info.input_ranges.items()):
+                report.notes.append(
+                    f"random values of input '{name}' are drawn from the range its config "
+                    f"declares ({format_input_range(low, high)}); --int-range overrides it"
+                )
         if info.batchable and not config.HasField("dynamic_batching"):
             report.notes.append(
                 "the model's config has no dynamic_batching: the server runs each request "

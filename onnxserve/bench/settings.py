@@ -1,8 +1,8 @@
 """The settings of ``onnxserve bench``: one typed object, a help text per field.
 
-They resolve like every other subcommand's (flag > ONNXSERVE_* > ``[bench]``
-table of ``--config`` > default), so a benchmark can be written down once in a
-TOML file and rerun identically.
+They resolve like every other subcommand's (flag > ONNXSERVE_BENCH_* >
+``[bench]`` table of ``--config`` > default), so a benchmark can be written
+down once in a TOML file and rerun identically; the object checks itself.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from onnxserve.settings import SettingsError
+from onnxserve.settings import LogLevel, SettingsError
 
 Driver = Literal["auto", "h2load", "python"]
 RawDevice = Literal["auto", "cpu", "cuda"]
@@ -64,13 +64,17 @@ class BenchSettings:
             "help": "Request data: random, zero, or a .npz / .json file of arrays by input "
             "name (with or without the batch dim)",
             "metavar": "random|zero|FILE",
+            "path": True,
+            "keywords": ("random", "zero"),
         },
     )
     int_range: tuple[int, ...] = field(
-        default=(0, 99),
+        default=(),
         metadata={
-            "help": "Inclusive LOW,HIGH of random integer inputs (token ids of an Embedding "
-            "must stay below its vocabulary size)",
+            "help": "Inclusive LOW,HIGH of random integer inputs, for every integer input. "
+            "Default: the range the model's config declares per input (parameter "
+            "onnxserve.input_range.<input>), else 0,99 (token ids of an Embedding must stay "
+            "below its vocabulary size)",
             "metavar": "LOW,HIGH",
         },
     )
@@ -149,24 +153,26 @@ class BenchSettings:
         metadata={"help": "Show a progress bar on stderr (a line per step when not a terminal)"},
     )
     seed: int = field(default=0, metadata={"help": "Seed of random input data"})
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = field(
-        default="WARNING", metadata={"help": "Log level"}
-    )
+    log_level: LogLevel = field(default="WARNING", metadata={"help": "Log level"})
 
     def __post_init__(self) -> None:
         if not self.concurrency or min(self.concurrency) < 1:
-            raise SettingsError("concurrency: every value must be at least 1")
+            raise SettingsError("--concurrency: every value must be at least 1")
         if self.request_rate and min(self.request_rate) <= 0:
-            raise SettingsError("request_rate: every value must be positive")
+            raise SettingsError("--request-rate: every value must be positive")
         if self.connections < 1:
-            raise SettingsError("connections must be at least 1")
+            raise SettingsError("--connections must be at least 1")
         if self.batch_size < 1:
-            raise SettingsError("batch_size must be at least 1")
+            raise SettingsError("--batch-size must be at least 1")
         if self.requests < 0 or (self.requests == 0 and self.duration <= 0):
             raise SettingsError("give a positive --duration or --requests")
-        if self.warmup < 0 or self.raw_seconds <= 0 or self.timeout <= 0:
-            raise SettingsError("warmup must be >= 0; raw_seconds and timeout positive")
-        if len(self.int_range) != 2 or self.int_range[0] > self.int_range[1]:
-            raise SettingsError("int_range must be LOW,HIGH with LOW <= HIGH")
+        if self.warmup < 0:
+            raise SettingsError("--warmup must be 0 or more")
+        if self.raw_seconds <= 0:
+            raise SettingsError("--raw-seconds must be positive")
+        if self.timeout <= 0:
+            raise SettingsError("--timeout must be positive")
+        if self.int_range and (len(self.int_range) != 2 or self.int_range[0] > self.int_range[1]):
+            raise SettingsError("--int-range must be LOW,HIGH with LOW <= HIGH")
         if not self.raw_batch_sizes or min(self.raw_batch_sizes) < 1:
-            raise SettingsError("raw_batch_sizes: every value must be at least 1")
+            raise SettingsError("--raw-batch-sizes: every value must be at least 1")

@@ -6,6 +6,12 @@ generator's per-request work is only sending bytes: with client and server on
 the same cores, encoding in the loop would be charged to the server. The same
 bytes serve both drivers: the python driver passes them through gRPC untouched,
 the h2load driver posts them in gRPC's length-prefixed frame.
+
+Random integer inputs stay inside the range the model's config declares for
+each input (the model-level parameter ``onnxserve.input_range.<input>``, which
+the server reports in ModelConfig), else inside 0..99: an Embedding fed ids past
+its vocabulary fails in onnxruntime, and a benchmark of failures measures
+nothing. ``--int-range`` overrides both for every integer input.
 """
 
 from __future__ import annotations
@@ -13,17 +19,20 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from onnxserve.client.types import TensorMetadata
+from onnxserve.layout import INPUT_RANGE_PREFIX, input_range_key, parse_input_range
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.codec import array_to_raw, numpy_dtype
 
 __all__ = [
+    "DEFAULT_INT_RANGE",
     "INFER_METHOD",
     "InputSpec",
     "ModelInfo",
@@ -32,36 +41,41 @@ __all__ = [
     "decode_frame",
     "encode_frame",
     "encode_request",
+    "integer_range",
     "model_info",
     "parse_shapes",
 ]
 
 INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 _FRAME_HEADER = struct.Struct(">BI")  # compressed flag, big-endian length
+#: Random integer inputs without a declared range and without --int-range.
+DEFAULT_INT_RANGE = (0, 99)
 
 
 class WorkloadError(ValueError):
     """The model or the input data cannot make a request; the message says why."""
 
 
-@dataclass(frozen=True)
-class InputSpec:
-    """One input as a request carries it: name, datatype, shape without the batch dim."""
-
-    name: str
-    datatype: str
-    dims: tuple[int, ...]
+#: Kept for benchmarks/run_benchmark.py, which builds a ModelInfo by hand: the
+#: bench's inputs are the client's TensorMetadata (name, datatype, shape).
+InputSpec = TensorMetadata
 
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """The model as the server describes it (ModelMetadata and ModelConfig)."""
+    """The model as the server describes it (ModelMetadata and ModelConfig).
+
+    ``inputs`` have their per-sample shape: no batch dim, variable dims filled
+    in. ``input_ranges`` are the inclusive ranges the config declares for
+    integer inputs (None: that side open).
+    """
 
     name: str
     versions: tuple[str, ...]
     max_batch_size: int
-    inputs: tuple[InputSpec, ...]
+    inputs: tuple[TensorMetadata, ...]
     default_model_filename: str
+    input_ranges: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
 
     @property
     def batchable(self) -> bool:
@@ -87,12 +101,33 @@ def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _declared_ranges(
+    config: mc.ModelConfig, names: Sequence[str]
+) -> dict[str, tuple[int | None, int | None]]:
+    """The ``onnxserve.input_range.<input>`` parameters of a config, parsed."""
+    ranges = {}
+    for key, parameter in config.parameters.items():
+        if not key.startswith(INPUT_RANGE_PREFIX):
+            continue
+        name = key[len(INPUT_RANGE_PREFIX) :]
+        if name not in names:
+            continue  # a range of an input the server does not report: nothing to draw
+        try:
+            ranges[name] = parse_input_range(parameter.string_value)
+        except ValueError as exc:
+            raise WorkloadError(
+                f"the model's config parameter {input_range_key(name)}: {exc}"
+            ) from None
+    return ranges
+
+
 def model_info(
     metadata: pb.ModelMetadataResponse,
     config: mc.ModelConfig,
     shapes: Mapping[str, tuple[int, ...]],
 ) -> ModelInfo:
-    """Resolve each input's per-sample shape, filling variable dims from ``shapes``."""
+    """Resolve each input's per-sample shape, filling variable dims from ``shapes``,
+    and read the integer ranges the config declares."""
     batchable = config.max_batch_size > 0
     inputs = []
     for tensor in metadata.inputs:
@@ -115,7 +150,7 @@ def model_info(
                 f"give their sizes with --shape {tensor.name}:"
                 + ",".join("N" if d < 0 else str(d) for d in dims)
             )
-        inputs.append(InputSpec(tensor.name, tensor.datatype, dims))
+        inputs.append(TensorMetadata(tensor.name, tensor.datatype, dims))
     unknown = set(shapes) - {i.name for i in inputs}
     if unknown:
         raise WorkloadError(f"--shape names unknown input(s): {', '.join(sorted(unknown))}")
@@ -125,11 +160,49 @@ def model_info(
         max_batch_size=int(config.max_batch_size),
         inputs=tuple(inputs),
         default_model_filename=config.default_model_filename or "model.onnx",
+        input_ranges=_declared_ranges(config, [i.name for i in inputs]),
     )
 
 
+def integer_range(
+    info: ModelInfo, name: str, dtype: np.dtype[Any], int_range: Sequence[int] = ()
+) -> tuple[int, int]:
+    """The inclusive range random values of integer input ``name`` are drawn from.
+
+    ``int_range`` (the user's --int-range) wins; else the config's declared
+    range, an open side taken from DEFAULT_INT_RANGE (moved to stay non-empty);
+    else DEFAULT_INT_RANGE. Clipped to the dtype; an empty result is an error.
+    """
+    if int_range:
+        low, high = int(int_range[0]), int(int_range[1])
+        source = f"--int-range {low},{high}"
+    elif name in info.input_ranges:
+        declared_low, declared_high = info.input_ranges[name]
+        span = DEFAULT_INT_RANGE[1] - DEFAULT_INT_RANGE[0]
+        if declared_low is None:
+            assert declared_high is not None
+            low, high = min(DEFAULT_INT_RANGE[0], declared_high - span), declared_high
+        elif declared_high is None:
+            low, high = declared_low, max(DEFAULT_INT_RANGE[1], declared_low + span)
+        else:
+            low, high = declared_low, declared_high
+        source = f"the declared range {input_range_key(name)}"
+    else:
+        low, high = DEFAULT_INT_RANGE
+        source = f"the default range {low},{high}"
+    info_range = np.iinfo(dtype)
+    low, high = max(low, int(info_range.min)), min(high, int(info_range.max))
+    if low > high:
+        raise WorkloadError(f"input '{name}' ({dtype}): {source} is outside the type's range")
+    return low, high
+
+
 def _random_array(
-    spec: InputSpec, shape: tuple[int, ...], rng: np.random.Generator, int_range: Sequence[int]
+    info: ModelInfo,
+    spec: TensorMetadata,
+    shape: tuple[int, ...],
+    rng: np.random.Generator,
+    int_range: Sequence[int],
 ) -> np.ndarray:
     if spec.datatype == "BYTES":
         flat = [str(v).encode() for v in rng.integers(0, 1000, size=int(np.prod(shape)))]
@@ -140,19 +213,12 @@ def _random_array(
     if dtype.kind == "b":
         return rng.integers(0, 2, size=shape).astype(dtype)
     if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        low = max(int(int_range[0]), int(info.min))
-        high = min(int(int_range[1]), int(info.max))
-        if low > high:
-            raise WorkloadError(
-                f"input '{spec.name}' ({spec.datatype}): --int-range {int_range[0]},"
-                f"{int_range[1]} is outside the type's range"
-            )
+        low, high = integer_range(info, spec.name, dtype, int_range)
         return rng.integers(low, high, size=shape, endpoint=True).astype(dtype)
     return rng.random(size=shape, dtype=np.float64).astype(dtype)
 
 
-def _zero_array(spec: InputSpec, shape: tuple[int, ...]) -> np.ndarray:
+def _zero_array(spec: TensorMetadata, shape: tuple[int, ...]) -> np.ndarray:
     if spec.datatype == "BYTES":
         array = np.empty(shape, dtype=object)
         array.fill(b"0")
@@ -196,7 +262,7 @@ def _load_file(path: Path) -> dict[str, np.ndarray]:
 
 
 def _from_file(
-    spec: InputSpec, data: Mapping[str, np.ndarray], batch: int | None
+    spec: TensorMetadata, data: Mapping[str, np.ndarray], batch: int | None
 ) -> list[np.ndarray]:
     """The file's array for one input as one array per request (rows rotate over requests)."""
     if spec.name not in data:
@@ -205,18 +271,18 @@ def _from_file(
     if spec.datatype != "BYTES":
         array = array.astype(numpy_dtype(spec.datatype), copy=False)
     if batch is None:  # not batchable: the array is one request as it stands
-        if tuple(array.shape) != spec.dims:
+        if tuple(array.shape) != spec.shape:
             raise WorkloadError(
                 f"input '{spec.name}': file array has shape {list(array.shape)}, the model "
-                f"takes {list(spec.dims)}"
+                f"takes {list(spec.shape)}"
             )
         return [array]
-    if tuple(array.shape) == spec.dims:  # one sample: repeat it
-        return [np.broadcast_to(array, (batch, *spec.dims)).copy()]
-    if tuple(array.shape[1:]) != spec.dims:
+    if tuple(array.shape) == spec.shape:  # one sample: repeat it
+        return [np.broadcast_to(array, (batch, *spec.shape)).copy()]
+    if tuple(array.shape[1:]) != spec.shape:
         raise WorkloadError(
             f"input '{spec.name}': file array has shape {list(array.shape)}, expected "
-            f"{list(spec.dims)} or [N, {', '.join(map(str, spec.dims))}]"
+            f"{list(spec.shape)} or [N, {', '.join(map(str, spec.shape))}]"
         )
     rows = array.shape[0]
     if rows < batch:
@@ -231,11 +297,14 @@ def build_inputs(
     batch_size: int,
     source: str,
     *,
-    int_range: Sequence[int] = (0, 99),
+    int_range: Sequence[int] = (),
     seed: int = 0,
     count: int = 8,
 ) -> list[dict[str, np.ndarray]]:
     """Input arrays for up to ``count`` distinct requests of ``batch_size`` rows each.
+
+    Random integers follow :func:`integer_range` (``int_range`` empty: the
+    declared ranges).
 
     Non-batchable models take exactly the per-sample shape, so ``batch_size``
     must be 1 for them.
@@ -256,9 +325,9 @@ def build_inputs(
         for _ in range(n):
             arrays = {}
             for spec in info.inputs:
-                shape = spec.dims if batch is None else (batch, *spec.dims)
+                shape = spec.shape if batch is None else (batch, *spec.shape)
                 arrays[spec.name] = (
-                    _random_array(spec, shape, rng, int_range)
+                    _random_array(info, spec, shape, rng, int_range)
                     if source == "random"
                     else _zero_array(spec, shape)
                 )

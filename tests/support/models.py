@@ -75,6 +75,27 @@ def identity_model(path: Path, datatype: str, dims: tuple[int | str, ...] = ("ba
     return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
 
 
+LOOKUP_ROWS = 10
+
+
+def lookup_model(path: Path) -> Path:
+    """An Embedding-like lookup: OUTPUT0 = table[INPUT0] (INT64 ids, [batch, 3]) over a
+    table of LOOKUP_ROWS rows; ids from LOOKUP_ROWS up fail in onnxruntime (INTERNAL)."""
+    import numpy as np
+
+    table = helper.make_tensor(
+        "table", TensorProto.FLOAT, [LOOKUP_ROWS, 2], np.arange(2 * LOOKUP_ROWS, dtype=np.float32)
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "INPUT0"], ["OUTPUT0"])],
+        "lookup",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.INT64, ["batch", 3])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 3, 2])],
+        initializer=[table],
+    )
+    return _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)]), path)
+
+
 def write_config(model_dir: Path, config: mc.ModelConfig | str) -> Path:
     from google.protobuf import text_format
 
