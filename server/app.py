@@ -36,13 +36,20 @@ INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_
 
 
 def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
-    return [
+    options = [
         ("grpc.max_send_message_length", settings.max_message_bytes),
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         # Refuse to share a port silently with another process, unless this
         # is one of --workers processes that share it on purpose.
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
+    if settings.max_connection_age_s > 0:
+        # gRPC sends GOAWAY after the age; unset, it never does (and the grace is unbounded).
+        options.append(("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1e3)))
+        if settings.max_connection_age_grace_s > 0:
+            grace_ms = round(settings.max_connection_age_grace_s * 1e3)
+            options.append(("grpc.max_connection_age_grace_ms", grace_ms))
+    return options
 
 
 def reflection_pool() -> descriptor_pool.DescriptorPool:

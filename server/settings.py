@@ -65,6 +65,22 @@ class ServerSettings:
             "turns NOT_SERVING"
         },
     )
+    max_connection_age_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "Close each client connection after about this many seconds (gRPC's "
+            "max_connection_age, +-10%% jitter; clients reconnect by themselves), so that "
+            "long-lived channels spread over new replicas behind a Kubernetes Service; "
+            "0 keeps connections open"
+        },
+    )
+    max_connection_age_grace_s: float = field(
+        default=0.0,
+        metadata={
+            "help": "Once a connection reached max_connection_age_s: seconds its calls in "
+            "flight (streams included) get before it is closed; 0 lets them finish"
+        },
+    )
     log_level: LogLevel = field(default="INFO", metadata={"help": "Log level"})
 
     def __post_init__(self) -> None:
@@ -74,3 +90,7 @@ class ServerSettings:
             )
         if self.workers < 1:
             raise SettingsError(f"--workers must be at least 1, not {self.workers}")
+        if self.max_connection_age_s < 0 or self.max_connection_age_grace_s < 0:
+            raise SettingsError(
+                "--max-connection-age-s and --max-connection-age-grace-s must not be negative"
+            )
