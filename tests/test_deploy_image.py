@@ -153,9 +153,7 @@ def test_the_server_extras_differ_only_in_onnxruntime() -> None:
         return [r for r in requirements if not r.startswith("onnxruntime")]
 
     assert others(extras["server"]) == others(extras["server-cpu"])
-    assert [r for r in extras["server-cpu"] if r.startswith("onnxruntime")] == [
-        "onnxruntime>=1.20"
-    ]
+    assert [r for r in extras["server-cpu"] if r.startswith("onnxruntime")] == ["onnxruntime>=1.20"]
 
 
 def test_the_gpu_image_resolves_to_pinned_binary_wheels(tmp_path: Path) -> None:
@@ -232,9 +230,7 @@ def test_the_image_serves_as_its_entrypoint_and_manifests_say(
     settings_dir.mkdir(parents=True)
     shutil.copy(deploy.SETTINGS_FILE, settings_dir / deploy.SETTINGS_FILE.name)
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == "settings"]
-    args = [
-        arg.replace(mount["mountPath"], str(settings_dir)) for arg in container["args"]
-    ]
+    args = [arg.replace(mount["mountPath"], str(settings_dir)) for arg in container["args"]]
     repository = _read_only_repository(image_root)
     writable = image_root / "tmp"
     writable.mkdir()
