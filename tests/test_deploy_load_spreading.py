@@ -1,12 +1,17 @@
-"""``--max-connection-age-s``: the server closes old connections, clients reconnect.
+"""Spreading calls over replicas: the server's connection age, the client's round robin.
 
 kube-proxy balances connections, not requests, and a gRPC channel keeps its
 connection for ever: without a maximum age, replicas that a HorizontalPodAutoscaler
-adds get no traffic from clients that are already connected. These tests watch
-a real client channel against a real server process: with the option the
-channel leaves READY (the server's GOAWAY) within the age plus gRPC's 10%
-jitter, and the next call reconnects and succeeds; without it the channel stays
-READY over the same time.
+adds get no traffic from clients that are already connected. The first test
+watches a real client channel against a real server process: with
+``--max-connection-age-s`` the channel leaves READY (the server's GOAWAY)
+within the age plus gRPC's 10% jitter, and the next call reconnects and
+succeeds; without it the channel stays READY over the same time.
+
+The second is the SDK set up as deploy/README.md shows for the headless
+Service: gRPC's round_robin policy over every address the name resolves to
+(here two server processes given as an ``ipv4:`` address list, as DNS would
+list two pods) sends calls to both.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import grpc
 import numpy as np
 import pytest
 
+from onnxserve.client import Client
 from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import add_sub_model
@@ -117,3 +123,20 @@ def test_negative_connection_age_is_refused(simple_repository: Path) -> None:
     with pytest.raises(RuntimeError, match="must not be negative"):
         server.start()
     server.stop()
+
+
+def test_round_robin_over_the_addresses_reaches_every_server(simple_repository: Path) -> None:
+    with RunningServer(simple_repository) as first, RunningServer(simple_repository) as second:
+        target = f"ipv4:{first.address},{second.address}"
+        x = np.ones((1, 16), np.float32)
+        with Client(target, channel_args={"grpc.lb_policy_name": "round_robin"}) as client:
+            client.wait_until_ready(timeout=30)
+            for _ in range(20):
+                client.infer("simple", {"INPUT0": x, "INPUT1": x})
+        counts = []
+        for server in (first, second):
+            with Client(server.address) as client:
+                (stats,) = client.statistics("simple")
+                counts.append(stats.inference_count)
+        assert sum(counts) == 20
+        assert min(counts) >= 5, counts
