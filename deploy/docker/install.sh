@@ -39,10 +39,9 @@ wheels() {
     local source=$1 wheelhouse=$2 extra build
     extra=$(extra_of "$3")
     build=$(mktemp -d)
-    # A throwaway environment for a current pip: the base image's may be old
-    # (or absent, as with Ubuntu's python3).
+    # A throwaway environment for pip, which Ubuntu's python3 lacks (the one
+    # that Python's venv module bundles: no unpinned download of a newer one).
     "$python" -m venv "$build/venv"
-    "$build/venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$build/venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-cache-dir \
         --only-binary=:all: --constraint "$constraints" --wheel-dir "$wheelhouse" \
         "$source[$extra]"
