@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from onnxserve.client import Client
-from onnxserve.client.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import add_sub_model
 from tests.support.server import RunningServer
