@@ -148,13 +148,7 @@ def _check_pinned_packages_only(installed: Path) -> None:
 
 def test_the_server_extras_differ_only_in_onnxruntime() -> None:
     """server-cpu is server with onnxruntime's CPU build in place of the GPU one."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
-    extras = tomllib.loads((deploy.ROOT / "pyproject.toml").read_text())["project"][
-        "optional-dependencies"
-    ]
+    extras = deploy.pyproject()["project"]["optional-dependencies"]
 
     def others(requirements: list[str]) -> list[str]:
         return [r for r in requirements if not r.startswith("onnxruntime")]

@@ -167,6 +167,16 @@ def test_dockerfiles_agree_with_the_manifests(variant: str) -> None:
         commands = re.sub(r"--mount=\S+", "", run.arguments).split("&&")
         assert all(c.split()[0].endswith("install.sh") for c in commands), run.arguments
     assert f" {variant}" in " ".join(s.arguments for s in steps if s.keyword == "RUN")
+    # The build stage copies every folder the wheel is built from (the CPU
+    # image's install test builds from these copies; this covers the GPU one).
+    copied = {
+        word.rstrip("/")
+        for s in steps
+        if s.stage == 0 and s.keyword == "COPY"
+        for word in s.arguments.split()[:-1]
+    }
+    package_dirs = set(deploy.pyproject()["tool"]["setuptools"]["package-dir"].values())
+    assert package_dirs <= copied, f"{dockerfile.name} does not copy {package_dirs - copied}"
 
 
 def test_the_deployment_follows_the_settings_file(rendered: dict[str, Path]) -> None:

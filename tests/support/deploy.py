@@ -35,6 +35,11 @@ KUSTOMIZATIONS = sorted(
 _IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".venv*")
 
 
+def pyproject() -> dict[str, Any]:
+    """The project's pyproject.toml."""
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
 def serve_settings() -> dict[str, Any]:
     """The [serve] table of the ConfigMap's settings file."""
     with open(SETTINGS_FILE, "rb") as handle:
