@@ -20,7 +20,6 @@ from onnxserve.client import (
     DeadlineExceededError,
     InferenceServerError,
     InferRequest,
-    InternalServerError,
     InvalidInputError,
     ModelNotFoundError,
     ServerUnavailableError,
@@ -62,9 +61,10 @@ CASES = {
         InvalidInputError,
     ),
     "missing input": (InferRequest("simple", {"INPUT0": X}), InvalidInputError),
+    # Refused at decode: the server reads the table's size from the graph.
     "id past the table": (
         InferRequest("lookup", {"INPUT0": np.full((1, 3), LOOKUP_ROWS + 40, np.int64)}),
-        InternalServerError,
+        InvalidInputError,
     ),
     "queue timeout": (
         InferRequest("impatient", {"INPUT0": X, "INPUT1": X}),
