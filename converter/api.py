@@ -13,7 +13,6 @@ with a GPU, Keras traces LSTMs as cuDNN kernels that ONNX cannot express.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -22,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from onnxserve.converter.environment import hide_gpus
-from onnxserve.converter.errors import ConversionError
 from onnxserve.converter.report import ConversionReport, TensorSummary
-from onnxserve.converter.settings import MAX_OPSET, MIN_OPSET, ConvertSettings
+from onnxserve.converter.settings import ConvertOptions, ConvertSettings
 
 __all__ = ["convert", "convert_with_settings"]
 
@@ -37,33 +35,40 @@ def convert(
     repository: str | os.PathLike[str],
     name: str,
     *,
-    version: int | None = None,
-    opset: int = 17,
-    max_batch_size: int = 64,
-    optimize: str = "none",
-    quantize: str = "none",
-    fp16: bool = False,
-    dynamic_sequence: bool = True,
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    min_agreement: float = 0.99,
-    variant_atol: float = 1e-4,
-    seed: int = 0,
-    unsafe_deserialization: bool = False,
     progress: Progress | None = None,
+    **options: Any,
 ) -> ConversionReport:
     """Convert a Keras model into ``<repository>/<name>/<version>/model.onnx`` + config.pbtxt.
 
     ``model`` is an in-memory ``keras.Model`` or a path to a ``.keras`` / ``.h5``
-    file or a SavedModel directory. ``progress`` receives one line per stage
-    (default: the 'onnxserve.converter' logger at INFO).
-    ``unsafe_deserialization`` loads a model file with Keras' ``safe_mode=False``,
-    which runs the Python code stored in it (Lambda layers): only for files you
-    trust. Raises a
-    :class:`ConversionError` subclass, having written nothing, when any step
-    fails. GPUs are hidden from TensorFlow during conversion (see the module
-    docstring).
+    file or a SavedModel directory. ``options`` are the fields of
+    :class:`~onnxserve.converter.settings.ConvertOptions` (``version``,
+    ``opset``, ``max_batch_size``, ``optimize``, ``quantize``, ``fp16``, ...),
+    with its defaults and its validation; ``unsafe_deserialization=True``
+    loads a model file with Keras' ``safe_mode=False``, which runs the Python
+    code stored in it (Lambda layers): only for files you trust. ``progress``
+    receives one line per stage (default: the 'onnxserve.converter' logger at
+    INFO). Raises a :class:`ConversionError` subclass, having written nothing,
+    when any step fails (an unknown option is a TypeError). GPUs are hidden
+    from TensorFlow during conversion (see the module docstring).
     """
+    return _convert(model, Path(repository), name, ConvertOptions(**options), progress)
+
+
+def convert_with_settings(
+    settings: ConvertSettings, progress: Progress | None = None
+) -> ConversionReport:
+    """``convert`` driven by a resolved :class:`ConvertSettings` (what the CLI does)."""
+    return _convert(settings.model, settings.repository, settings.name, settings, progress)
+
+
+def _convert(
+    model: Any,
+    repository: Path,
+    name: str,
+    options: ConvertOptions,
+    progress: Progress | None,
+) -> ConversionReport:
     hide_gpus()
     from onnxserve.converter.export import export_onnx
     from onnxserve.converter.load import from_keras_model, load_model
@@ -74,11 +79,9 @@ def convert(
 
     say = progress or log.info
     started = time.monotonic()
-    repository = Path(repository)
-    _check_options(opset, max_batch_size, optimize, quantize, fp16)
-    check_target(repository, name, version)
+    check_target(repository, name, options.version)
 
-    variants = optimize != "none" or quantize != "none" or fp16
+    variants = options.has_variants
     total = 6 if variants else 5
     numbers = iter(range(1, total + 1))
 
@@ -87,18 +90,18 @@ def convert(
 
     if isinstance(model, (str, os.PathLike)):
         stage(f"loading {model}")
-        loaded = load_model(model, safe_mode=not unsafe_deserialization)
+        loaded = load_model(model, safe_mode=not options.unsafe_deserialization)
     else:
         stage("checking the in-memory Keras model")
         loaded = from_keras_model(model)
     stage("tracing with an explicit input signature")
-    traced = trace_model(loaded, dynamic_sequence=dynamic_sequence)
+    traced = trace_model(loaded, dynamic_sequence=options.dynamic_sequence)
     ranges = {i.name: i.declared_range for i in traced.inputs if i.declared_range is not None}
     for info in traced.inputs:
         if info.name in ranges:
             say(f"  input {info.name!r}: {_range_text(ranges[info.name])}, from {_reasons(info)}")
-    stage(f"exporting to ONNX (opset {opset}) with tf2onnx")
-    exported = export_onnx(traced, opset=opset)
+    stage(f"exporting to ONNX (opset {options.opset}) with tf2onnx")
+    exported = export_onnx(traced, opset=options.opset)
     for warning in exported.warnings:
         log.warning("%s", warning)
     _stamp(exported.model, loaded.source)
@@ -106,10 +109,10 @@ def convert(
     checks = verify_onnx(
         exported.model,
         traced,
-        max_batch_size=max_batch_size,
-        rtol=rtol,
-        atol=atol,
-        seed=seed,
+        max_batch_size=options.max_batch_size,
+        rtol=options.rtol,
+        atol=options.atol,
+        seed=options.seed,
         progress=say,
     )
     final_model, variant = exported.model, None
@@ -118,15 +121,15 @@ def convert(
         final_model, variant = apply_variants(
             exported.model,
             checks,  # the same inputs and Keras answers as the fp32 check
-            optimize=optimize,
-            quantize=quantize,
-            fp16=fp16,
-            min_agreement=min_agreement,
-            variant_atol=variant_atol,
+            optimize=options.optimize,
+            quantize=options.quantize,
+            fp16=options.fp16,
+            min_agreement=options.min_agreement,
+            variant_atol=options.variant_atol,
         )
-    config = build_config(final_model, name, max_batch_size, input_ranges=ranges)
+    config = build_config(final_model, name, options.max_batch_size, input_ranges=ranges)
     stage(f"writing to {repository / name}")
-    written = write_entry(repository, name, final_model, config, version)
+    written = write_entry(repository, name, final_model, config, options.version)
     report = ConversionReport(
         name=name,
         version=written.version,
@@ -134,48 +137,20 @@ def convert(
         model_path=written.model_path,
         config_path=written.config_path,
         config_written=written.config_written,
-        opset=opset,
-        max_batch_size=max_batch_size,
+        opset=options.opset,
+        max_batch_size=options.max_batch_size,
         size_bytes=written.size_bytes,
         inputs=_summaries(final_model.graph.input, config.input, ranges),
         outputs=_summaries(final_model.graph.output, config.output, {}),
         checks=checks,
-        rtol=rtol,
-        atol=atol,
+        rtol=options.rtol,
+        atol=options.atol,
         variant=variant,
         warnings=list(exported.warnings),
         loop_nodes=list(exported.loop_nodes),
         seconds=time.monotonic() - started,
     )
     return report
-
-
-def convert_with_settings(
-    settings: ConvertSettings, progress: Progress | None = None
-) -> ConversionReport:
-    """``convert`` driven by a resolved :class:`ConvertSettings` (what the CLI does)."""
-    values = dataclasses.asdict(settings)
-    values.pop("log_level")
-    model = values.pop("model")
-    repository = values.pop("repository")
-    name = values.pop("name")
-    return convert(model, repository, name, progress=progress, **values)
-
-
-def _check_options(
-    opset: int, max_batch_size: int, optimize: str, quantize: str, fp16: bool
-) -> None:
-    """Refuse bad options before the slow steps."""
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ConversionError(f"opset {opset} is not supported; use {MIN_OPSET} to {MAX_OPSET}")
-    if max_batch_size < 1:
-        raise ConversionError(f"max_batch_size must be 1 or more, got {max_batch_size}")
-    if optimize not in ("none", "basic", "extended"):
-        raise ConversionError(f"optimize {optimize!r}: use none, basic or extended")
-    if quantize not in ("none", "int8"):
-        raise ConversionError(f"quantize {quantize!r}: use none or int8")
-    if quantize == "int8" and fp16:
-        raise ConversionError("int8 quantization and fp16 exclude each other; choose one")
 
 
 def _stamp(model: Any, source: str) -> None:

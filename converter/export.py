@@ -19,7 +19,6 @@ import onnx
 from onnxserve.converter.analysis import UNCONVERTIBLE_LAYERS, LoopCause
 from onnxserve.converter.errors import ExportError, UnsupportedModelError
 from onnxserve.converter.handlers import captured_tables, custom_op_handlers
-from onnxserve.converter.settings import MAX_OPSET, MIN_OPSET
 from onnxserve.converter.trace import TracedModel
 
 __all__ = ["ExportedModel", "export_onnx", "iter_nodes", "loop_warning", "name_dimensions"]
@@ -62,9 +61,8 @@ def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 
 
 def export_onnx(traced: TracedModel, *, opset: int = 17) -> ExportedModel:
-    """Convert the traced function with tf2onnx and tidy the result."""
-    if not MIN_OPSET <= opset <= MAX_OPSET:
-        raise ExportError(f"opset {opset} is not supported; use {MIN_OPSET} to {MAX_OPSET}")
+    """Convert the traced function with tf2onnx and tidy the result (``opset`` as
+    :class:`~onnxserve.converter.settings.ConvertOptions` checked it)."""
     try:
         model = _convert_function(traced.function, opset)
     except Exception as exc:

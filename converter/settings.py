@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from onnxserve.settings import LogLevel
+from onnxserve.converter.errors import ConversionError
+from onnxserve.settings import LogLevel, SettingsError
 
 OptimizeLevel = Literal["none", "basic", "extended"]
 Quantize = Literal["none", "int8"]
@@ -21,26 +22,21 @@ MIN_OPSET = 13
 MAX_OPSET = 18
 
 
-@dataclass(frozen=True)
-class ConvertSettings:
-    """Everything ``onnxserve convert`` can be told: flags, ONNXSERVE_CONVERT_*, [convert]."""
+class ConvertOptionsError(ConversionError, SettingsError):
+    """A conversion option has a value the converter cannot use (before any work is done).
 
-    model: Path = field(
-        metadata={
-            "help": "The Keras model: a .keras file, a legacy .h5 file, or a TensorFlow "
-            "SavedModel directory as model.export() writes it",
-            "metavar": "MODEL",
-        }
-    )
-    repository: Path = field(
-        metadata={
-            "help": "Model repository to add the model to (created if absent)",
-            "metavar": "DIR",
-        }
-    )
-    name: str = field(
-        metadata={"help": "Model name: the folder <repository>/<name>", "metavar": "NAME"}
-    )
+    Both a :class:`ConversionError` (what ``convert()`` raises) and a
+    :class:`~onnxserve.settings.SettingsError` (the CLI's exit 2 naming the flag).
+    """
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertOptions:
+    """How a model is converted: what ``convert()`` takes as keywords, defaults included.
+
+    Validated here, once, for the Python API and the CLI alike.
+    """
+
     version: int | None = field(
         default=None,
         metadata={
@@ -115,5 +111,57 @@ class ConvertSettings:
             "help": "Load the model with Keras' safe_mode=False, as Lambda layers need: this "
             "RUNS PYTHON CODE STORED IN THE MODEL FILE, so use it only for files you trust"
         },
+    )
+
+    def __post_init__(self) -> None:
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ConvertOptionsError(
+                f"--opset {self.opset} is not supported; use {MIN_OPSET} to {MAX_OPSET}"
+            )
+        if self.max_batch_size < 1:
+            raise ConvertOptionsError(
+                f"--max-batch-size must be 1 or more, not {self.max_batch_size}"
+            )
+        if self.version is not None and self.version < 1:
+            raise ConvertOptionsError(f"--version must be 1 or more, not {self.version}")
+        if self.optimize not in ("none", "basic", "extended"):
+            raise ConvertOptionsError(f"--optimize {self.optimize!r}: use none, basic or extended")
+        if self.quantize not in ("none", "int8"):
+            raise ConvertOptionsError(f"--quantize {self.quantize!r}: use none or int8")
+        if self.quantize == "int8" and self.fp16:
+            raise ConvertOptionsError("--quantize int8 and --fp16 exclude each other; choose one")
+        for name in ("rtol", "atol", "variant_atol"):
+            if getattr(self, name) < 0:
+                raise ConvertOptionsError(f"--{name.replace('_', '-')} must not be negative")
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ConvertOptionsError(
+                f"--min-agreement must be within 0 and 1, not {self.min_agreement}"
+            )
+
+    @property
+    def has_variants(self) -> bool:
+        """Whether an optimization, int8 or fp16 step follows the fp32 export."""
+        return self.optimize != "none" or self.quantize != "none" or self.fp16
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConvertSettings(ConvertOptions):
+    """Everything ``onnxserve convert`` can be told: flags, ONNXSERVE_CONVERT_*, [convert]."""
+
+    model: Path = field(
+        metadata={
+            "help": "The Keras model: a .keras file, a legacy .h5 file, or a TensorFlow "
+            "SavedModel directory as model.export() writes it",
+            "metavar": "MODEL",
+        }
+    )
+    repository: Path = field(
+        metadata={
+            "help": "Model repository to add the model to (created if absent)",
+            "metavar": "DIR",
+        }
+    )
+    name: str = field(
+        metadata={"help": "Model name: the folder <repository>/<name>", "metavar": "NAME"}
     )
     log_level: LogLevel = field(default="INFO", metadata={"help": "Log level"})

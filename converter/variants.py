@@ -213,11 +213,10 @@ def apply_variants(
     min_agreement: float,
     variant_atol: float,
 ) -> tuple[onnx.ModelProto, VariantResult | None]:
-    """Apply the requested steps (int8 or fp16 first, then optimization) and judge the result."""
-    if quantize not in ("none", "int8"):
-        raise ConversionError(f"quantize {quantize!r}: use none or int8")
-    if quantize == "int8" and fp16:
-        raise ConversionError("--quantize int8 and --fp16 exclude each other; choose one")
+    """Apply the requested steps (int8 or fp16 first, then optimization) and judge the result.
+
+    The options are :class:`~onnxserve.converter.settings.ConvertOptions`' checked values.
+    """
     if optimize == "none" and quantize == "none" and not fp16:
         return model, None
     steps: list[str] = []

@@ -235,3 +235,49 @@ def test_cli_without_tensorflow_says_which_extra_to_install(tmp_path: Path) -> N
     assert "pip install 'onnxserve[convert]'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"opset": 12}, "--opset 12 is not supported; use 13 to 18"),
+        ({"max_batch_size": 0}, "--max-batch-size must be 1 or more"),
+        ({"version": 0}, "--version must be 1 or more"),
+        ({"quantize": "int4"}, "--quantize 'int4': use none or int8"),
+        ({"quantize": "int8", "fp16": True}, "exclude each other"),
+        ({"min_agreement": 1.5}, "--min-agreement must be within 0 and 1"),
+    ],
+)
+def test_convert_options_are_checked_once_for_api_and_cli(
+    options: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    """One validation (ConvertOptions) serves convert() and `onnxserve convert`."""
+    from onnxserve.converter import ConversionError, convert
+    from onnxserve.converter.settings import ConvertOptions
+    from onnxserve.settings import SettingsError
+
+    with pytest.raises(ConversionError, match=message) as raised:
+        convert("never-loaded.keras", tmp_path, "m", **options)
+    assert isinstance(raised.value, SettingsError)
+    assert not (tmp_path / "m").exists()
+    assert ConvertOptions().opset == 17  # convert()'s defaults are the settings' defaults
+
+
+def test_convert_refuses_an_unknown_option(tmp_path: Path) -> None:
+    from onnxserve.converter import convert
+
+    with pytest.raises(TypeError, match="max_batch"):
+        convert("never-loaded.keras", tmp_path, "m", max_batch=4)
+
+
+def test_cli_names_the_flag_of_a_bad_option(tmp_path: Path) -> None:
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not read")
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxserve", "convert", str(model), "--repository",
+         str(tmp_path / "repo"), "--name", "m", "--opset", "99"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--opset 99 is not supported" in result.stderr
+    assert "Traceback" not in result.stderr
