@@ -30,6 +30,7 @@ class LoadOptions:
     device: str
     cpu_budget: int
     cuda_usable: bool | None  # None: not yet known in this process
+    cache_dir: Path | None = None  # TensorRT engines; None: a temporary directory
 
 
 class ModelVersion:
@@ -95,7 +96,9 @@ def load_model_version(
     named = mc.ModelConfig()
     named.CopyFrom(declared)
     named.name = name
-    plan = plan_session(named, options.device, options.cpu_budget, options.cuda_usable)
+    plan = plan_session(
+        named, options.device, options.cpu_budget, options.cuda_usable, options.cache_dir
+    )
     session = OnnxSession(path, named, plan)
     if plan.wants_cuda and CUDA not in session.providers:
         if options.device == "cuda":

@@ -14,14 +14,23 @@ import logging
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.protocol.codec import numpy_dtype
 from onnxserve.protocol.datatypes import ort_to_protocol
+from onnxserve.server.accelerators import (
+    CUDA_GRAPH_PARAMETER,
+    GpuPlan,
+    check_graph_tensors,
+    plan_gpu,
+    prepare_engine_cache,
+)
+from onnxserve.server.binding import BoundRunner
 from onnxserve.server.config import TensorSpec, onnx_dims
 from onnxserve.server.errors import ConfigError
 
@@ -30,7 +39,6 @@ log = logging.getLogger(__name__)
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
-_GPU_ACCELERATORS = {"cuda": CUDA, "tensorrt": TENSORRT}
 _CPU_ACCELERATORS = {"openvino": "OpenVINOExecutionProvider", "dnnl": "DnnlExecutionProvider"}
 _ONNX_BFLOAT16 = 16  # TensorProto.BFLOAT16
 # Model config parameters (Triton's onnxruntime backend names) read here.
@@ -102,6 +110,11 @@ class SessionPlan:
     intra_op_threads: int
     inter_op_threads: int
     wants_cuda: bool
+    gpu: GpuPlan = field(default_factory=GpuPlan)
+
+    @property
+    def wants_tensorrt(self) -> bool:
+        return any(name == TENSORRT for name, _ in self.providers)
 
 
 def _config_parameter(config: mc.ModelConfig, key: str) -> str | None:
@@ -109,45 +122,45 @@ def _config_parameter(config: mc.ModelConfig, key: str) -> str | None:
 
 
 def plan_session(
-    config: mc.ModelConfig, device: str, cpu_budget: int, cuda_usable: bool | None
+    config: mc.ModelConfig,
+    device: str,
+    cpu_budget: int,
+    cuda_usable: bool | None,
+    cache_dir: Path | None = None,
 ) -> SessionPlan:
-    """Decide providers and threads for one model from --device and its config."""
+    """Decide providers and threads for one model from --device and its config.
+
+    The GPU accelerators are read and checked on every machine (see
+    :func:`onnxserve.server.accelerators.plan_gpu`), so a config that cannot
+    work is refused with or without a GPU; they are offered to onnxruntime
+    only where it may use CUDA. ``cache_dir``: where TensorRT keeps engines
+    (a temporary directory of the process when None).
+    """
     import onnxruntime as ort
 
     available = set(ort.get_available_providers())
+    gpu = plan_gpu(config, ort.__version__, cache_dir)
     kinds = {g.kind for g in config.instance_group}
     instances = sum(max(g.count, 1) for g in config.instance_group) or 1
     cpu_only = device == "cpu" or kinds == {mc.ModelInstanceGroup.KIND_CPU}
-    accelerators = config.optimization.execution_accelerators
     providers: list[tuple[str, dict[str, str]]] = []
     wants_cuda = False
     if not cpu_only and CUDA in available and cuda_usable is not False:
-        gpus = [gpu for g in config.instance_group for gpu in g.gpus]
-        cuda_options: dict[str, str] = {"device_id": str(gpus[0] if gpus else 0)}
-        for accelerator in accelerators.gpu_execution_accelerator:
-            provider = _GPU_ACCELERATORS.get(accelerator.name)
-            if provider is None:
+        if gpu.tensorrt_options is not None:
+            if TENSORRT not in available:
                 raise ConfigError(
-                    f"model '{config.name}': unknown gpu_execution_accelerator "
-                    f"'{accelerator.name}'; known: {', '.join(_GPU_ACCELERATORS)}"
-                )
-            if provider == CUDA:
-                cuda_options.update(accelerator.parameters)
-            elif provider in available:
-                providers.append((provider, {**cuda_options, **accelerator.parameters}))
-            else:
-                raise ConfigError(
-                    f"model '{config.name}': accelerator '{accelerator.name}' is not available "
+                    f"model '{config.name}': accelerator 'tensorrt' is not available "
                     "in this onnxruntime build"
                 )
-        providers.append((CUDA, cuda_options))
+            providers.append((TENSORRT, gpu.tensorrt_options))
+        providers.append((CUDA, gpu.cuda_options))
         wants_cuda = True
     elif device == "cuda" and not cpu_only:
         raise ConfigError(
             f"model '{config.name}': --device cuda was asked for but this onnxruntime "
             "cannot use CUDA (install onnxruntime-gpu with CUDA and cuDNN, or use --device auto)"
         )
-    for accelerator in accelerators.cpu_execution_accelerator:
+    for accelerator in config.optimization.execution_accelerators.cpu_execution_accelerator:
         provider = _CPU_ACCELERATORS.get(accelerator.name)
         if provider is None or provider not in available:
             raise ConfigError(
@@ -167,6 +180,7 @@ def plan_session(
         intra_op_threads=intra or max(1, usable // instances),
         inter_op_threads=inter or 1,
         wants_cuda=wants_cuda,
+        gpu=gpu,
     )
 
 
@@ -224,24 +238,35 @@ def session_options(config: mc.ModelConfig, plan: SessionPlan) -> Any:
     return options
 
 
+def _bindable(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
+    """IO binding moves numeric tensors; BYTES stay on the host and BF16 has its own path."""
+    return all(spec.datatype not in ("BYTES", "BF16") for spec in (*inputs, *outputs))
+
+
 class OnnxSession:
     """One onnxruntime InferenceSession plus what the server needs to know about it."""
 
     def __init__(self, model_path: Path, config: mc.ModelConfig, plan: SessionPlan) -> None:
         import onnxruntime as ort
 
+        name = config.name
+        if plan.wants_tensorrt and plan.gpu.engine_cache is not None:
+            prepare_engine_cache(name, plan.gpu.engine_cache, model_path.parents[2])
         try:
             self._session = ort.InferenceSession(
                 str(model_path),
                 sess_options=session_options(config, plan),
-                providers=[(name, opts) for name, opts in plan.providers],
+                providers=[(provider, opts) for provider, opts in plan.providers],
             )
         except Exception as exc:  # onnxruntime raises several unrelated types
             # Keep the message (it says what is wrong with the graph) but drop paths.
             message = str(exc).replace(str(model_path), model_path.name)
-            raise ConfigError(
-                f"model '{config.name}': onnxruntime cannot load it: {message}"
-            ) from None
+            if "graph capture" in message:
+                raise ConfigError(
+                    f"model '{name}': {CUDA_GRAPH_PARAMETER} cannot be used with this model: "
+                    f"{message}"
+                ) from None
+            raise ConfigError(f"model '{name}': onnxruntime cannot load it: {message}") from None
         # onnxruntime logs every failed run itself; the executor logs failures
         # once, in words (one line per batch, not per attempt), so runs stay quiet.
         self._run_options = ort.RunOptions()
@@ -250,6 +275,53 @@ class OnnxSession:
         self.inputs = tuple(self._spec(node) for node in self._session.get_inputs())
         self.outputs = tuple(self._spec(node) for node in self._session.get_outputs())
         self._bf16_io = any(t.datatype == "BF16" for t in (*self.inputs, *self.outputs))
+        #: "cuda" when batches go through IO binding (on CUDA only), else None.
+        self.binding: str | None = None
+        #: The padded batch sizes replayed as CUDA graphs.
+        self.cuda_graph_sizes: tuple[int, ...] = ()
+        self._runner: BoundRunner | None = None
+        sizes = plan.gpu.cuda_graph_sizes
+        if sizes:
+            check_graph_tensors(name, self.inputs, self.outputs)
+        if plan.wants_tensorrt and TENSORRT not in self.providers and CUDA in self.providers:
+            log.warning(
+                "model '%s': onnxruntime could not start TensorRT (are its libraries, "
+                "libnvinfer.so.10 and libnvonnxparser.so.10, installed?); it runs on CUDA alone",
+                name,
+            )
+        if CUDA in self.providers and _bindable(self.inputs, self.outputs):
+            self._runner = BoundRunner(
+                self._session, "cuda", plan.gpu.device_id, graphs=bool(sizes)
+            )
+            self.binding = "cuda"
+            if sizes:
+                self._capture(name, sizes)
+        elif sizes:
+            log.warning(
+                "model '%s': %s is not used: the model runs on %s, not CUDA",
+                name,
+                CUDA_GRAPH_PARAMETER,
+                self.providers[0],
+            )
+
+    def _capture(self, name: str, sizes: tuple[int, ...]) -> None:
+        """One CUDA graph per padded batch size, from zeros, before the model reports ready."""
+        assert self._runner is not None
+        for size in sizes:
+            feeds = {
+                spec.name: np.zeros((size, *spec.dims[1:]), dtype=numpy_dtype(spec.datatype))
+                for spec in self.inputs
+            }
+            try:
+                self._runner.capture(size, feeds)
+            except Exception as exc:  # onnxruntime raises several unrelated types
+                raise ConfigError(
+                    f"model '{name}': capturing its CUDA graph for batch size {size} failed "
+                    f"({type(exc).__name__}: {exc}); remove {CUDA_GRAPH_PARAMETER} from its "
+                    "cuda accelerator"
+                ) from None
+        self.cuda_graph_sizes = sizes
+        log.info("model '%s': CUDA graphs captured for batch sizes %s", name, sizes)
 
     @staticmethod
     def _spec(node: Any) -> TensorSpec:
@@ -262,6 +334,8 @@ class OnnxSession:
 
     def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]) -> list[np.ndarray]:
         """Run the graph (releases the GIL while onnxruntime computes)."""
+        if self._runner is not None:
+            return self._runner.run(feeds, output_names)
         if self._bf16_io:
             return self._run_bfloat16(feeds, output_names)
         return list(self._session.run(list(output_names), dict(feeds), self._run_options))
