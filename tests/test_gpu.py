@@ -199,7 +199,8 @@ def test_fallback_rules(tmp_path: Path) -> None:
     providers, log = _providers_and_log(tmp_path, ["--device", "auto"], hidden)
     assert providers == CPU and "no NVIDIA GPU is visible" in log
     refused, _ = _providers_and_log(tmp_path, ["--device", "cuda"], hidden)
-    assert refused.startswith("UNAVAILABLE: model 'dense': --device cuda was asked for")
+    # onnxruntime either fails to start CUDA without a device or falls back: refused both ways.
+    assert refused.startswith("UNAVAILABLE: model 'dense': ") and "CUDA" in refused
     write_config(
         tmp_path / "dense",
         'optimization { execution_accelerators { gpu_execution_accelerator [{ name: "tensorrt" '

@@ -51,7 +51,7 @@ def test_no_accelerators_means_plain_cuda_on_the_first_gpu() -> None:
     plan = plan_gpu(_config("max_batch_size: 8"), ORT)
     assert plan.cuda_options == {"device_id": "0"}
     assert plan.tensorrt_options is None and plan.cuda_graph_sizes == ()
-    placed = plan_gpu(_config('instance_group [{ kind: KIND_GPU gpus: [2] }]'), ORT)
+    placed = plan_gpu(_config("instance_group [{ kind: KIND_GPU gpus: [2] }]"), ORT)
     assert placed.device_id == 2 and placed.cuda_options == {"device_id": "2"}
 
 
@@ -81,7 +81,7 @@ def test_cuda_graphs_one_per_allowed_batch_size() -> None:
         (('value: "true"', 'value: "maybe"'), "enable_cuda_graph must be true or false"),
         (('string_value: "8,1,32"', 'string_value: "0,8"'), "positive batch sizes"),
         (
-            ('max_batch_size: 32', 'max_batch_size: 16'),
+            ("max_batch_size: 32", "max_batch_size: 16"),
             "within 1 to max_batch_size (16)",
         ),
         (
@@ -156,6 +156,7 @@ def test_tensorrt_options_in_triton_spelling(tmp_path: Path) -> None:
 
 def test_tensorrt_cache_defaults_to_a_temporary_directory() -> None:
     options, cache = tensorrt_options("m", {"trt_engine_cache_enable": "1"}, 0)
+    assert options["trt_engine_cache_path"] == str(cache)
     assert cache == default_cache_dir() / "tensorrt" / "m"
     assert default_cache_dir().is_dir()
     assert default_cache_dir().parent == Path(tempfile.gettempdir())
@@ -256,12 +257,16 @@ def test_cuda_graphs_refused_for_dynamic_non_batch_dims_on_any_machine(tmp_path:
 def test_server_reports_a_refused_cuda_graph_config(tmp_path: Path) -> None:
     """What a user sees: the model is UNAVAILABLE with the reason, the server stays up."""
     dense_model(tmp_path / "dense" / "1" / "model.onnx")
-    write_config(tmp_path / "dense", GRAPHS.replace(
-        '\nparameters { key: "allowed_batch_sizes" value { string_value: "8,1,32" } }', ""
-    ))
-    with RunningServer(tmp_path, require_ready=False) as server, grpc.insecure_channel(
-        server.address
-    ) as channel:
+    write_config(
+        tmp_path / "dense",
+        GRAPHS.replace(
+            '\nparameters { key: "allowed_batch_sizes" value { string_value: "8,1,32" } }', ""
+        ),
+    )
+    with (
+        RunningServer(tmp_path, require_ready=False) as server,
+        grpc.insecure_channel(server.address) as channel,
+    ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         (row,) = stub.RepositoryIndex(pb.RepositoryIndexRequest()).models
     assert row.state == "UNAVAILABLE"

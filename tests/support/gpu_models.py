@@ -76,9 +76,7 @@ def lstm_model(path: Path, embedding: int = 32, hidden: int = 128) -> Path:
         [
             helper.make_node("Gather", ["embedding", "tokens"], ["embedded"]),
             helper.make_node("Transpose", ["embedded"], ["steps"], perm=[1, 0, 2]),
-            helper.make_node(
-                "LSTM", ["steps", "W", "R", "B"], ["", "state"], hidden_size=hidden
-            ),
+            helper.make_node("LSTM", ["steps", "W", "R", "B"], ["", "state"], hidden_size=hidden),
             helper.make_node("Squeeze", ["state", "axis0"], ["last"]),
             helper.make_node("MatMul", ["last", "dense"], ["logit0"]),
             helper.make_node("Add", ["logit0", "bias"], ["logit"]),
@@ -104,7 +102,9 @@ def conv_model(path: Path, filters: int = 16) -> Path:
         [
             helper.make_node("Conv", ["image", "kernel", "kernel_bias"], ["conv"], pads=[1] * 4),
             helper.make_node("Relu", ["conv"], ["active"]),
-            helper.make_node("MaxPool", ["active"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node(
+                "MaxPool", ["active"], ["pooled"], kernel_shape=[2, 2], strides=[2, 2]
+            ),
             helper.make_node("Flatten", ["pooled"], ["flat"]),
             helper.make_node("Gemm", ["flat", "dense", "dense_bias"], ["logits"]),
             helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
