@@ -31,6 +31,7 @@ from pathlib import Path
 from onnxserve.layout import ALLOWED_BATCH_SIZES_PARAMETER
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.config import TensorSpec
+from onnxserve.server.config_batching import _allowed_batch_sizes as allowed_batch_sizes
 from onnxserve.server.errors import ConfigError
 
 CUDA_ACCELERATOR = "cuda"
@@ -131,23 +132,6 @@ def default_cache_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="onnxserve-cache-"))
 
 
-def parse_batch_sizes(config: mc.ModelConfig) -> tuple[int, ...]:
-    """The model's ``allowed_batch_sizes`` parameter, sorted; () when it has none."""
-    if ALLOWED_BATCH_SIZES_PARAMETER not in config.parameters:
-        return ()
-    text = config.parameters[ALLOWED_BATCH_SIZES_PARAMETER].string_value
-    try:
-        sizes = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
-    except ValueError:
-        sizes = ()
-    if not sizes or sizes[0] < 1:
-        raise ConfigError(
-            f"model '{config.name}': parameter {ALLOWED_BATCH_SIZES_PARAMETER} must be a "
-            f"comma-separated list of positive batch sizes, not '{text}'"
-        )
-    return sizes
-
-
 def plan_gpu(config: mc.ModelConfig, ort_version: str, cache_dir: Path | None = None) -> GpuPlan:
     """Read and check the model's GPU accelerators; raises ConfigError naming the problem.
 
@@ -213,18 +197,16 @@ def check_cuda_graphs(
             f"{where} needs a single model instance (instance_group count 1, not {instances}): "
             "onnxruntime replays CUDA graphs from one thread at a time"
         )
-    sizes = parse_batch_sizes(config)
-    if not sizes:
+    if ALLOWED_BATCH_SIZES_PARAMETER not in config.parameters:
         raise ConfigError(
             f"{where} needs parameter {ALLOWED_BATCH_SIZES_PARAMETER} (for example "
             '"1,8,32,64"): a graph is captured for each padded batch size, and batches are '
             "padded to those sizes"
         )
-    if config.max_batch_size and sizes[-1] > config.max_batch_size:
-        raise ConfigError(
-            f"model '{config.name}': parameter {ALLOWED_BATCH_SIZES_PARAMETER} must list sizes "
-            f"within 1 to max_batch_size ({config.max_batch_size})"
-        )
+    if config.max_batch_size < 1:
+        raise ConfigError(f"{where} needs max_batch_size (batches padded to allowed sizes)")
+    # The batcher's own reading of the sizes, so both agree on every batch.
+    sizes = allowed_batch_sizes(config)
     return sizes
 
 

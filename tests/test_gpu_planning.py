@@ -79,11 +79,15 @@ def test_cuda_graphs_one_per_allowed_batch_size() -> None:
     ("change", "message"),
     [
         (('value: "true"', 'value: "maybe"'), "enable_cuda_graph must be true or false"),
-        (('string_value: "8,1,32"', 'string_value: "0,8"'), "positive batch sizes"),
+        (
+            ('string_value: "8,1,32"', 'string_value: "0,8"'),
+            "allowed_batch_sizes must list sizes within 1 to max_batch_size (32), not '0,8'",
+        ),
         (
             ("max_batch_size: 32", "max_batch_size: 16"),
-            "within 1 to max_batch_size (16)",
+            "within 1 to max_batch_size (16), not '8,1,32'",
         ),
+        (("max_batch_size: 32", ""), "enable_cuda_graph needs max_batch_size"),
         (
             ('parameters { key: "allowed_batch_sizes" value { string_value: "8,1,32" } }', ""),
             "enable_cuda_graph needs parameter allowed_batch_sizes",
