@@ -23,6 +23,7 @@ import onnx
 from onnxserve.converter.errors import ConversionError, VerificationError
 from onnxserve.converter.export import iter_nodes
 from onnxserve.converter.verify import CaseResult, evaluate, make_session
+from onnxserve.sessions import create_session
 
 __all__ = [
     "OutputAgreement",
@@ -67,21 +68,16 @@ class VariantResult:
 
 def optimize_model(model: onnx.ModelProto, level: str) -> onnx.ModelProto:
     """onnxruntime's offline graph optimization at a portable level (basic or extended)."""
-    import onnxruntime as ort
-
     if level not in OPTIMIZATION_LEVELS:
         raise ConversionError(
             f"optimization level {level!r}: use one of {', '.join(OPTIMIZATION_LEVELS)}"
         )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = {
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    }[level]
     with tempfile.TemporaryDirectory(prefix="onnxserve-optimize-") as tmp:
         target = Path(tmp) / "optimized.onnx"
-        options.optimized_model_filepath = str(target)
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        # A SessionError here becomes _step's ConversionError, which names the step.
+        create_session(
+            model.SerializeToString(), graph_optimization=level, optimized_model_path=target
+        )
         return onnx.load(str(target))
 
 

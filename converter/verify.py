@@ -19,6 +19,7 @@ import onnx
 from onnxserve.converter.errors import VerificationError
 from onnxserve.converter.inputs import generate_batch
 from onnxserve.converter.trace import TracedModel
+from onnxserve.sessions import SessionError, create_session
 
 __all__ = [
     "CaseResult",
@@ -90,18 +91,11 @@ def check_onnx(model: onnx.ModelProto) -> None:
 
 def make_session(model: onnx.ModelProto | bytes) -> object:
     """A CPU onnxruntime session (conversion is checked on the CPU, like it is traced)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = min(4, os.cpu_count() or 1)
-    options.log_severity_level = 3
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise VerificationError(
-            f"onnxruntime cannot load the ONNX model: {str(exc)[:500]}"
-        ) from exc
+        return create_session(data, intra_op_threads=min(4, os.cpu_count() or 1))
+    except SessionError as exc:
+        raise VerificationError(f"onnxruntime cannot load the ONNX model: {exc}") from exc
 
 
 def compare_outputs(

@@ -33,6 +33,7 @@ from onnxserve.server.accelerators import (
 from onnxserve.server.binding import BoundRunner
 from onnxserve.server.config import TensorSpec, onnx_dims
 from onnxserve.server.errors import ConfigError
+from onnxserve.sessions import SessionError, create_session
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,6 @@ def session_options(config: mc.ModelConfig, plan: SessionPlan) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = plan.intra_op_threads
     options.inter_op_num_threads = plan.inter_op_threads
-    options.log_severity_level = 3  # provider fallbacks are reported by us, once, in words
     level = config.optimization.graph.level
     options.graph_optimization_level = {
         -1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -253,14 +253,11 @@ class OnnxSession:
         if plan.wants_tensorrt and plan.gpu.engine_cache is not None:
             prepare_engine_cache(name, plan.gpu.engine_cache, model_path.parents[2])
         try:
-            self._session = ort.InferenceSession(
-                str(model_path),
-                sess_options=session_options(config, plan),
-                providers=[(provider, opts) for provider, opts in plan.providers],
+            self._session = create_session(
+                model_path, plan.providers, options=session_options(config, plan)
             )
-        except Exception as exc:  # onnxruntime raises several unrelated types
-            # Keep the message (it says what is wrong with the graph) but drop paths.
-            message = str(exc).replace(str(model_path), model_path.name)
+        except SessionError as exc:  # its message says what is wrong with the graph
+            message = str(exc)
             if "graph capture" in message:
                 raise ConfigError(
                     f"model '{name}': {CUDA_GRAPH_PARAMETER} cannot be used with this model: "

@@ -19,6 +19,7 @@ import numpy as np
 from onnxserve.bench.results import RawPoint, RawResult
 from onnxserve.bench.workload import ModelInfo, WorkloadError, build_inputs
 from onnxserve.layout import version_folders
+from onnxserve.sessions import CPU_PROVIDER, SessionError, create_session
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +54,18 @@ def find_model_file(repository: Path, model: str, version: str, info: ModelInfo)
 def _session(model_file: Path, device: str, threads: int) -> object:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads > 0:
-        options.intra_op_num_threads = threads
     cuda = "CUDAExecutionProvider"
     wants_cuda = device == "cuda" or (device == "auto" and cuda in ort.get_available_providers())
-    providers = [cuda, "CPUExecutionProvider"] if wants_cuda else ["CPUExecutionProvider"]
+    providers = [cuda, CPU_PROVIDER] if wants_cuda else [CPU_PROVIDER]
     # A CUDA provider whose libraries are missing is reported by the provider
     # list below (the table says which ran), not by pages of loader noise on
     # stderr; errors that stop the session still raise.
-    ort.set_default_logger_severity(4)
     try:
-        session = ort.InferenceSession(str(model_file), options, providers=providers)
-    finally:
-        ort.set_default_logger_severity(2)
+        session = create_session(
+            model_file, providers, intra_op_threads=threads, quiet_providers=True
+        )
+    except SessionError as exc:
+        raise WorkloadError(f"onnxruntime cannot load {model_file.name}: {exc}") from None
     if device == "cuda" and cuda not in session.get_providers():
         raise WorkloadError("--raw-device cuda: onnxruntime could not use CUDA here")
     return session
