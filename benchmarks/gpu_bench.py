@@ -74,6 +74,10 @@ def serving(repository: Path, workers: int, log: Path) -> Iterator[str]:
                 with contextlib.suppress(grpc.RpcError):
                     if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
                         break
+                    index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=1).models
+                    failed = [f"{m.name}: {m.reason}" for m in index if m.state == "UNAVAILABLE"]
+                    if failed and all(m.state != "LOADING" for m in index):
+                        raise RuntimeError(f"models failed to load: {'; '.join(failed)}")
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the server was not ready within 180 s (see {log})")
                 time.sleep(0.2)
@@ -182,12 +186,14 @@ def graphs_repository(source: Path, target: Path) -> Path:
 def binding_gain(repository: Path, model: str, runs: int = 200) -> dict[str, float]:
     """Mean ms of plain ``run`` on host arrays against IO binding, batch 1 and 64, in process."""
     import numpy as np
-    import onnxruntime as ort
 
     from onnxserve.server.binding import BoundRunner
+    from onnxserve.sessions import create_session
 
     path = repository / model / "1" / "model.onnx"
-    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+    session = create_session(path, ["CUDAExecutionProvider"], quiet_providers=True)
+    if "CUDAExecutionProvider" not in session.get_providers():
+        raise RuntimeError("onnxruntime could not start CUDA")
     runner = BoundRunner(session, "cuda", 0)
     inputs = session.get_inputs()
     names = [o.name for o in session.get_outputs()]

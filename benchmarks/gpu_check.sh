@@ -20,9 +20,9 @@
 #   7. runs the benchmark matrix (benchmarks/gpu_bench.py).
 # Results (report.md, report.json, tests.log, tests.xml, bench.md,
 # bench.json, bench.log) go to $OUT when it is set, else to
-# benchmarks/results/gpu/. Exit status: 0 when every test passed and the
-# benchmark ran; 1 when something failed; 2 when the parts are missing or
-# damaged; 3 when no GPU is visible.
+# benchmarks/results/gpu/. Exit status: 0 when a CUDA session works, every
+# GPU test passed and the benchmark ran; 1 when something failed; 2 when the
+# parts are missing or damaged; 3 when no GPU is visible.
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -125,6 +125,7 @@ cd "$ROOT" || exit 1
 # 5. The machine as the check sees it.
 say "report:"
 "$venv/bin/python" benchmarks/gpu_machine.py report "$RESULTS/report.json"
+cuda=$?  # non-zero: no CUDA session here, so the GPU tests will all be skipped
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv >>"$RESULTS/report.json.txt" 2>&1
 
 # 6. The GPU tests.
@@ -146,10 +147,11 @@ bench=${PIPESTATUS[0]}
     cat "$RESULTS/report.json" "$RESULTS/report.json.txt" 2>/dev/null
     echo '```'
     echo
+    [ "$cuda" -eq 0 ] || echo "**No CUDA session could be created: every GPU test was skipped.**"
     echo "Tests (exit $tests): $(tail -n 1 "$RESULTS/tests.log")"
     echo
     cat "$RESULTS/bench.md" 2>/dev/null || echo "no benchmark page (exit $bench)"
 } >"$RESULTS/report.md"
 rm -f "$RESULTS/report.json.txt"
-say "done: tests exit $tests, benchmark exit $bench; $RESULTS/report.md"
-[ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]
+say "done: CUDA session exit $cuda, tests exit $tests, benchmark exit $bench; $RESULTS/report.md"
+[ "$cuda" -eq 0 ] && [ "$tests" -eq 0 ] && [ "$bench" -eq 0 ]

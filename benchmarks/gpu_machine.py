@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(data, indent=2) + "\n")
     for key, value in data.items():
         print(f"  {key}: {value}")
-    return 0
+    return 0 if data["cuda_session"] == "works" else 1
 
 
 if __name__ == "__main__":

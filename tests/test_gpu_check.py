@@ -166,3 +166,21 @@ def test_cuda_libraries_are_found_in_nvidia_packages(tmp_path: Path) -> None:
     found = find_cuda_libraries([site])
     assert found["cudart"].name == "libcudart.so.13" and found["cudnn"].name == "libcudnn.so.9"
     assert library_dirs(found) == [str(site / "nvidia/cu13/lib"), str(site / "nvidia/cudnn/lib")]
+
+
+def test_the_bench_graph_variant_writes_configs_the_server_accepts(tmp_path: Path) -> None:
+    from benchmarks.gpu_bench import MODELS, graphs_repository
+    from onnxserve.server.accelerators import plan_gpu
+    from onnxserve.server.config import parse_config_text
+    from tests.support.gpu_models import dense_model
+
+    source = tmp_path / "models"
+    for model in MODELS:
+        dense_model(source / model / "1" / "model.onnx")
+        (source / model / "config.pbtxt").write_text("max_batch_size: 64\ndynamic_batching { }\n")
+    target = graphs_repository(source, tmp_path / "graphs")
+    for model in MODELS:
+        config = parse_config_text((target / model / "config.pbtxt").read_text(), model)
+        config.name = model
+        assert plan_gpu(config, "1.31.1").cuda_graph_sizes == (1, 2, 4, 8, 16, 32, 64)
+        assert "enable_cuda_graph" not in (source / model / "config.pbtxt").read_text()
