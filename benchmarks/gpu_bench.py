@@ -27,13 +27,11 @@ import datetime
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,54 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.run_benchmark import free_port  # noqa: E402
+from benchmarks.run_benchmark import running_server  # noqa: E402
 
 MODELS = ("sentiment", "digits")
 GRAPH_SIZES = "1,2,4,8,16,32,64"
-
-
-@contextlib.contextmanager
-def serving(repository: Path, workers: int, log: Path) -> Iterator[str]:
-    """``onnxserve serve --device cuda`` on a free loopback port until the block ends."""
-    import grpc
-
-    from onnxserve.protocol import grpc_service_pb2 as pb
-    from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
-
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "onnxserve", "serve", "--model-repository", str(repository)]
-    cmd += ["--device", "cuda", "--host", "127.0.0.1", "--grpc-port", str(port)]
-    cmd += ["--workers", str(workers), "--log-level", "INFO"]
-    with log.open("ab") as sink:
-        sink.write(f"\n$ {' '.join(cmd)}\n".encode())
-        sink.flush()
-        process = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        with grpc.insecure_channel(address) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"the server exited with {process.returncode} (see {log})")
-                with contextlib.suppress(grpc.RpcError):
-                    if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
-                        break
-                    index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=1).models
-                    failed = [f"{m.name}: {m.reason}" for m in index if m.state == "UNAVAILABLE"]
-                    if failed and all(m.state != "LOADING" for m in index):
-                        raise RuntimeError(f"models failed to load: {'; '.join(failed)}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the server was not ready within 180 s (see {log})")
-                time.sleep(0.2)
-        yield address
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 class GpuSampler:
@@ -323,15 +277,20 @@ def main(argv: list[str] | None = None) -> int:
         repository = graphs if with_graphs and graphs is not None else args.repository
         row: dict[str, Any] = {"model": model, "configuration": label}
         print(f"[{time.monotonic() - started:5.0f} s] {model} {label}", flush=True)
+        server_log = args.work / "server.log"
+        extra = ["--device", "cuda", "--workers", str(workers), "--log-level", "INFO"]
+        with_raw = model not in results["raw"]
         try:
-            with serving(repository, workers, log) as address, GpuSampler() as sampler:
-                data = bench(
-                    model, address, repository, args.out, args, raw=model not in results["raw"]
-                )
+            with running_server(repository, server_log, extra) as address, GpuSampler() as sampler:
+                data = bench(model, address, repository, args.out, args, raw=with_raw)
             row.update(sampler.summary())
-        except (RuntimeError, subprocess.SubprocessError) as exc:
+        except (SystemExit, RuntimeError, subprocess.SubprocessError) as exc:
             results["notes"].append(f"{model} {label} failed: {exc}")
             continue
+        finally:
+            with log.open("a") as sink:  # every configuration's server log, in one file
+                sink.write(f"\n=== {model} {label}\n")
+                sink.write(server_log.read_text(errors="replace") if server_log.is_file() else "")
         if data.get("raw"):
             raw = data["raw"]
             results["raw"][model] = {

@@ -245,6 +245,11 @@ def running_server(repository: Path, log_path: Path, extra: Sequence[str]) -> It
                     with contextlib.suppress(grpc.RpcError):
                         if stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready:
                             break
+                        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=1)
+                        if index.models and all(m.state != "LOADING" for m in index.models):
+                            failed = "; ".join(f"{m.name}: {m.reason}" for m in index.models
+                                               if m.state == "UNAVAILABLE")  # fmt: skip
+                            raise SystemExit(f"models failed to load: {failed}")
                     if time.monotonic() > deadline:
                         raise SystemExit(f"the server was not ready after 180 s; see {log_path}")
                     time.sleep(0.2)

@@ -13,25 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-OPSET = 17
+from tests.support.batching_models import _save
+
 SEQUENCE = 50
 VOCABULARY = 1000
 
 
 def _weights(shape: tuple[int, ...], seed: int, scale: float = 0.2) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
-
-
-def _save(graph: onnx.GraphProto, path: Path) -> Path:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
 
 
 def dense_model(path: Path, width: int = 16, hidden: int = 32) -> Path:
