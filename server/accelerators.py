@@ -31,7 +31,7 @@ from pathlib import Path
 from onnxserve.layout import ALLOWED_BATCH_SIZES_PARAMETER
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.config import TensorSpec
-from onnxserve.server.config_batching import _allowed_batch_sizes as allowed_batch_sizes
+from onnxserve.server.config_batching import parse_allowed_batch_sizes
 from onnxserve.server.errors import ConfigError
 
 CUDA_ACCELERATOR = "cuda"
@@ -206,7 +206,7 @@ def check_cuda_graphs(
     if config.max_batch_size < 1:
         raise ConfigError(f"{where} needs max_batch_size (batches padded to allowed sizes)")
     # The batcher's own reading of the sizes, so both agree on every batch.
-    sizes = allowed_batch_sizes(config)
+    sizes = parse_allowed_batch_sizes(config)
     return sizes
 
 

@@ -112,7 +112,7 @@ class BatchingConfig:
             priority_levels=levels,
             default_priority_level=default_level,
             policies=policies,
-            allowed_batch_sizes=_allowed_batch_sizes(config),
+            allowed_batch_sizes=parse_allowed_batch_sizes(config),
         )
 
     def level_of(self, priority: int) -> int:
@@ -146,7 +146,9 @@ class BatchingConfig:
         return rows
 
 
-def _allowed_batch_sizes(config: mc.ModelConfig) -> tuple[int, ...]:
+def parse_allowed_batch_sizes(config: mc.ModelConfig) -> tuple[int, ...]:
+    """The ``allowed_batch_sizes`` parameter, sorted (() if absent); the batcher pads
+    to them and CUDA graphs capture one graph each. Raises ConfigError on bad values."""
     if ALLOWED_BATCH_SIZES_PARAMETER not in config.parameters:
         return ()
     text = config.parameters[ALLOWED_BATCH_SIZES_PARAMETER].string_value
