@@ -14,6 +14,7 @@ from pathlib import Path
 __all__ = [
     "ALLOWED_BATCH_SIZES_PARAMETER",
     "BACKEND",
+    "CHECKSUMS_FILENAME",
     "CONFIG_FILENAME",
     "INPUT_RANGE_PREFIX",
     "MODEL_FILENAME",
@@ -29,6 +30,9 @@ __all__ = [
 
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.pbtxt"
+#: Optional, per version folder: ``sha256sum`` output listing the model file and
+#: its external data files, verified before the server loads the version.
+CHECKSUMS_FILENAME = "sha256sums"
 # Triton's names for an ONNX Runtime model; a config may give either.
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"

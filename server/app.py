@@ -5,9 +5,21 @@ once while readiness (ServerReady and grpc.health.v1) stays false until every
 model is loaded. Each of ``--workers`` processes loads first and only then
 joins the shared port: the kernel hands a new connection to any process bound
 to it, and one still loading would answer UNAVAILABLE to a client that another
-process already told the server was ready. On SIGTERM or SIGINT readiness
-turns NOT_SERVING first, in-flight requests get ``grace_period_s`` to finish,
-then the process exits 0.
+process already told the server was ready.
+
+SIGTERM (or SIGINT) drains without losing a call:
+
+1. readiness turns NOT_SERVING and every new inference call gets UNAVAILABLE,
+   which clients retry on another replica, while the port stays open;
+2. every call accepted before that finishes (the batchers keep batching);
+3. once no call has arrived for ``QUIET_S`` (clients have moved on), gRPC
+   stops. Stopping earlier would make gRPC cancel the calls that reached the
+   process but not yet the servicer: measured, 13 to 15 of 400 calls from 16
+   concurrent callers ended CANCELLED when the port closed at once;
+4. the batchers stop once their last accepted call has its answer, and the
+   process exits 0. All of it within ``--grace-period-s``.
+
+SIGHUP re-reads ``--auth-token-file``.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -24,7 +37,16 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
-from onnxserve.server.peers import PeerStatistics, WorkerPeers
+from onnxserve.server.control import ModelControl, RepositoryPoller
+from onnxserve.server.guard import CallGuard, TokenFile
+from onnxserve.server.logs import configure_logging
+from onnxserve.server.peers import (
+    PEER_TIMEOUT_S,
+    PeerClient,
+    PeerServer,
+    VersionReport,
+    WorkerPeers,
+)
 from onnxserve.server.registry import ModelRegistry
 from onnxserve.server.runtime import available_cpus
 from onnxserve.server.service import InferenceService
@@ -33,6 +55,14 @@ from onnxserve.server.settings import ServerSettings
 log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# A drain stops gRPC once no call has arrived for this long (see the module docstring).
+QUIET_S = 0.25
+_DRAIN_POLL_S = 0.01
+
+
+class StartupFailed(Exception):
+    """The server cannot start as asked (the message says why); the process exits 1."""
 
 
 def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -52,6 +82,18 @@ def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return options
 
 
+def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    """TLS (mutual with --tls-client-ca) from the PEM files, or None for plaintext."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
 def reflection_pool() -> descriptor_pool.DescriptorPool:
     """One pool with every service this port serves, for server reflection.
 
@@ -66,75 +108,174 @@ def reflection_pool() -> descriptor_pool.DescriptorPool:
 
 
 class InferenceServer:
-    """One server process: the gRPC server, the models, health and reflection."""
+    """One server process: the gRPC server, the models, health, reflection and metrics."""
 
     def __init__(self, settings: ServerSettings, peers: WorkerPeers | None = None) -> None:
         self.settings = settings
         cpu_budget = max(1, (settings.cpu_threads or available_cpus()) // settings.workers)
-        self.registry = ModelRegistry(settings.model_repository, settings.device, cpu_budget)
-        self.peer_statistics = PeerStatistics(peers) if peers is not None else None
-        self.service = InferenceService(self.registry, self.peer_statistics)
+        self.registry = ModelRegistry(
+            settings.model_repository, settings.device, cpu_budget, settings.grace_period_s
+        )
+        self.peers = peers
+        self.peer_client = PeerClient(peers) if peers is not None else None
+        self.peer_server = (
+            PeerServer(peers.own_address, self.registry.reports) if peers is not None else None
+        )
+        self.control = ModelControl(self.registry, settings.model_control_mode)
+        self.service = InferenceService(self.registry, self.control, self.peer_client)
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=grpc_options(settings))
+        self.tokens = TokenFile(settings.auth_token_file) if settings.auth_token_file else None
+        interceptors = []
+        if self.tokens is not None or settings.max_concurrent_rpcs:
+            interceptors.append(CallGuard(self.tokens, settings.max_concurrent_rpcs))
+        self.server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
+        self.health_server: grpc.aio.Server | None = None
+        self.metrics = None
+        self.poller = (
+            RepositoryPoller(self.registry, settings.repository_poll_secs)
+            if settings.model_control_mode == "poll"
+            else None
+        )
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
+        settings = self.settings
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
-            (
-                INFERENCE_SERVICE,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+            (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
             self.server,
             pool=reflection_pool(),
         )
-        address = f"{self.settings.host}:{self.settings.grpc_port}"
+        address = f"{settings.host}:{settings.grpc_port}"
         for service in ("", INFERENCE_SERVICE):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self.settings.workers > 1:
+        if self.tokens is not None and not settings.tls:
+            log.warning(
+                "bearer tokens travel in plaintext without --tls-cert; use TLS unless a "
+                "TLS-terminating proxy sits in front of this port"
+            )
+        if self.peer_server is not None:
+            await self.peer_server.start()
+        if settings.workers > 1:
             # Binding queues connections in this socket's backlog: bind only
             # once loaded, so that the kernel routes none here before then.
             log.info("loading models before joining port %s (gRPC)", address)
-            await self.registry.load_all()
+            await self._load()
             await self._listen(address)
         else:
             await self._listen(address)
-            log.info("listening on %s (gRPC); loading models", address)
-            await self.registry.load_all()
+            log.info(
+                "listening on %s (gRPC%s); loading models",
+                address,
+                ", TLS" if settings.tls else "",
+            )
+            await self._load()
         if self.registry.is_ready():
             for service in ("", INFERENCE_SERVICE):
                 await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
             log.info("ready: %s", ", ".join(self.registry.model_names()) or "no models")
         else:
             log.error("not ready: some models failed to load (see RepositoryIndex for reasons)")
+        if self.poller is not None:
+            self.poller.start()
+
+    async def _load(self) -> None:
+        settings = self.settings
+        only: tuple[str, ...] | None = None
+        if settings.model_control_mode == "explicit" and "*" not in settings.load_model:
+            only = settings.load_model
+        await self.registry.load_all(only)
+        failures = self.registry.failures()
+        if failures and settings.exit_on_error:
+            raise StartupFailed(
+                f"--exit-on-error: {len(failures)} model(s) or version(s) failed to load: "
+                + "; ".join(failures)
+            )
 
     async def _listen(self, address: str) -> None:
+        credentials = server_credentials(self.settings)
         try:
-            self.server.add_insecure_port(address)
+            if credentials is None:
+                self.server.add_insecure_port(address)
+            else:
+                self.server.add_secure_port(address, credentials)
         except RuntimeError:
             raise OSError(f"cannot listen on {address}: is the port in use?") from None
-        if self.peer_statistics is not None:
-            # Where the other workers ask this one for its statistics.
-            self.server.add_insecure_port(self.peer_statistics.peers.own_address)
         await self.server.start()
+        settings = self.settings
+        if settings.health_port:
+            self.health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            health_address = f"{settings.host}:{settings.health_port}"
+            try:
+                self.health_server.add_insecure_port(health_address)
+            except RuntimeError:
+                raise OSError(f"cannot listen on {health_address}: is the port in use?") from None
+            await self.health_server.start()
+            log.info("grpc.health.v1 alone on %s (plaintext, no token)", health_address)
+        if settings.metrics_port and (self.peers is None or self.peers.index == 0):
+            self._start_metrics()
+
+    def _start_metrics(self) -> None:
+        from onnxserve.server.metrics import MetricsEndpoint, metrics_registry
+
+        loop = asyncio.get_running_loop()
+
+        def gather() -> list[VersionReport]:  # on the metrics thread
+            future = asyncio.run_coroutine_threadsafe(self.service.reports(), loop)
+            return future.result(timeout=PEER_TIMEOUT_S + 1)
+
+        pids = self.peers.pids if self.peers is not None else None
+        settings = self.settings
+        self.metrics = MetricsEndpoint(
+            settings.host, settings.metrics_port, metrics_registry(gather, pids)
+        )
+        self.metrics.start()
+        log.info("metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
 
     def request_stop(self) -> None:
         self._stopping.set()
 
+    def reload_tokens(self) -> None:
+        if self.tokens is None:
+            log.info("SIGHUP: no --auth-token-file to re-read")
+        else:
+            self.tokens.reload()
+
     async def wait_and_drain(self) -> None:
         await self._stopping.wait()
-        log.info(
-            "stopping: readiness off, %.1fs for in-flight requests", self.settings.grace_period_s
-        )
+        grace = self.settings.grace_period_s
+        deadline = time.monotonic() + grace
+        log.info("stopping: readiness off, new calls get UNAVAILABLE, %.1fs to drain", grace)
         self.service.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.settings.grace_period_s)
-        if self.peer_statistics is not None:
-            await self.peer_statistics.close()
+        if self.poller is not None:
+            await self.poller.stop()
+        while self.registry.in_flight() and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        while time.monotonic() - self.service.last_call < QUIET_S and time.monotonic() < deadline:
+            await asyncio.sleep(_DRAIN_POLL_S)
+        await self.server.stop(max(0.0, deadline - time.monotonic()))
+        await self.stop_sidecars()
         await self.registry.close()
         log.info("stopped")
+
+    async def abort(self) -> None:
+        """Start-up failed: close everything at once."""
+        await self.server.stop(None)
+        await self.stop_sidecars()
+        await self.registry.close()
+
+    async def stop_sidecars(self) -> None:
+        if self.health_server is not None:
+            await self.health_server.stop(None)
+        if self.metrics is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.metrics.stop)
+        if self.peer_client is not None:
+            await self.peer_client.close()
+        if self.peer_server is not None:
+            await self.peer_server.stop()
 
 
 async def serve(settings: ServerSettings, peers: WorkerPeers | None = None) -> None:
@@ -142,7 +283,12 @@ async def serve(settings: ServerSettings, peers: WorkerPeers | None = None) -> N
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.request_stop)
-    await server.start()
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
+    try:
+        await server.start()
+    except BaseException:
+        await server.abort()
+        raise
     await server.wait_and_drain()
 
 
@@ -151,6 +297,7 @@ def run(settings: ServerSettings) -> int:
 
     ``settings`` are valid (ServerSettings checks itself when it is made).
     """
+    configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1:
         from onnxserve.server.workers import run_workers
 
@@ -166,7 +313,7 @@ def run_one(settings: ServerSettings, peers: WorkerPeers | None = None) -> int:
     """
     try:
         asyncio.run(serve(settings, peers))
-    except OSError as exc:
+    except (OSError, StartupFailed) as exc:
         log.error("%s", exc)
         return 1
     return 0

@@ -8,7 +8,29 @@ was expected, and never include filesystem paths or internal names.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Literal
+
 import grpc
+
+log = logging.getLogger(__name__)
+
+#: Why a request to a model version failed: the ``reason`` label of
+#: ``nv_inference_request_failure`` (see :func:`failure_reason`).
+FailureReason = Literal[
+    "invalid_argument", "queue_full", "deadline_exceeded", "cancelled", "unavailable", "internal"
+]
+FAILURE_REASONS: tuple[FailureReason, ...] = (
+    "invalid_argument",
+    "queue_full",
+    "deadline_exceeded",
+    "cancelled",
+    "unavailable",
+    "internal",
+)
+#: What a caller reads when the server failed in a way it does not explain.
+INTERNAL_MESSAGE = "internal server error; see the server log"
 
 
 class ServerError(Exception):
@@ -72,9 +94,57 @@ class ModelExecutionError(ServerError):
     code = grpc.StatusCode.INTERNAL
 
 
+class ModelControlRefused(ServerError):
+    """A model-control call while the mode does not enable it (UNIMPLEMENTED).
+
+    gRPC's UNIMPLEMENTED covers an operation "not supported/enabled in this
+    service"; clients already treat it as "this server does not do that".
+    """
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
+class ModelLoadFailed(ServerError):
+    """RepositoryModelLoad could not load the model from the repository (FAILED_PRECONDITION)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ConfigError(Exception):
     """A model's configuration or files are unusable; raised at load time.
 
     Not a request error: it marks the model UNAVAILABLE in the repository index,
     with this message as the reason.
     """
+
+
+def status_of(error: BaseException, where: str) -> tuple[grpc.StatusCode, str]:
+    """The one mapping of an exception to what the caller sees: (status code, message).
+
+    A :class:`ServerError` carries both; anything else is a bug or an
+    environment failure: INTERNAL with a generic message, the details only in
+    the log (``where`` names the RPC there).
+    """
+    if isinstance(error, ServerError):
+        return error.code, error.message
+    log.error("unexpected error in %s", where, exc_info=error)
+    return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
+
+
+_REASONS: dict[type[ServerError], FailureReason] = {
+    InvalidInput: "invalid_argument",
+    QueueFull: "queue_full",
+    RequestTimeout: "deadline_exceeded",
+    RequestCancelled: "cancelled",
+    ModelUnavailable: "unavailable",
+}
+
+
+def failure_reason(error: BaseException | None) -> FailureReason:
+    """The metrics reason of a failed request (``None``: unknown, counted as internal)."""
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    for kind, reason in _REASONS.items():
+        if isinstance(error, kind):
+            return reason
+    return "internal"

@@ -17,7 +17,7 @@ from onnxserve.server.errors import ConfigError
 from onnxserve.server.inference import ModelSignature
 from onnxserve.server.input_ranges import complete_ranges, declared_ranges
 from onnxserve.server.runtime import CUDA, OnnxSession, plan_session
-from onnxserve.server.statistics import ModelStatistics
+from onnxserve.server.statistics import VersionStatistics
 from onnxserve.server.warmup import warm_up
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class ModelVersion:
         self.config = config
         self.session = session
         self.cuda_requested = cuda_requested
-        self.statistics = ModelStatistics()
+        self.statistics = VersionStatistics()
         self.signature = ModelSignature(
             name=name,
             inputs={t.name: t for t in tensor_specs(config.input)},

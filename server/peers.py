@@ -1,129 +1,161 @@
-"""ModelStatistics for the whole server when ``--workers`` processes share its port.
+"""Statistics for the whole server when ``--workers`` processes share its port.
 
-The kernel hands each connection to one process, so a statistics call reaches
-one worker, which knows only its own traffic. Triton's clients and
-perf_analyzer read the statistics as the server's, so the worker that answers
-asks the others over private Unix sockets (in a directory only this server's
-user can enter) and adds their counters to its own. A peer that does not
-answer in time is left out and logged; a peer that died stops the whole
-server anyway (see onnxserve.server.workers).
+The kernel hands each connection to one process, so a ModelStatistics call or
+a /metrics scrape reaches one worker, which knows only its own traffic.
+Triton's clients, perf_analyzer and Prometheus read the numbers as the
+server's, so the worker that answers asks the others and adds their counters
+to its own. The workers talk over private Unix sockets (in a directory only
+this server's user can enter), each served by a small gRPC server of its own
+that offers one method and answers with this worker's :class:`VersionReport`
+list as JSON: no TLS, no tokens, no call limit on that path, and nothing of it
+on the public port. A peer that does not answer in time is left out and
+logged; a peer that died stops the whole server anyway (onnxserve.server.workers).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
-from onnxserve.protocol import grpc_service_pb2 as pb
-from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.server.statistics import StatisticsSnapshot
 
 log = logging.getLogger(__name__)
 
-# Metadata a worker sends to its peers: answer with your own counters only
-# (without it, each peer would ask the others in turn).
-_LOCAL_ONLY_KEY = "onnxserve-worker-local"
-LOCAL_ONLY_METADATA = ((_LOCAL_ONLY_KEY, "1"),)
+_METHOD_SERVICE = "onnxserve.internal.WorkerPeers"
+_METHOD_NAME = "Reports"
 # How long the answering worker waits for its peers, at most.
 PEER_TIMEOUT_S = 2.0
 
 
 @dataclass(frozen=True)
 class WorkerPeers:
-    """Where this worker listens for its peers, and where they listen."""
+    """This worker's place among the ``--workers`` processes.
 
+    ``pids``: a shared array the supervisor fills with the workers' process ids
+    once they are started (for the process metrics of worker 0).
+    """
+
+    index: int
     own_address: str
     peer_addresses: tuple[str, ...]
+    pids: Any = None
 
 
-def is_local_only(metadata: Iterable[tuple[str, str | bytes]] | None) -> bool:
-    return any(key == _LOCAL_ONLY_KEY for key, _ in metadata or ())
+@dataclass
+class VersionReport:
+    """One model version's numbers in one process: statistics and requests in flight."""
+
+    model: str
+    version: str
+    statistics: StatisticsSnapshot
+    pending: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "statistics": self.statistics.to_dict(),
+            "pending": self.pending,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VersionReport:
+        return cls(
+            model=str(data["model"]),
+            version=str(data["version"]),
+            statistics=StatisticsSnapshot.from_dict(data["statistics"]),
+            pending=int(data["pending"]),
+        )
 
 
-class PeerStatistics:
-    """Asks the other workers for their ModelStatistics."""
+def merge_reports(
+    own: Sequence[VersionReport], others: Sequence[Sequence[VersionReport]]
+) -> list[VersionReport]:
+    """Every process's numbers added up per model version (versions any of them serves)."""
+    merged: dict[tuple[str, str], VersionReport] = {}
+    for reports in (own, *others):
+        for report in reports:
+            target = merged.setdefault(
+                (report.model, report.version),
+                VersionReport(report.model, report.version, StatisticsSnapshot(), 0),
+            )
+            target.statistics.merge(report.statistics)
+            target.pending += report.pending
+    return [merged[key] for key in sorted(merged, key=lambda k: (k[0], _version_order(k[1])))]
+
+
+def _version_order(version: str) -> tuple[int, str]:
+    return (int(version), "") if version.isdigit() else (0, version)
+
+
+def _encode(reports: Sequence[VersionReport]) -> bytes:
+    return json.dumps([report.to_dict() for report in reports]).encode()
+
+
+def _decode(payload: bytes) -> list[VersionReport]:
+    return [VersionReport.from_dict(item) for item in json.loads(payload)]
+
+
+class PeerServer:
+    """This worker's Unix-socket server, answering its own reports to the others."""
+
+    def __init__(self, address: str, reports: Callable[[], list[VersionReport]]) -> None:
+        self._address = address
+        self._reports = reports
+        self._server = grpc.aio.server()
+
+    async def start(self) -> None:
+        async def answer(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return _encode(self._reports())
+
+        handler = grpc.method_handlers_generic_handler(
+            _METHOD_SERVICE, {_METHOD_NAME: grpc.unary_unary_rpc_method_handler(answer)}
+        )
+        self._server.add_generic_rpc_handlers((handler,))
+        self._server.add_insecure_port(self._address)
+        await self._server.start()
+
+    async def stop(self) -> None:
+        await self._server.stop(None)
+
+
+class PeerClient:
+    """Asks the other workers for their reports."""
 
     def __init__(self, peers: WorkerPeers) -> None:
         self.peers = peers
-        self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
+        self._calls: list[grpc.aio.UnaryUnaryMultiCallable] = []
         self._channels: list[grpc.aio.Channel] = []
 
-    def _ensure_stubs(self) -> list[pb_grpc.GRPCInferenceServiceStub]:
+    def _ensure_calls(self) -> list[grpc.aio.UnaryUnaryMultiCallable]:
         # Channels belong to the running event loop: made on first use.
-        if not self._stubs:
+        if not self._calls:
             self._channels = [grpc.aio.insecure_channel(a) for a in self.peers.peer_addresses]
-            self._stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels]
-        return self._stubs
+            method = f"/{_METHOD_SERVICE}/{_METHOD_NAME}"
+            self._calls = [channel.unary_unary(method) for channel in self._channels]
+        return self._calls
 
-    async def gather(
-        self, request: pb.ModelStatisticsRequest, timeout_s: float
-    ) -> list[pb.ModelStatisticsResponse]:
-        stubs = self._ensure_stubs()
+    async def gather(self, timeout_s: float = PEER_TIMEOUT_S) -> list[list[VersionReport]]:
+        """The reports of every peer that answers within ``timeout_s``."""
+        calls = self._ensure_calls()
         answers = await asyncio.gather(
-            *(
-                stub.ModelStatistics(request, timeout=timeout_s, metadata=LOCAL_ONLY_METADATA)
-                for stub in stubs
-            ),
-            return_exceptions=True,
+            *(call(b"", timeout=timeout_s) for call in calls), return_exceptions=True
         )
-        responses: list[pb.ModelStatisticsResponse] = []
+        reports: list[list[VersionReport]] = []
         for address, answer in zip(self.peers.peer_addresses, answers, strict=True):
             if isinstance(answer, BaseException):
                 code = answer.code() if isinstance(answer, grpc.aio.AioRpcError) else answer
                 log.warning("statistics leave out the worker at %s: %s", address, code)
             else:
-                responses.append(answer)
-        return responses
+                reports.append(_decode(answer))
+        return reports
 
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
-
-
-def merge_statistics(
-    own: pb.ModelStatisticsResponse, others: Sequence[pb.ModelStatisticsResponse]
-) -> pb.ModelStatisticsResponse:
-    """``own`` with every peer's counters added, model version by model version.
-
-    Counts and durations add up; ``last_inference`` is the latest of them.
-    Versions only a peer reports (it cannot happen while every worker loads
-    the same repository) are left out rather than guessed at.
-    """
-    merged = pb.ModelStatisticsResponse()
-    merged.CopyFrom(own)
-    by_version = {(s.name, s.version): s for s in merged.model_stats}
-    for response in others:
-        for stats in response.model_stats:
-            target = by_version.get((stats.name, stats.version))
-            if target is not None:
-                _add_model_statistics(target, stats)
-    return merged
-
-
-def _add_model_statistics(target: pb.ModelStatistics, source: pb.ModelStatistics) -> None:
-    target.last_inference = max(target.last_inference, source.last_inference)
-    target.inference_count += source.inference_count
-    target.execution_count += source.execution_count
-    _add_durations(target.inference_stats, source.inference_stats)
-    batches = {b.batch_size: b for b in target.batch_stats}
-    for batch in source.batch_stats:
-        if batch.batch_size in batches:
-            _add_durations(batches[batch.batch_size], batch)
-        else:
-            target.batch_stats.add().CopyFrom(batch)
-    target.batch_stats.sort(key=lambda b: b.batch_size)
-
-
-def _add_durations(
-    target: pb.InferStatistics | pb.InferBatchStatistics,
-    source: pb.InferStatistics | pb.InferBatchStatistics,
-) -> None:
-    """Add every StatisticDuration field of ``source`` to ``target``'s."""
-    for field, value in source.ListFields():
-        if isinstance(value, pb.StatisticDuration):
-            duration = getattr(target, field.name)
-            duration.count += value.count
-            duration.ns += value.ns

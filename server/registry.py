@@ -1,112 +1,276 @@
-"""The models a server holds: load them from the repository, find them per request.
+"""The models a server holds: load, reload and unload them; find them per request.
 
 A model that fails to load does not stop the server: it is listed as
 UNAVAILABLE with the reason in RepositoryIndex and its requests get
 UNAVAILABLE, while the server reports not ready (Triton's strict readiness),
-so an orchestrator sees a broken deployment instead of routing traffic to it.
+so an orchestrator sees a broken deployment instead of routing traffic to it
+(``--exit-on-error`` makes such a start fail instead).
+
+Every change goes through :meth:`ModelRegistry.apply`, which brings one model
+in line with a fresh scan of its folder: new or changed versions are loaded
+first, and only once they are READY do the versions they replace start
+draining (onnxserve.server.lifecycle), so a caller asking for the latest
+version always finds one. A new version that fails to load while the model's
+other versions serve is reported and the others keep serving. Start-up, the
+repository poller and RepositoryModelLoad / RepositoryModelUnload are the
+drivers (onnxserve.server.control); one at a time, under a lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.errors import ConfigError, ModelNotFound, ModelUnavailable
+from onnxserve.server.lifecycle import ModelEntry, ServingVersion, VersionSlot, VersionState
 from onnxserve.server.model import LoadOptions, ModelVersion, load_model_version
-from onnxserve.server.repository import ModelSource, scan_repository
+from onnxserve.server.model_files import check_model_files
+from onnxserve.server.peers import VersionReport
+from onnxserve.server.repository import (
+    ModelSource,
+    RepositoryScan,
+    Skipped,
+    relative_reason,
+    scan_one,
+    scan_repository,
+)
 from onnxserve.server.runtime import CUDA, nvidia_gpu_visible
-from onnxserve.server.scheduler import Scheduler, create_scheduler
+from onnxserve.server.scheduler import create_scheduler
 
 log = logging.getLogger(__name__)
 
-READY = "READY"
-UNAVAILABLE = "UNAVAILABLE"
-LOADING = "LOADING"
-
-
-@dataclass
-class VersionState:
-    state: str
-    reason: str = ""
-    model: ModelVersion | None = None
-    scheduler: Scheduler | None = None
-
-
-@dataclass
-class ModelEntry:
-    name: str
-    versions: dict[int, VersionState] = field(default_factory=dict)
-    error: str | None = None  # the model folder itself is unusable
-
-    def ready_versions(self) -> list[int]:
-        return sorted(v for v, s in self.versions.items() if s.state == READY)
-
 
 class ModelRegistry:
-    """Loaded models by name and version; lookups are cheap dictionary reads."""
+    """Models by name and version; lookups are cheap dictionary reads on the event loop."""
 
-    def __init__(self, repository: Path, device: str, cpu_budget: int) -> None:
+    def __init__(
+        self, repository: Path, device: str, cpu_budget: int, drain_timeout_s: float = 10.0
+    ) -> None:
         self.repository = repository
         self._device = device
         self._cpu_budget = cpu_budget
+        self._drain_timeout_s = drain_timeout_s
         self._cuda_usable: bool | None = None
         self._models: dict[str, ModelEntry] = {}
+        self._control = asyncio.Lock()
+        self._drains: set[asyncio.Task[None]] = set()
+        self._reported: set[Skipped] = set()
+        # The scan each model was last brought in line with (see changed()).
+        self._applied: dict[str, tuple[object, ...]] = {}
         self.loaded = False
 
-    async def load_all(self) -> None:
-        """Scan the repository and load every selected version, one at a time.
+    # -- driving the lifecycle -----------------------------------------------------------
 
-        Loading one at a time keeps peak memory predictable and lets the first
-        load settle whether CUDA works here before the others try it.
+    async def scan(self, name: str | None = None) -> RepositoryScan:
+        """Scan the repository (or one model folder) off the event loop; report skipped entries."""
+        loop = asyncio.get_running_loop()
+        if name is None:
+            scan = await loop.run_in_executor(None, scan_repository, self.repository)
+        else:
+            scan = await loop.run_in_executor(None, scan_one, self.repository, name)
+        self._report_skipped(scan, whole=name is None)
+        for source in scan.models:
+            if source.error:
+                source.error = relative_reason(source.error, self.repository)
+        return scan
+
+    def _report_skipped(self, scan: RepositoryScan, whole: bool) -> None:
+        """One log line per skipped entry, the first time it is seen."""
+        for skipped in scan.skipped:
+            if skipped not in self._reported:
+                self._reported.add(skipped)
+                level = logging.INFO if skipped.hidden else logging.WARNING
+                log.log(
+                    level, "skipped '%s' in the model repository: %s", skipped.entry, skipped.why
+                )
+        if whole and not scan.models and not self.loaded:
+            log.warning(
+                "the model repository holds no model folders (<model>/<version>/model.onnx)"
+            )
+
+    async def load_all(self, only: tuple[str, ...] | None = None) -> None:
+        """Start-up: scan and load every model (``only``: just these; the rest listed unloaded).
+
+        Versions load one at a time, which keeps peak memory predictable and
+        lets the first load settle whether CUDA works before the others try.
         """
         if self._device == "auto" and self._cuda_usable is None and nvidia_gpu_visible() is False:
             self._cuda_usable = False
             log.info("no NVIDIA GPU is visible to this process: models run on the CPU")
-        loop = asyncio.get_running_loop()
-        sources = await loop.run_in_executor(None, scan_repository, self.repository)
-        for source in sources:
-            entry = ModelEntry(source.name, error=source.error)
-            self._models[source.name] = entry
-            for version in source.versions:
-                entry.versions[version] = VersionState(LOADING)
-        for source in sources:
-            await self._load_source(source)
+        scan = await self.scan()
+        async with self._control:
+            chosen = [s for s in scan.models if only is None or s.name in only]
+            for source in scan.models:
+                entry = self._models.setdefault(source.name, ModelEntry(source.name))
+                if source in chosen:
+                    entry.versions = {v: VersionSlot(VersionState.LOADING) for v in source.versions}
+                else:
+                    entry.loaded = False
+            for source in chosen:
+                await self._apply(source)
+            missing = sorted(set(only or ()) - {s.name for s in scan.models})
+            for name in missing:
+                log.error("--load-model names '%s', which is not in the model repository", name)
         self.loaded = True
 
-    async def _load_source(self, source: ModelSource) -> None:
-        entry = self._models[source.name]
+    async def apply(self, source: ModelSource) -> ModelEntry:
+        """Bring one model in line with a fresh scan of its folder (load, reload, drain)."""
+        async with self._control:
+            return await self._apply(source)
+
+    def changed(self, source: ModelSource) -> bool:
+        """Whether a scan of a model differs from the one last applied (config, files, error)."""
+        return self._applied.get(source.name) != _signature(source)
+
+    async def _apply(self, source: ModelSource) -> ModelEntry:
+        self._applied[source.name] = _signature(source)
+        entry = self._models.setdefault(source.name, ModelEntry(source.name))
+        serving_before = bool(entry.ready_versions()) and entry.loaded
+        entry.loaded = True
         if source.error:
-            log.error("model '%s' is unavailable: %s", source.name, source.error)
-            return
-        loop = asyncio.get_running_loop()
-        for version, path in sorted(source.versions.items()):
-            options = LoadOptions(self._device, self._cpu_budget, self._cuda_usable)
-            try:
-                model = await loop.run_in_executor(
-                    None, load_model_version, source.name, version, path, source.config, options
+            if serving_before:
+                log.error(
+                    "model '%s' could not be reloaded (its previous versions keep serving): %s",
+                    source.name,
+                    source.error,
                 )
-            except ConfigError as exc:
-                log.error("model '%s' version %d is unavailable: %s", source.name, version, exc)
-                entry.versions[version] = VersionState(UNAVAILABLE, reason=str(exc))
-                continue
-            if model.cuda_requested and self._cuda_usable is None:
-                # Settle once whether CUDA works, so later models skip a doomed attempt.
-                self._cuda_usable = CUDA in model.providers
-            entry.versions[version] = VersionState(
-                READY, model=model, scheduler=create_scheduler(model)
+                return entry
+            log.error("model '%s' is unavailable: %s", source.name, source.error)
+            entry.error = source.error
+            self._drain_versions(entry, list(entry.versions))
+            return entry
+        entry.error = None
+        for version, path in sorted(source.versions.items()):
+            slot = entry.versions.get(version)
+            previous = (
+                slot.serving if slot is not None and slot.state is VersionState.READY else None
             )
+            if previous is not None and previous.fingerprint == source.fingerprints.get(version):
+                continue  # unchanged on disk
+            if previous is None:
+                entry.versions[version] = VersionSlot(VersionState.LOADING)
+            loaded = await self._load(source, version, path, entry, serving_before)
+            if loaded is None:
+                continue
+            entry.versions[version] = VersionSlot(VersionState.READY, serving=loaded)
+            if previous is not None:  # the same version number, changed on disk
+                log.info(
+                    "model '%s' version %d reloaded; the old copy drains", source.name, version
+                )
+                self._start_drain(previous)
+        if serving_before and not any(
+            v in entry.versions and entry.versions[v].state is VersionState.READY
+            for v in source.versions
+        ):
+            return entry  # none of the versions to serve could load: keep what serves
+        removed = [v for v in entry.versions if v not in source.versions]
+        self._drain_versions(entry, removed)
+        return entry
+
+    async def _load(
+        self, source: ModelSource, version: int, path: Path, entry: ModelEntry, others_serve: bool
+    ) -> ServingVersion | None:
+        loop = asyncio.get_running_loop()
+        options = LoadOptions(self._device, self._cpu_budget, self._cuda_usable)
+        try:
+            model = await loop.run_in_executor(
+                None, self._load_checked, source, version, path, options
+            )
+        except ConfigError as exc:
+            reason = relative_reason(str(exc), self.repository)
+            log.error("model '%s' version %d is unavailable: %s", source.name, version, reason)
+            slot = entry.versions[version]
+            if slot.serving is None or slot.state is not VersionState.READY:
+                # A new version that fails while others serve does not block readiness.
+                entry.versions[version] = VersionSlot(
+                    VersionState.FAILED, reason=reason, blocks_readiness=not others_serve
+                )
+            return None
+        if model.cuda_requested and self._cuda_usable is None:
+            # Settle once whether CUDA works, so later models skip a doomed attempt.
+            self._cuda_usable = CUDA in model.providers
+        return ServingVersion(model, create_scheduler(model), source.fingerprints.get(version, ()))
+
+    def _load_checked(
+        self, source: ModelSource, version: int, path: Path, options: LoadOptions
+    ) -> ModelVersion:
+        """On a worker thread: prove the files, then create the session."""
+        where = f"model '{source.name}' version {version}"
+        check_model_files(path, self.repository.resolve(), where)
+        return load_model_version(source.name, version, path, source.config, options)
+
+    def _drain_versions(self, entry: ModelEntry, versions: list[int]) -> None:
+        for version in versions:
+            slot = entry.versions.pop(version, None)
+            if slot is not None and slot.serving is not None and slot.state is VersionState.READY:
+                log.info("model '%s' version %d drains and unloads", entry.name, version)
+                draining = VersionSlot(VersionState.DRAINING, serving=slot.serving)
+                entry.versions[version] = draining
+                self._start_drain(slot.serving, entry, version, draining)
+
+    def _start_drain(
+        self,
+        serving: ServingVersion,
+        entry: ModelEntry | None = None,
+        version: int = 0,
+        slot: VersionSlot | None = None,
+    ) -> None:
+        """Drain in the background; once drained, the slot leaves the entry."""
+
+        async def drain() -> None:
+            await serving.drain(self._drain_timeout_s)
+            if entry is not None and entry.versions.get(version) is slot:
+                del entry.versions[version]
+            log.info("model '%s' version %s unloaded", serving.name, serving.label)
+
+        task = asyncio.get_running_loop().create_task(drain())
+        self._drains.add(task)
+        task.add_done_callback(self._drains.discard)
+
+    async def unload(self, name: str) -> None:
+        """Drain every version of a model and mark it unloaded; returns once drained."""
+        async with self._control:
+            entry = self._entry(name)
+            entry.loaded = False
+            entry.error = None
+            self._drain_versions(entry, list(entry.versions))
+        await self.wait_drained()
+
+    async def forget(self, name: str) -> None:
+        """A model folder that left the repository: unload it and drop it from the index."""
+        await self.unload(name)
+        self._models.pop(name, None)
+        self._applied.pop(name, None)
+
+    async def load(self, name: str) -> ModelEntry:
+        """(Re)load one model from its folder now (RepositoryModelLoad)."""
+        scan = await self.scan(name)
+        if not scan.models:
+            raise ModelNotFound(f"model '{name}' is not in the model repository")
+        return await self.apply(scan.models[0])
+
+    async def wait_drained(self) -> None:
+        while self._drains:
+            await asyncio.gather(*list(self._drains))
+
+    # -- lookups ----------------------------------------------------------------------------
 
     def is_ready(self) -> bool:
-        """Every model folder loaded and every selected version READY."""
-        if not self.loaded:
-            return False
-        return all(
-            entry.error is None and all(s.state == READY for s in entry.versions.values())
-            for entry in self._models.values()
-        )
+        """Loaded, and every model the server serves has what it was asked to serve."""
+        return self.loaded and all(entry.is_ready() for entry in self._models.values())
+
+    def failures(self) -> list[str]:
+        """Reasons of the models and versions that failed (for --exit-on-error)."""
+        reasons = []
+        for entry in self._models.values():
+            if entry.error:
+                reasons.append(entry.error)
+            reasons.extend(
+                s.reason for s in entry.versions.values() if s.state is VersionState.FAILED
+            )
+        return reasons
 
     def _entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
@@ -114,11 +278,13 @@ class ModelRegistry:
             raise ModelNotFound(f"model '{name}' is not in the model repository")
         return entry
 
-    def get(self, name: str, version: str = "") -> VersionState:
+    def get(self, name: str, version: str = "") -> ServingVersion:
         """The READY version asked for ("" means the highest READY version)."""
         entry = self._entry(name)
         if entry.error:
             raise ModelUnavailable(f"model '{name}' is unavailable: {entry.error}")
+        if not entry.loaded:
+            raise ModelUnavailable(f"model '{name}' is not loaded")
         if version == "":
             ready = entry.ready_versions()
             if not ready:
@@ -126,23 +292,25 @@ class ModelRegistry:
                 raise ModelUnavailable(
                     f"model '{name}' has no version ready" + (f": {reasons}" if reasons else "")
                 )
-            return entry.versions[ready[-1]]
+            serving = entry.versions[ready[-1]].serving
+            assert serving is not None  # READY slots always hold one
+            return serving
         try:
             number = int(version)
         except ValueError:
             raise ModelNotFound(
                 f"model '{name}' has no version '{version}'; versions are positive integers"
             ) from None
-        state = entry.versions.get(number)
-        if state is None:
+        slot = entry.versions.get(number)
+        if slot is None:
             served = ", ".join(map(str, sorted(entry.versions))) or "none"
             raise ModelNotFound(f"model '{name}' has no version {number} (served: {served})")
-        if state.state != READY:
+        if slot.state is not VersionState.READY or slot.serving is None:
             raise ModelUnavailable(
-                f"model '{name}' version {number} is {state.state.lower()}"
-                + (f": {state.reason}" if state.reason else "")
+                f"model '{name}' version {number} is {slot.state.value.lower()}"
+                + (f": {slot.reason}" if slot.reason else "")
             )
-        return state
+        return slot.serving
 
     def model_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -154,42 +322,44 @@ class ModelRegistry:
     def ready_version_labels(self, name: str) -> list[str]:
         return [str(v) for v in self._entry(name).ready_versions()]
 
-    def versions_of(self, name: str, version: str = "") -> list[ModelVersion]:
-        """For statistics: one version, or every READY version of the model."""
+    def serving_versions(self, name: str, version: str = "") -> list[ServingVersion]:
+        """For statistics: one READY version, or every version of the model holding a handle."""
         if version:
-            state = self.get(name, version)
-            return [state.model] if state.model else []
-        entry = self._entry(name)
-        return [entry.versions[v].model for v in entry.ready_versions() if entry.versions[v].model]
+            return [self.get(name, version)]
+        return self._entry(name).serving()
+
+    def in_flight(self) -> int:
+        """Requests accepted by any version and not yet answered."""
+        return sum(s.in_flight for e in self._models.values() for s in e.serving())
+
+    def reports(self) -> list[VersionReport]:
+        """This process's numbers for every version that holds a handle (READY or DRAINING)."""
+        return [
+            VersionReport(name, serving.label, serving.statistics.snapshot(), serving.in_flight)
+            for name in sorted(self._models)
+            for serving in self._models[name].serving()
+        ]
 
     def model_names(self) -> list[str]:
         return sorted(self._models)
 
+    def is_loaded(self, name: str) -> bool:
+        entry = self._models.get(name)
+        return entry is not None and entry.loaded
+
     def index(self, ready_only: bool) -> list[pb.RepositoryIndexResponse.ModelIndex]:
-        rows = []
+        rows: list[pb.RepositoryIndexResponse.ModelIndex] = []
         for name in sorted(self._models):
-            entry = self._models[name]
-            if entry.error:
-                if not ready_only:
-                    rows.append(
-                        pb.RepositoryIndexResponse.ModelIndex(
-                            name=name, state=UNAVAILABLE, reason=entry.error
-                        )
-                    )
-                continue
-            for version in sorted(entry.versions):
-                state = entry.versions[version]
-                if ready_only and state.state != READY:
-                    continue
-                rows.append(
-                    pb.RepositoryIndexResponse.ModelIndex(
-                        name=name, version=str(version), state=state.state, reason=state.reason
-                    )
-                )
+            rows.extend(self._models[name].index_rows(ready_only))
         return rows
 
     async def close(self) -> None:
-        for entry in self._models.values():
-            for state in entry.versions.values():
-                if state.scheduler is not None:
-                    await state.scheduler.close()
+        """Drain every version (the server has stopped taking calls) and release threads."""
+        async with self._control:
+            for entry in self._models.values():
+                self._drain_versions(entry, list(entry.versions))
+        await self.wait_drained()
+
+
+def _signature(source: ModelSource) -> tuple[object, ...]:
+    return (source.error, tuple(sorted(source.fingerprints.items())))

@@ -64,8 +64,8 @@ class DirectScheduler:
             executed, started = await loop.run_in_executor(
                 self._threads, self._run, request, deadline_ns
             )
-        except BaseException:
-            self._model.statistics.record_failure(time.monotonic_ns() - request.arrival_ns)
+        except BaseException as exc:
+            self._model.statistics.record_failure(time.monotonic_ns() - request.arrival_ns, exc)
             raise
         self._executor.record([request], executed, started)
         outcome = executed.outcomes[0]

@@ -1,8 +1,11 @@
 """The GRPCInferenceService servicer: each RPC decodes, asks the core, encodes.
 
-Handlers raise domain errors (onnxserve.server.errors) and the ``_rpc``
-decorator maps them to statuses in one place; anything unexpected becomes
-INTERNAL with a generic message, its details only in the server log.
+Handlers raise domain errors (onnxserve.server.errors) and one function,
+``errors.status_of``, turns any exception into the (code, message) a caller
+sees: the ``_rpc`` decorator aborts unary calls with it, and ModelStreamInfer
+puts it in the failed request's ``error_message``. Anything unexpected becomes
+INTERNAL with a generic message, its details only in the server log. RPCs
+onnxserve does not offer are declared below as methods that say why.
 """
 
 from __future__ import annotations
@@ -19,39 +22,61 @@ import grpc
 from onnxserve import __version__
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from onnxserve.server.errors import ModelUnavailable, NotImplementedByServer, ServerError
+from onnxserve.server.control import ModelControl
+from onnxserve.server.errors import (
+    ModelUnavailable,
+    NotImplementedByServer,
+    ServerError,
+    status_of,
+)
 from onnxserve.server.inference import decode_request, encode_response
-from onnxserve.server.peers import PEER_TIMEOUT_S, PeerStatistics, is_local_only, merge_statistics
+from onnxserve.server.peers import PEER_TIMEOUT_S, PeerClient, VersionReport, merge_reports
 from onnxserve.server.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "onnxserve"
-# Triton extension names this server fully provides.
+# Triton extension names this server fully provides (model_repository: explicit mode only).
 EXTENSIONS = ("model_configuration", "statistics", "schedule_policy")
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
 Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
 
+_SHARED_MEMORY = "tensors travel in the request; shared-memory regions are not supported"
+
 
 def _rpc(handler: Handler[Request, Response]) -> Handler[Request, Response]:
     @functools.wraps(handler)
-    async def wrapper(self: Any, request: Request, context: grpc.aio.ServicerContext) -> Response:
+    async def wrapper(
+        self: InferenceService, request: Request, context: grpc.aio.ServicerContext
+    ) -> Response:
+        self.last_call = time.monotonic()
         try:
             return await handler(self, request, context)
-        except ServerError as exc:
-            await context.abort(exc.code, exc.message)
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception:
-            log.exception("unexpected error in %s", handler.__name__)
-            await context.abort(
-                grpc.StatusCode.INTERNAL, "internal server error; see the server log"
-            )
+        except Exception as exc:
+            code, message = status_of(exc, handler.__name__)
+            await context.abort(code, message)
         raise AssertionError("unreachable: abort raises")
 
     return wrapper
+
+
+def _not_offered(why: str) -> Callable[[Handler[Any, Any]], Handler[Any, Any]]:
+    """Declare an RPC onnxserve does not offer: it answers UNIMPLEMENTED saying why."""
+
+    def declare(handler: Handler[Any, Any]) -> Handler[Any, Any]:
+        @functools.wraps(handler)
+        async def refuse(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            raise NotImplementedByServer(
+                f"{handler.__name__} is not implemented by {SERVER_NAME}: {why}"
+            )
+
+        return _rpc(refuse)
+
+    return declare
 
 
 def deadline_of(context: grpc.aio.ServicerContext) -> int | None:
@@ -65,23 +90,48 @@ def deadline_of(context: grpc.aio.ServicerContext) -> int | None:
 class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     """Open Inference Protocol over gRPC, as Triton speaks it."""
 
-    def __init__(self, registry: ModelRegistry, peers: PeerStatistics | None = None) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        control: ModelControl,
+        peers: PeerClient | None = None,
+    ) -> None:
         self._registry = registry
+        self._control = control
         # The other --workers processes, whose counters statistics include.
         self._peers = peers
+        # Set on SIGTERM: inference calls get UNAVAILABLE (which clients retry elsewhere).
         self.draining = False
+        # time.monotonic() of the latest call, for the drain to tell when calls stopped.
+        self.last_call = time.monotonic()
 
     async def _infer(
         self, request: pb.ModelInferRequest, deadline_ns: int | None
     ) -> pb.ModelInferResponse:
         if self.draining:
             raise ModelUnavailable("the server is shutting down; retry on another replica")
-        state = self._registry.get(request.model_name, request.model_version)
-        assert state.model is not None and state.scheduler is not None
-        model = state.model
-        decoded = decode_request(request, model.signature, model.version_label)
-        outputs = await state.scheduler.infer(decoded, deadline_ns)
-        return encode_response(decoded, outputs, model.signature)
+        serving = self._registry.get(request.model_name, request.model_version)
+        model = serving.model
+        serving.enter()
+        try:
+            started = time.monotonic_ns()
+            try:
+                decoded = decode_request(request, model.signature, model.version_label)
+            except ServerError as exc:
+                serving.statistics.record_failure(time.monotonic_ns() - started, exc)
+                raise
+            # The scheduler records the request's success or failure from here on.
+            outputs = await serving.scheduler.infer(decoded, deadline_ns)
+            return encode_response(decoded, outputs, model.signature)
+        finally:
+            serving.leave()
+
+    async def reports(self) -> list[VersionReport]:
+        """Every model version's numbers, over all --workers processes (for statistics)."""
+        own = self._registry.reports()
+        if self._peers is None:
+            return own
+        return merge_reports(own, await self._peers.gather(PEER_TIMEOUT_S))
 
     @_rpc
     async def ServerLive(
@@ -106,46 +156,60 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
+        extensions = [*EXTENSIONS, *(("model_repository",) if self._control.explicit else ())]
         return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=__version__, extensions=list(EXTENSIONS)
+            name=SERVER_NAME, version=__version__, extensions=extensions
         )
 
     @_rpc
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        state = self._registry.get(request.name, request.version)
-        assert state.model is not None
-        return state.model.metadata(self._registry.ready_version_labels(request.name))
+        serving = self._registry.get(request.name, request.version)
+        return serving.model.metadata(self._registry.ready_version_labels(request.name))
 
     @_rpc
     async def ModelConfig(
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
-        state = self._registry.get(request.name, request.version)
-        assert state.model is not None
-        return pb.ModelConfigResponse(config=state.model.config)
+        serving = self._registry.get(request.name, request.version)
+        return pb.ModelConfigResponse(config=serving.model.config)
 
     @_rpc
     async def ModelStatistics(
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        names = [request.name] if request.name else self._registry.model_names()
+        version = request.version if request.name else ""
+        if request.name:
+            self._registry.serving_versions(request.name, version)  # NOT_FOUND, UNAVAILABLE
         response = pb.ModelStatisticsResponse()
-        for name in names:
-            for model in self._registry.versions_of(name, request.version if request.name else ""):
-                response.model_stats.append(model.statistics.to_proto(name, model.version_label))
-        if self._peers is None or is_local_only(context.invocation_metadata()):
-            return response
-        remaining = context.time_remaining()
-        timeout_s = PEER_TIMEOUT_S if remaining is None else min(PEER_TIMEOUT_S, remaining / 2)
-        return merge_statistics(response, await self._peers.gather(request, timeout_s))
+        for report in await self.reports():
+            if request.name and report.model != request.name:
+                continue
+            if version and report.version != version:
+                continue
+            response.model_stats.append(report.statistics.to_proto(report.model, report.version))
+        return response
 
     @_rpc
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
         return pb.RepositoryIndexResponse(models=self._registry.index(request.ready))
+
+    @_rpc
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        await self._control.load(request)
+        return pb.RepositoryModelLoadResponse()
+
+    @_rpc
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._control.unload(request)
+        return pb.RepositoryModelUnloadResponse()
 
     @_rpc
     async def ModelInfer(
@@ -160,8 +224,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         """Requests on a stream run concurrently; each answer is sent when it is ready.
 
-        A failed request answers with ``error_message`` and the stream goes on,
-        as Triton does, so one bad request does not end a client's stream.
+        A failed request answers with ``error_message`` (from the same mapping
+        as a unary call's status) and the stream goes on, as Triton does, so
+        one bad request does not end a client's stream.
         """
         deadline_ns = deadline_of(context)
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
@@ -171,25 +236,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             try:
                 response = await self._infer(request, deadline_ns)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
-            except ServerError as exc:
+            except Exception as exc:
+                _, message = status_of(exc, "ModelStreamInfer")
                 failed = pb.ModelInferResponse(
                     model_name=request.model_name,
                     model_version=request.model_version,
                     id=request.id,
                 )
                 await answers.put(
-                    pb.ModelStreamInferResponse(error_message=exc.message, infer_response=failed)
-                )
-            except Exception:
-                log.exception("unexpected error in ModelStreamInfer")
-                await answers.put(
-                    pb.ModelStreamInferResponse(
-                        error_message="internal server error; see the server log"
-                    )
+                    pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
                 )
 
         async def read_all() -> None:
             async for request in request_iterator:
+                self.last_call = time.monotonic()
                 task = asyncio.create_task(answer(request))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -210,27 +270,26 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             for task in list(pending):
                 task.cancel()
 
+    @_not_offered(_SHARED_MEMORY)
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any: ...
 
-def _unimplemented(rpc: str, why: str) -> Handler[Any, Any]:
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise NotImplementedByServer(f"{rpc} is not implemented by {SERVER_NAME}: {why}")
+    @_not_offered(_SHARED_MEMORY)
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> Any: ...
 
-    handler.__name__ = rpc
-    return _rpc(handler)
+    @_not_offered(_SHARED_MEMORY)
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> Any: ...
 
+    @_not_offered(_SHARED_MEMORY)
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> Any: ...
 
-_MODEL_CONTROL = "models are loaded from the repository at start-up (model control is off)"
-_SHARED_MEMORY = "tensors travel in the request; shared-memory regions are not supported"
-for _rpc_name, _why in (
-    ("RepositoryModelLoad", _MODEL_CONTROL),
-    ("RepositoryModelUnload", _MODEL_CONTROL),
-    ("SystemSharedMemoryStatus", _SHARED_MEMORY),
-    ("SystemSharedMemoryRegister", _SHARED_MEMORY),
-    ("SystemSharedMemoryUnregister", _SHARED_MEMORY),
-    ("CudaSharedMemoryStatus", _SHARED_MEMORY),
-    ("CudaSharedMemoryRegister", _SHARED_MEMORY),
-    ("CudaSharedMemoryUnregister", _SHARED_MEMORY),
-    ("TraceSetting", "tracing is not supported"),
-    ("LogSettings", "log settings are fixed at start-up (--log-level)"),
-):
-    setattr(InferenceService, _rpc_name, _unimplemented(_rpc_name, _why))
+    @_not_offered(_SHARED_MEMORY)
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> Any: ...
+
+    @_not_offered(_SHARED_MEMORY)
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> Any: ...
+
+    @_not_offered("tracing is not supported")
+    async def TraceSetting(self, request: Any, context: Any) -> Any: ...
+
+    @_not_offered("log settings are fixed at start-up (--log-level, --log-format)")
+    async def LogSettings(self, request: Any, context: Any) -> Any: ...

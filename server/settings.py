@@ -1,4 +1,4 @@
-"""The server's settings: one typed object, a docstring (help) per field."""
+"""The server's settings: one typed object, a docstring (help) per field, checked on creation."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Literal
 from onnxserve.settings import LogLevel, SettingsError
 
 Device = Literal["auto", "cpu", "cuda"]
+ModelControlMode = Literal["none", "poll", "explicit"]
+LogFormat = Literal["text", "json"]
 
 
 @dataclass(frozen=True)
@@ -81,16 +83,139 @@ class ServerSettings:
             "flight (streams included) get before it is closed; 0 lets them finish"
         },
     )
+    metrics_port: int = field(
+        default=8002,
+        metadata={
+            "help": "Port of the Prometheus endpoint /metrics (plain HTTP, on --host; Triton's "
+            "default is 8002); 0 turns metrics off. With --workers, worker 0 serves it for all"
+        },
+    )
+    health_port: int = field(
+        default=0,
+        metadata={
+            "help": "Also serve grpc.health.v1 alone, in plaintext, on this port (for Kubernetes "
+            "gRPC probes, which speak neither TLS nor tokens, when the gRPC port uses TLS); "
+            "0: health is served on the gRPC port only"
+        },
+    )
+    tls_cert: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Server certificate chain (PEM); with --tls-key turns TLS on",
+            "metavar": "PEM",
+        },
+    )
+    tls_key: Path | None = field(
+        default=None, metadata={"help": "Server private key (PEM)", "metavar": "PEM"}
+    )
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata={
+            "help": "CA certificates (PEM) that client certificates must chain to: mutual TLS, "
+            "a client without a valid certificate cannot connect",
+            "metavar": "PEM",
+        },
+    )
+    auth_token_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "File of bearer tokens, one per line ('#' starts a comment): every call but "
+            "grpc.health.v1 must send 'authorization: Bearer <token>' or gets UNAUTHENTICATED. "
+            "Re-read on SIGHUP",
+            "metavar": "FILE",
+        },
+    )
+    model_control_mode: ModelControlMode = field(
+        default="none",
+        metadata={
+            "help": "none: models load at start-up only; poll: the repository is rescanned every "
+            "--repository-poll-secs, new and changed versions load, removed ones drain and "
+            "unload; explicit: RepositoryModelLoad / RepositoryModelUnload load and unload "
+            "models (refused in the other modes)"
+        },
+    )
+    repository_poll_secs: float = field(
+        default=15.0,
+        metadata={"help": "With --model-control-mode poll: seconds between repository scans"},
+    )
+    load_model: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "With --model-control-mode explicit: models to load at start-up, "
+            "comma-separated ('*': all); the others wait for RepositoryModelLoad",
+            "metavar": "NAMES",
+        },
+    )
+    max_concurrent_rpcs: int = field(
+        default=0,
+        metadata={
+            "help": "Calls served at once by each server process (grpc.health.v1 excepted); "
+            "one more gets RESOURCE_EXHAUSTED at once. 0: no limit"
+        },
+    )
+    exit_on_error: bool = field(
+        default=False,
+        metadata={
+            "help": "Exit non-zero when a model fails to load at start-up (Triton's "
+            "--exit-on-error); without it the server stays live but not ready and serves "
+            "the models that loaded"
+        },
+    )
     log_level: LogLevel = field(default="INFO", metadata={"help": "Log level"})
+    log_format: LogFormat = field(
+        default="text",
+        metadata={"help": "Log lines as text or as one JSON object per line"},
+    )
 
     def __post_init__(self) -> None:
         if not self.model_repository.is_dir():
             raise SettingsError(
                 f"--model-repository: model repository {self.model_repository} is not a directory"
             )
+        for flag, port in (
+            ("--grpc-port", self.grpc_port),
+            ("--metrics-port", self.metrics_port),
+            ("--health-port", self.health_port),
+        ):
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{flag} must be a port number (0 to 65535), not {port}")
+        taken = [p for p in (self.grpc_port, self.metrics_port, self.health_port) if p]
+        if len(taken) != len(set(taken)):
+            raise SettingsError("--grpc-port, --metrics-port and --health-port must differ")
         if self.workers < 1:
             raise SettingsError(f"--workers must be at least 1, not {self.workers}")
         if self.max_connection_age_s < 0 or self.max_connection_age_grace_s < 0:
             raise SettingsError(
                 "--max-connection-age-s and --max-connection-age-grace-s must not be negative"
             )
+        if self.max_message_bytes < 1:
+            raise SettingsError("--max-message-bytes must be positive")
+        if self.grace_period_s < 0:
+            raise SettingsError("--grace-period-s must not be negative")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("TLS needs both --tls-cert and --tls-key")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise SettingsError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-client-ca", self.tls_client_ca),
+            ("--auth-token-file", self.auth_token_file),
+        ):
+            if path is not None and not path.is_file():
+                raise SettingsError(f"{flag}: {path} is not a readable file")
+        if self.repository_poll_secs <= 0:
+            raise SettingsError("--repository-poll-secs must be positive")
+        if self.load_model and self.model_control_mode != "explicit":
+            raise SettingsError("--load-model needs --model-control-mode explicit")
+        if self.model_control_mode == "explicit" and self.workers > 1:
+            raise SettingsError(
+                "--model-control-mode explicit needs --workers 1: a load or unload call reaches "
+                "one process of several (poll mode works with --workers)"
+            )
+        if self.max_concurrent_rpcs < 0:
+            raise SettingsError("--max-concurrent-rpcs must not be negative (0: no limit)")
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None

@@ -5,17 +5,21 @@ small calls per second, which caps a fast model's throughput long before the
 model is the limit. N processes, each a complete server (its own event loop,
 models and batchers) bound to the same port with SO_REUSEPORT, let the kernel
 spread client connections over them. The parent only supervises: it forwards
-SIGTERM/SIGINT so every worker drains as a single server would, and if one
-worker dies the others are stopped too, so that an orchestrator restarts the
-whole pod instead of it serving at a fraction of its capacity. The workers
+SIGTERM/SIGINT so every worker drains as a single server would (and SIGHUP,
+to re-read the token file), and if one worker dies the others are stopped
+too, so that an orchestrator restarts the whole pod instead of it serving at a
+fraction of its capacity (a worker that exits non-zero at start-up, as
+``--exit-on-error`` asks, fails the whole server the same way). The workers
 also listen on private Unix sockets, where they ask each other for statistics
-(onnxserve.server.peers), so ModelStatistics describes the whole server.
+(onnxserve.server.peers), so ModelStatistics and /metrics (served by worker 0)
+describe the whole server.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import shutil
 import signal
 import tempfile
@@ -24,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
+from onnxserve.server.logs import configure_logging
 from onnxserve.server.peers import WorkerPeers
 from onnxserve.server.settings import ServerSettings
 
@@ -53,10 +58,12 @@ def run_workers(settings: ServerSettings, run_one: RunOne) -> int:
 
 def _supervise(settings: ServerSettings, run_one: RunOne, addresses: list[str]) -> int:
     context = multiprocessing.get_context("spawn")  # no inherited threads or gRPC state
+    # Filled in once every worker has started: worker 0 reports their process metrics.
+    pids = context.Array("l", settings.workers, lock=False)
     workers = [
         context.Process(
             target=_worker_main,
-            args=(settings, run_one, _peers_of(addresses, index)),
+            args=(settings, run_one, _peers_of(addresses, index, pids)),
             name=f"onnxserve-{index}",
         )
         for index in range(settings.workers)
@@ -71,10 +78,17 @@ def _supervise(settings: ServerSettings, run_one: RunOne, addresses: list[str]) 
             if worker.pid is not None and worker.exitcode is None:
                 worker.terminate()  # SIGTERM: each worker drains
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    def forward(signum: int, frame: FrameType | None) -> None:
         for worker in workers:
+            if worker.pid is not None and worker.exitcode is None:
+                os.kill(worker.pid, signum)
+
+    handlers = {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: forward}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+    try:
+        for index, worker in enumerate(workers):
             worker.start()
+            pids[index] = worker.pid or 0
         log.info("started %d server processes sharing port %d", len(workers), settings.grpc_port)
         while not stopping and all(w.exitcode is None for w in workers):
             time.sleep(_POLL_S)
@@ -99,15 +113,15 @@ def _supervise(settings: ServerSettings, run_one: RunOne, addresses: list[str]) 
     return next((w.exitcode for w in workers if w.exitcode), 0) or 0
 
 
-def _peers_of(addresses: list[str], index: int) -> WorkerPeers:
+def _peers_of(addresses: list[str], index: int, pids: object) -> WorkerPeers:
     others = tuple(a for i, a in enumerate(addresses) if i != index)
-    return WorkerPeers(own_address=addresses[index], peer_addresses=others)
+    return WorkerPeers(index=index, own_address=addresses[index], peer_addresses=others, pids=pids)
 
 
 def _worker_main(settings: ServerSettings, run_one: RunOne, peers: WorkerPeers) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s [{multiprocessing.current_process().name}] "
-        "%(name)s: %(message)s",
+    # Until the server's own handler is in place, a SIGHUP must not end the worker.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    configure_logging(
+        settings.log_level, settings.log_format, multiprocessing.current_process().name
     )
     raise SystemExit(run_one(settings, peers))

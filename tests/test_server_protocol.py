@@ -413,8 +413,6 @@ def test_statistics_for_all_models_and_unknown_model(stub: Stub) -> None:
 
 def test_unbuilt_rpcs_answer_unimplemented(stub: Stub) -> None:
     for call, request in (
-        (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="simple")),
-        (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="simple")),
         (stub.SystemSharedMemoryStatus, pb.SystemSharedMemoryStatusRequest()),
         (stub.CudaSharedMemoryRegister, pb.CudaSharedMemoryRegisterRequest(name="x")),
         (stub.TraceSetting, pb.TraceSettingRequest()),
@@ -423,6 +421,19 @@ def test_unbuilt_rpcs_answer_unimplemented(stub: Stub) -> None:
         error = rpc_error(call, request)
         assert error.code() == grpc.StatusCode.UNIMPLEMENTED
         assert "not implemented" in error.details()
+    assert stub.ModelReady(pb.ModelReadyRequest(name="simple")).ready
+
+
+def test_model_control_is_refused_unless_explicit(stub: Stub) -> None:
+    """The default mode (none) refuses load and unload; the model keeps serving."""
+    for call, request in (
+        (stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="simple")),
+        (stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="simple")),
+    ):
+        error = rpc_error(call, request)
+        assert error.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "--model-control-mode none" in error.details()
+        assert "--model-control-mode explicit" in error.details()
     assert stub.ModelReady(pb.ModelReadyRequest(name="simple")).ready
 
 

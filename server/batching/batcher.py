@@ -106,8 +106,8 @@ class DynamicBatcher:
         entry = self._queue.entry_for(request, future)
         try:
             self._enqueue(entry, deadline_ns, loop)
-        except ServerError:
-            self._model.statistics.record_failure(time.monotonic_ns() - request.arrival_ns)
+        except ServerError as exc:
+            self._model.statistics.record_failure(time.monotonic_ns() - request.arrival_ns, exc)
             raise
         try:
             return await future
@@ -272,7 +272,9 @@ class DynamicBatcher:
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
-        self._model.statistics.record_failure(time.monotonic_ns() - entry.request.arrival_ns)
+        self._model.statistics.record_failure(
+            time.monotonic_ns() - entry.request.arrival_ns, error
+        )
         self._settle(entry, error)
 
     def _settle(self, entry: QueuedRequest, outcome: Outputs | BaseException) -> None:

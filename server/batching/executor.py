@@ -167,7 +167,8 @@ class BatchExecutor:
         for request, outcome, timing in zip(requests, batch.outcomes, batch.timings, strict=True):
             arrival = request.arrival_ns
             if timing is None or isinstance(outcome, ServerError):
-                statistics.record_failure(now - arrival)
+                error = outcome if isinstance(outcome, BaseException) else None
+                statistics.record_failure(now - arrival, error)
             else:
                 statistics.record_success(
                     rows=request.batch_size,

@@ -37,6 +37,9 @@ class RunningServer:
         env: dict[str, str] | None = None,
         startup_timeout: float = 120.0,
         require_ready: bool = True,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        server_name: str | None = None,
     ) -> None:
         self.repository = Path(repository)
         self.extra_args = list(extra_args)
@@ -46,6 +49,12 @@ class RunningServer:
         # False: start() returns once every model has been tried, ready or not
         # (for repositories that hold broken models on purpose).
         self.require_ready = require_ready
+        # How start() reaches a server that speaks TLS or wants a token.
+        self.credentials = credentials
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.channel_options = (
+            [("grpc.ssl_target_name_override", server_name)] if server_name else []
+        )
         self._env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
         # Kept open for the life of the process it logs; closed in stop().
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
@@ -65,6 +74,9 @@ class RunningServer:
             "127.0.0.1",
             "--grpc-port",
             str(self.port),
+            # Metrics off unless a test asks for them: a fixed port would collide.
+            "--metrics-port",
+            "0",
             *self.extra_args,
         ]
         self.process = subprocess.Popen(
@@ -73,15 +85,22 @@ class RunningServer:
         self.wait_ready()
         return self
 
+    def channel(self) -> grpc.Channel:
+        """A channel to the server, with the TLS settings it was started with."""
+        if self.credentials is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.credentials, self.channel_options)
+
     def _started(self, stub: pb_grpc.GRPCInferenceServiceStub) -> bool:
         if self.require_ready:
-            return bool(stub.ServerReady(pb.ServerReadyRequest(), timeout=1).ready)
-        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=1)
+            ready = stub.ServerReady(pb.ServerReadyRequest(), timeout=1, metadata=self.metadata)
+            return bool(ready.ready)
+        index = stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=1, metadata=self.metadata)
         return all(model.state != "LOADING" for model in index.models)
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        with grpc.insecure_channel(self.address) as channel:
+        with self.channel() as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             while time.monotonic() < deadline:
                 assert self.process is not None

@@ -1,0 +1,227 @@
+"""Prometheus metrics at ``/metrics`` (``--metrics-port``), with Triton's names.
+
+A custom collector reads the statistics sinks when Prometheus scrapes, so
+metrics cost nothing per request. The numbers are the ModelStatistics
+numbers (the same :class:`~onnxserve.server.peers.VersionReport` list, merged
+over every ``--workers`` process; worker 0 serves the endpoint), per model and
+version:
+
+=========================================== ======== ==================================
+series (labels ``model``, ``version``)      kind     from
+=========================================== ======== ==================================
+nv_inference_request_success                counter  successful requests
+nv_inference_request_failure (+ ``reason``) counter  failed requests, by reason
+nv_inference_count                          counter  samples (batch rows) inferred
+nv_inference_exec_count                     counter  model executions (batches)
+nv_inference_request_duration_us            counter  end-to-end time of successes
+nv_inference_queue_duration_us              counter  queue time of successes
+nv_inference_compute_input_duration_us      counter  batch merge and input preparation
+nv_inference_compute_infer_duration_us      counter  onnxruntime
+nv_inference_compute_output_duration_us     counter  output split
+nv_inference_pending_request_count          gauge    requests accepted, not yet answered
+onnxserve_inference_batch_size              histogram executions by batch size
+=========================================== ======== ==================================
+
+The Triton-named counters are exposed without a ``_total`` suffix, exactly as
+Triton names them (so its dashboards, alerts and prometheus-adapter rules
+work unchanged); prometheus_client would append ``_total`` to a counter, so
+they are typed ``untyped``, which PromQL's rate() treats the same. The average
+queue time per request over 5 minutes is
+``rate(nv_inference_queue_duration_us[5m]) / rate(nv_inference_request_success[5m])``.
+
+``reason`` is onnxserve's finer split of Triton's: invalid_argument (Triton
+OTHER), queue_full and deadline_exceeded (REJECTED), cancelled (CANCELED),
+unavailable (OTHER), internal (BACKEND). Every reason is exported, zeros
+included, so that rate() sees each series from the start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import (
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
+from prometheus_client.core import (
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    UnknownMetricFamily,
+)
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from onnxserve.server.errors import FAILURE_REASONS
+from onnxserve.server.peers import VersionReport
+from onnxserve.server.statistics import StatisticsSnapshot
+
+log = logging.getLogger(__name__)
+
+_LABELS = ["model", "version"]
+# Upper bounds of the batch-size histogram's buckets.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+# (name, help, what to read from a snapshot): Triton's counters.
+_COUNTERS: tuple[tuple[str, str, Callable[[StatisticsSnapshot], int]], ...] = (
+    ("nv_inference_request_success", "Successful inference requests", lambda s: s.success.count),
+    ("nv_inference_count", "Inferences performed (batch rows)", lambda s: s.inference_count),
+    ("nv_inference_exec_count", "Model executions (batches)", lambda s: s.execution_count),
+    (
+        "nv_inference_request_duration_us",
+        "Cumulative end-to-end duration of successful requests (us)",
+        lambda s: s.success.ns // 1000,
+    ),
+    (
+        "nv_inference_queue_duration_us",
+        "Cumulative queue time of successful requests (us)",
+        lambda s: s.queue.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_input_duration_us",
+        "Cumulative compute-input time of successful requests (us)",
+        lambda s: s.compute_input.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_infer_duration_us",
+        "Cumulative compute-infer time of successful requests (us)",
+        lambda s: s.compute_infer.ns // 1000,
+    ),
+    (
+        "nv_inference_compute_output_duration_us",
+        "Cumulative compute-output time of successful requests (us)",
+        lambda s: s.compute_output.ns // 1000,
+    ),
+)
+
+
+def inference_families(reports: Iterable[VersionReport]) -> list[Metric]:
+    """The per-model-version metric families of a list of reports."""
+    reports = list(reports)
+    families: list[Metric] = []
+    for name, documentation, read in _COUNTERS:
+        family = UnknownMetricFamily(name, documentation, labels=_LABELS)
+        for report in reports:
+            family.add_metric([report.model, report.version], read(report.statistics))
+        families.append(family)
+    failure = UnknownMetricFamily(
+        "nv_inference_request_failure",
+        "Failed inference requests, by reason",
+        labels=[*_LABELS, "reason"],
+    )
+    pending = GaugeMetricFamily(
+        "nv_inference_pending_request_count",
+        "Requests accepted and not yet answered (queued or running)",
+        labels=_LABELS,
+    )
+    batch_size = HistogramMetricFamily(
+        "onnxserve_inference_batch_size",
+        "Model executions by batch size (rows per execution)",
+        labels=_LABELS,
+    )
+    for report in reports:
+        labels = [report.model, report.version]
+        for reason in FAILURE_REASONS:
+            failure.add_metric([*labels, reason], report.statistics.failures.get(reason, 0))
+        pending.add_metric(labels, report.pending)
+        buckets, total = _batch_buckets(report.statistics)
+        batch_size.add_metric(labels, buckets, total)
+    families[1:1] = [failure]
+    return [*families, pending, batch_size]
+
+
+def _batch_buckets(statistics: StatisticsSnapshot) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative histogram buckets from the executions per batch size, and their sum."""
+    executions = {size: d.executions for size, d in statistics.batches.items()}
+    buckets: list[tuple[str, float]] = [
+        (str(bound), float(sum(n for size, n in executions.items() if size <= bound)))
+        for bound in BATCH_SIZE_BUCKETS
+    ]
+    buckets.append(("+Inf", float(sum(executions.values()))))
+    total = float(sum(size * n for size, n in executions.items()))
+    return buckets, total
+
+
+class InferenceCollector(Collector):
+    """Reads the reports at scrape time (``gather`` runs on the metrics thread)."""
+
+    def __init__(self, gather: Callable[[], list[VersionReport]]) -> None:
+        self._gather = gather
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            reports = self._gather()
+        except Exception:
+            log.exception("metrics: cannot read the statistics")
+            return
+        yield from inference_families(reports)
+
+
+class WorkersProcessCollector(Collector):
+    """The standard process_* metrics of every ``--workers`` process, labelled ``worker``."""
+
+    def __init__(self, pids: Any) -> None:
+        self._pids = pids
+
+    def collect(self) -> Iterator[Metric]:
+        merged: dict[str, Metric] = {}
+        for index, pid in enumerate(list(self._pids)):
+            if not pid:
+                continue
+            collector = ProcessCollector(pid=lambda pid=pid: pid, registry=None)
+            for family in collector.collect():
+                target = merged.get(family.name)
+                if target is None:
+                    target = merged[family.name] = Metric(
+                        family.name, family.documentation, family.type
+                    )
+                for sample in family.samples:
+                    target.add_sample(
+                        sample.name, {**sample.labels, "worker": str(index)}, sample.value
+                    )
+        yield from merged.values()
+
+
+def metrics_registry(
+    gather: Callable[[], list[VersionReport]], worker_pids: Any = None
+) -> CollectorRegistry:
+    """The registry /metrics serves: inference metrics and the standard process metrics."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(InferenceCollector(gather))
+    if worker_pids is None:
+        ProcessCollector(registry=registry)
+    else:
+        registry.register(WorkersProcessCollector(worker_pids))
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+class MetricsEndpoint:
+    """The HTTP server of /metrics, on its own daemon thread."""
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        self._host = host
+        self._port = port
+        self._registry = registry
+        self._server: Any = None
+
+    def start(self) -> None:
+        try:
+            self._server, _ = start_http_server(
+                self._port, addr=self._host, registry=self._registry
+            )
+        except OSError as exc:
+            raise OSError(
+                f"cannot serve metrics on {self._host}:{self._port} ({exc.strerror}): is the "
+                "port in use? (--metrics-port 0 turns metrics off)"
+            ) from None
+
+    def stop(self) -> None:
+        """Blocks until the serving thread has stopped: call it off the event loop."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
