@@ -54,6 +54,7 @@ from prometheus_client.core import (
     UnknownMetricFamily,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 from onnxserve.server.errors import FAILURE_REASONS
 from onnxserve.server.peers import VersionReport
@@ -137,7 +138,7 @@ def _batch_buckets(statistics: StatisticsSnapshot) -> tuple[list[tuple[str, floa
     """Cumulative histogram buckets from the executions per batch size, and their sum."""
     executions = {size: d.executions for size, d in statistics.batches.items()}
     buckets: list[tuple[str, float]] = [
-        (str(bound), float(sum(n for size, n in executions.items() if size <= bound)))
+        (floatToGoString(bound), float(sum(n for size, n in executions.items() if size <= bound)))
         for bound in BATCH_SIZE_BUCKETS
     ]
     buckets.append(("+Inf", float(sum(executions.values()))))

@@ -26,7 +26,7 @@ from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.batching_models import spin_model
 from tests.support.certs import TestPKI, make_pki
 from tests.support.infer_requests import infer_request, outputs_of
-from tests.support.models import add_sub_model
+from tests.support.models import add_sub_model, write_config
 from tests.support.server import RunningServer, free_port
 
 TOKEN = "s3cret-token-0123456789"
@@ -237,6 +237,7 @@ def test_the_call_limit_and_the_message_limit(tmp_path: Path) -> None:
     """--max-concurrent-rpcs 2: a third call is refused at once; messages over the limit in
     either direction get RESOURCE_EXHAUSTED."""
     spin_model(tmp_path / "spin" / "1" / "model.onnx")
+    write_config(tmp_path / "spin", "instance_group [ { count: 2 kind: KIND_CPU } ]")
     tile_model(tmp_path / "tile" / "1" / "model.onnx")
     args = ["--max-concurrent-rpcs", "2", "--max-message-bytes", "4096"]
     with RunningServer(tmp_path, args) as server, server.channel() as channel:
