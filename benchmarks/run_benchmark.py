@@ -232,7 +232,7 @@ def running_server(repository: Path, log_path: Path, extra: Sequence[str]) -> It
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "onnxserve", "serve", "--model-repository", str(repository),
-             "--host", "127.0.0.1", "--grpc-port", str(port), *extra],
+             "--host", "127.0.0.1", "--grpc-port", str(port), "--metrics-port", "0", *extra],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:

@@ -13,10 +13,16 @@ _DESCRIPTION = """\
 Serve every model in a Triton-layout model repository over gRPC, speaking the
 Open Inference Protocol (KServe v2) as Triton does: Triton's and KServe's
 clients work unmodified. grpc.health.v1 and server reflection are served on
-the same port.
+the same port, Prometheus metrics on --metrics-port (8002; 0 turns them off).
 
-example:
+SIGTERM drains: new calls get UNAVAILABLE, accepted ones finish, exit 0.
+SIGHUP re-reads --auth-token-file.
+
+examples:
   onnxserve serve --model-repository ./models --grpc-port 8001
+  onnxserve serve --model-repository /models --tls-cert tls.crt --tls-key tls.key \\
+      --auth-token-file tokens --health-port 8003 --model-control-mode poll \\
+      --max-concurrent-rpcs 512 --exit-on-error --log-format json
 """
 
 

@@ -124,7 +124,9 @@ class ModelControl:
         self._check(rpc, request.repository_name, request.model_name)
         _check_parameters(request.parameters, rpc)
         log.info("%s: loading model '%s'", rpc, request.model_name)
-        entry = await self._registry.load(request.model_name)
+        # Shielded: a caller whose deadline passes leaves a load that goes on to its end
+        # (RepositoryIndex shows how it ended), never one stopped half-way.
+        entry = await asyncio.shield(self._registry.load(request.model_name))
         if entry.error is not None:
             raise ModelLoadFailed(f"model '{entry.name}' failed to load: {entry.error}")
         failed = [f"version {v}: {s.reason}" for v, s in entry.versions.items() if s.reason]
@@ -144,4 +146,4 @@ class ModelControl:
         if request.model_name not in self._registry.model_names():
             raise ModelNotFound(f"model '{request.model_name}' is not in the model repository")
         log.info("%s: unloading model '%s'", rpc, request.model_name)
-        await self._registry.unload(request.model_name)
+        await asyncio.shield(self._registry.unload(request.model_name))

@@ -57,4 +57,3 @@ def configure_logging(level: str, log_format: str, worker: str = "") -> None:
         prefix = f"[{worker}] " if worker else ""
         handler.setFormatter(_OneLine(_TEXT_FORMAT.replace("%(process_name)s", prefix)))
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # gRPC's and prometheus_client's loggers follow the root's level.

@@ -103,11 +103,6 @@ def inference_families(reports: Iterable[VersionReport]) -> list[Metric]:
     """The per-model-version metric families of a list of reports."""
     reports = list(reports)
     families: list[Metric] = []
-    for name, documentation, read in _COUNTERS:
-        family = UnknownMetricFamily(name, documentation, labels=_LABELS)
-        for report in reports:
-            family.add_metric([report.model, report.version], read(report.statistics))
-        families.append(family)
     failure = UnknownMetricFamily(
         "nv_inference_request_failure",
         "Failed inference requests, by reason",
@@ -130,8 +125,12 @@ def inference_families(reports: Iterable[VersionReport]) -> list[Metric]:
         pending.add_metric(labels, report.pending)
         buckets, total = _batch_buckets(report.statistics)
         batch_size.add_metric(labels, buckets, total)
-    families[1:1] = [failure]
-    return [*families, pending, batch_size]
+    for name, documentation, read in _COUNTERS:
+        family = UnknownMetricFamily(name, documentation, labels=_LABELS)
+        for report in reports:
+            family.add_metric([report.model, report.version], read(report.statistics))
+        families.append(family)
+    return [*families, failure, pending, batch_size]
 
 
 def _batch_buckets(statistics: StatisticsSnapshot) -> tuple[list[tuple[str, float]], float]:

@@ -126,12 +126,15 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             serving.leave()
 
-    async def reports(self) -> list[VersionReport]:
-        """Every model version's numbers, over all --workers processes (for statistics)."""
+    async def reports(self, timeout_s: float = PEER_TIMEOUT_S) -> list[VersionReport]:
+        """Every model version's numbers, over all --workers processes (for statistics).
+
+        ``timeout_s``: how long to wait for the other workers at most.
+        """
         own = self._registry.reports()
         if self._peers is None:
             return own
-        return merge_reports(own, await self._peers.gather(PEER_TIMEOUT_S))
+        return merge_reports(own, await self._peers.gather(timeout_s))
 
     @_rpc
     async def ServerLive(
@@ -182,8 +185,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         version = request.version if request.name else ""
         if request.name:
             self._registry.serving_versions(request.name, version)  # NOT_FOUND, UNAVAILABLE
+        remaining = context.time_remaining()
+        timeout_s = PEER_TIMEOUT_S if remaining is None else min(PEER_TIMEOUT_S, remaining / 2)
         response = pb.ModelStatisticsResponse()
-        for report in await self.reports():
+        for report in await self.reports(timeout_s):
             if request.name and report.model != request.name:
                 continue
             if version and report.version != version:
