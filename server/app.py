@@ -28,6 +28,7 @@ import asyncio
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 from google.protobuf import descriptor_pool
@@ -51,6 +52,9 @@ from onnxserve.server.registry import ModelRegistry
 from onnxserve.server.runtime import available_cpus
 from onnxserve.server.service import InferenceService
 from onnxserve.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from onnxserve.server.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +134,7 @@ class InferenceServer:
             interceptors.append(CallGuard(self.tokens, settings.max_concurrent_rpcs))
         self.server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
         self.health_server: grpc.aio.Server | None = None
-        self.metrics = None
+        self.metrics: MetricsEndpoint | None = None
         self.poller = (
             RepositoryPoller(self.registry, settings.repository_poll_secs)
             if settings.model_control_mode == "poll"
@@ -205,7 +209,9 @@ class InferenceServer:
         await self.server.start()
         settings = self.settings
         if settings.health_port:
-            self.health_server = grpc.aio.server()
+            # Every --workers process serves health on this port too, as on the gRPC port.
+            reuse = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
+            self.health_server = grpc.aio.server(options=reuse)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             health_address = f"{settings.host}:{settings.health_port}"
             try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from onnxserve.protocol import grpc_service_pb2 as pb
@@ -202,27 +203,31 @@ class ModelRegistry:
         return load_model_version(source.name, version, path, source.config, options)
 
     def _drain_versions(self, entry: ModelEntry, versions: list[int]) -> None:
+        """READY versions start draining (and leave the entry once drained); the rest leave now."""
         for version in versions:
-            slot = entry.versions.pop(version, None)
-            if slot is not None and slot.serving is not None and slot.state is VersionState.READY:
-                log.info("model '%s' version %d drains and unloads", entry.name, version)
-                draining = VersionSlot(VersionState.DRAINING, serving=slot.serving)
-                entry.versions[version] = draining
-                self._start_drain(slot.serving, entry, version, draining)
+            slot = entry.versions[version]
+            if slot.state is VersionState.DRAINING:
+                continue
+            if slot.state is not VersionState.READY or slot.serving is None:
+                del entry.versions[version]
+                continue
+            log.info("model '%s' version %d drains and unloads", entry.name, version)
+            draining = VersionSlot(VersionState.DRAINING, serving=slot.serving)
+            entry.versions[version] = draining
 
-    def _start_drain(
-        self,
-        serving: ServingVersion,
-        entry: ModelEntry | None = None,
-        version: int = 0,
-        slot: VersionSlot | None = None,
-    ) -> None:
-        """Drain in the background; once drained, the slot leaves the entry."""
+            def forget(version: int = version, draining: VersionSlot = draining) -> None:
+                if entry.versions.get(version) is draining:
+                    del entry.versions[version]
+
+            self._start_drain(slot.serving, forget)
+
+    def _start_drain(self, serving: ServingVersion, then: Callable[[], None] | None = None) -> None:
+        """Drain in the background, then call ``then``."""
 
         async def drain() -> None:
             await serving.drain(self._drain_timeout_s)
-            if entry is not None and entry.versions.get(version) is slot:
-                del entry.versions[version]
+            if then is not None:
+                then()
             log.info("model '%s' version %s unloaded", serving.name, serving.label)
 
         task = asyncio.get_running_loop().create_task(drain())

@@ -224,6 +224,16 @@ class VersionStatistics:
             totals.failures[reason] = totals.failures.get(reason, 0) + 1
             totals.last_inference_ms = time.time_ns() // 1_000_000
 
+    @property
+    def execution_count(self) -> int:
+        with self._lock:
+            return self._totals.execution_count
+
+    @property
+    def inference_count(self) -> int:
+        with self._lock:
+            return self._totals.inference_count
+
     def snapshot(self) -> StatisticsSnapshot:
         """A copy of the counters now, for readers."""
         with self._lock:

@@ -133,7 +133,7 @@ def test_repository_scan_picks_versions_and_records_errors(tmp_path: Path) -> No
     write_config(tmp_path / "multi", "version_policy { latest { num_versions: 2 } }")
     (tmp_path / "empty" / "1").mkdir(parents=True)
     (tmp_path / ".hidden").mkdir()
-    sources = {s.name: s for s in scan_repository(tmp_path)}
+    sources = {s.name: s for s in scan_repository(tmp_path).models}
     assert set(sources) == {"multi", "empty"}
     assert sorted(sources["multi"].versions) == [2, 3]
     assert sources["multi"].error is None

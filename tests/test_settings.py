@@ -215,3 +215,34 @@ def test_the_readme_s_toml_example_is_valid(tmp_path: Path) -> None:
     assert infer.url == "127.0.0.1:9001"
     bench = resolve(BenchSettings, infer_args, environ={}, config_file=config, section="bench")
     assert bench.concurrency == (1, 8, 64)
+
+
+def test_operations_settings_check_themselves_naming_the_flag(tmp_path: Path) -> None:
+    pem = tmp_path / "x.pem"
+    pem.write_text("not checked here")
+    repository = ["--model-repository", str(tmp_path)]
+    for argv, message in (
+        (["--tls-cert", str(pem)], "TLS needs both --tls-cert and --tls-key"),
+        (["--tls-client-ca", str(pem)], r"--tls-client-ca \(mutual TLS\) needs --tls-cert"),
+        (["--auth-token-file", str(tmp_path / "nope")], "--auth-token-file: .* is not a readable"),
+        (["--metrics-port", "8001"], "--grpc-port, --metrics-port and --health-port must differ"),
+        (["--metrics-port", "70000"], "--metrics-port must be a port number"),
+        (["--load-model", "a"], "--load-model needs --model-control-mode explicit"),
+        (
+            ["--model-control-mode", "explicit", "--workers", "2"],
+            "--model-control-mode explicit needs --workers 1",
+        ),
+        (["--max-concurrent-rpcs", "-1"], "--max-concurrent-rpcs must not be negative"),
+        (["--repository-poll-secs", "0"], "--repository-poll-secs must be positive"),
+        (["--workers", "0"], "--workers must be at least 1"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            resolve(ServerSettings, _parse([*repository, *argv]), environ={}, section="serve")
+    settings = resolve(
+        ServerSettings,
+        _parse([*repository, "--model-control-mode", "explicit", "--load-model", "a,b"]),
+        environ={"ONNXSERVE_METRICS_PORT": "0", "ONNXSERVE_LOG_FORMAT": "json"},
+        section="serve",
+    )
+    assert settings.load_model == ("a", "b")
+    assert settings.metrics_port == 0 and settings.log_format == "json"
