@@ -66,36 +66,20 @@ _LABELS = ["model", "version"]
 # Upper bounds of the batch-size histogram's buckets.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
-# (name, help, what to read from a snapshot): Triton's counters.
-_COUNTERS: tuple[tuple[str, str, Callable[[StatisticsSnapshot], int]], ...] = (
+# (name, help, what to read from a snapshot): Triton's counts ...
+_COUNTS: tuple[tuple[str, str, Callable[[StatisticsSnapshot], int]], ...] = (
     ("nv_inference_request_success", "Successful inference requests", lambda s: s.success.count),
     ("nv_inference_count", "Inferences performed (batch rows)", lambda s: s.inference_count),
     ("nv_inference_exec_count", "Model executions (batches)", lambda s: s.execution_count),
-    (
-        "nv_inference_request_duration_us",
-        "Cumulative end-to-end duration of successful requests (us)",
-        lambda s: s.success.ns // 1000,
-    ),
-    (
-        "nv_inference_queue_duration_us",
-        "Cumulative queue time of successful requests (us)",
-        lambda s: s.queue.ns // 1000,
-    ),
-    (
-        "nv_inference_compute_input_duration_us",
-        "Cumulative compute-input time of successful requests (us)",
-        lambda s: s.compute_input.ns // 1000,
-    ),
-    (
-        "nv_inference_compute_infer_duration_us",
-        "Cumulative compute-infer time of successful requests (us)",
-        lambda s: s.compute_infer.ns // 1000,
-    ),
-    (
-        "nv_inference_compute_output_duration_us",
-        "Cumulative compute-output time of successful requests (us)",
-        lambda s: s.compute_output.ns // 1000,
-    ),
+)
+# ... and its cumulative durations of successful requests, in microseconds:
+# (name part, snapshot field, what it times).
+_DURATIONS = (
+    ("request", "success", "end-to-end time"),
+    ("queue", "queue", "queue time"),
+    ("compute_input", "compute_input", "batch merge and input preparation"),
+    ("compute_infer", "compute_infer", "onnxruntime"),
+    ("compute_output", "compute_output", "output split"),
 )
 
 
@@ -125,10 +109,20 @@ def inference_families(reports: Iterable[VersionReport]) -> list[Metric]:
         pending.add_metric(labels, report.pending)
         buckets, total = _batch_buckets(report.statistics)
         batch_size.add_metric(labels, buckets, total)
-    for name, documentation, read in _COUNTERS:
+    for name, documentation, read in _COUNTS:
         family = UnknownMetricFamily(name, documentation, labels=_LABELS)
         for report in reports:
             family.add_metric([report.model, report.version], read(report.statistics))
+        families.append(family)
+    for part, field, what in _DURATIONS:
+        family = UnknownMetricFamily(
+            f"nv_inference_{part}_duration_us",
+            f"Cumulative {what} of successful requests (us)",
+            labels=_LABELS,
+        )
+        for report in reports:
+            duration = getattr(report.statistics, field)
+            family.add_metric([report.model, report.version], duration.ns // 1000)
         families.append(family)
     return [*families, failure, pending, batch_size]
 

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.server.errors import FAILURE_REASONS
 from tests.support.batching_models import spin_model
 from tests.support.infer_requests import infer_request
 from tests.support.models import add_sub_model, write_config
@@ -145,18 +146,10 @@ def test_metrics_count_successes_failures_by_reason_and_batches(
         "gather": (1, {"internal": 2}, 1, 1),
         "spin": (3, {"cancelled": 1, "deadline_exceeded": 1, "queue_full": 1}, 3, 3),
     }
-    reasons = (
-        "invalid_argument",
-        "queue_full",
-        "deadline_exceeded",
-        "cancelled",
-        "unavailable",
-        "internal",
-    )
     for model, (successes, failures, inferences, executions) in expected.items():
         labels = {"model": model, "version": "1"}
         assert value(samples, "nv_inference_request_success", **labels) == successes
-        for reason in reasons:
+        for reason in FAILURE_REASONS:
             counted = value(samples, "nv_inference_request_failure", **labels, reason=reason)
             assert counted == failures.get(reason, 0), (model, reason)
         assert value(samples, "nv_inference_count", **labels) == inferences
