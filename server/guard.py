@@ -46,7 +46,8 @@ class TokenFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._digests: tuple[bytes, ...] = ()
-        self.reload()
+        if not self.reload():
+            raise OSError("cannot read --auth-token-file; refusing to start without its tokens")
 
     def reload(self) -> bool:
         """Read the file again; on failure keep the tokens in use. Whether it was read."""
@@ -58,7 +59,8 @@ class TokenFile:
                 type(exc).__name__,
             )
             return False
-        tokens = {line.strip() for line in lines if line.strip() and not line.startswith("#")}
+        stripped = (line.strip() for line in lines)
+        tokens = {line for line in stripped if line and not line.startswith("#")}
         self._digests = tuple(_digest(token) for token in sorted(tokens))
         if not tokens:
             log.warning("the token file holds no tokens: every call but health is refused")

@@ -103,9 +103,10 @@ class ModelRegistry:
         scan = await self.scan()
         async with self._control:
             chosen = [s for s in scan.models if only is None or s.name in only]
+            chosen_names = {s.name for s in chosen}
             for source in scan.models:
                 entry = self._models.setdefault(source.name, ModelEntry(source.name))
-                if source in chosen:
+                if source.name in chosen_names:
                     entry.versions = {v: VersionSlot(VersionState.LOADING) for v in source.versions}
                 else:
                     entry.loaded = False
