@@ -20,6 +20,9 @@ nv_inference_compute_infer_duration_us      counter  onnxruntime
 nv_inference_compute_output_duration_us     counter  output split
 nv_inference_pending_request_count          gauge    requests accepted, not yet answered
 onnxserve_inference_batch_size              histogram executions by batch size
+onnxserve_batch_isolations_total            counter  merged batches that failed in
+                                                     onnxruntime and were re-run apart
+onnxserve_batch_isolated_failures_total     counter  requests that then failed alone
 =========================================== ======== ==================================
 
 The Triton-named counters are exposed without a ``_total`` suffix, exactly as
@@ -48,6 +51,7 @@ from prometheus_client import (
     start_http_server,
 )
 from prometheus_client.core import (
+    CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
@@ -102,8 +106,20 @@ def inference_families(reports: Iterable[VersionReport]) -> list[Metric]:
         "Model executions by batch size (rows per execution)",
         labels=_LABELS,
     )
+    isolations = CounterMetricFamily(
+        "onnxserve_batch_isolations",
+        "Merged batches that failed in onnxruntime and were re-run request by request",
+        labels=_LABELS,
+    )
+    isolated_failures = CounterMetricFamily(
+        "onnxserve_batch_isolated_failures",
+        "Requests of isolated batches that failed on their own",
+        labels=_LABELS,
+    )
     for report in reports:
         labels = [report.model, report.version]
+        isolations.add_metric(labels, report.statistics.isolation_count)
+        isolated_failures.add_metric(labels, report.statistics.isolated_failures)
         for reason in FAILURE_REASONS:
             failure.add_metric([*labels, reason], report.statistics.failures.get(reason, 0))
         pending.add_metric(labels, report.pending)
@@ -124,7 +140,7 @@ def inference_families(reports: Iterable[VersionReport]) -> list[Metric]:
             duration = getattr(report.statistics, field)
             family.add_metric([report.model, report.version], duration.ns // 1000)
         families.append(family)
-    return [*families, failure, pending, batch_size]
+    return [*families, failure, pending, batch_size, isolations, isolated_failures]
 
 
 def _batch_buckets(statistics: StatisticsSnapshot) -> tuple[list[tuple[str, float]], float]:

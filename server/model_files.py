@@ -12,10 +12,12 @@ Two checks, both run at load time (not at every repository poll):
   listed file must match its digest.
 
 The external data locations are read by walking the protobuf wire format of a
-memory-mapped model file: the server does not install the ``onnx`` package,
-and a walk that skips over each tensor's bytes reads only the small headers
-of a multi-gigabyte model instead of parsing it into memory. The field numbers
-come from onnx.proto (checked against the onnx package in the tests).
+memory-mapped model file: ``onnx.load`` would parse the whole model, inline
+weights included, into memory before any check, and onnx's helper that lists
+a model's tensors is private and skips sparse initializers; the walk skips
+over each tensor's bytes, so it reads only the small headers of a large model.
+The field numbers come from onnx.proto (checked against the onnx package in
+the tests, which also compare the walk with onnx's own reading).
 """
 
 from __future__ import annotations

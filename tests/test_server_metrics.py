@@ -9,15 +9,13 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 from prometheus_client.parser import text_string_to_metric_families
 
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.server.errors import FAILURE_REASONS
-from tests.support.batching_models import spin_model
+from tests.support.batching_models import picky_inputs, picky_model, spin_model
 from tests.support.infer_requests import infer_request
 from tests.support.models import add_sub_model, write_config
 from tests.support.server import RunningServer, free_port
@@ -43,22 +41,6 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
-def gather_model(path: Path) -> Path:
-    """OUTPUT0 = DATA[INDEX] for INDEX [batch, 1] INT64: an index past 3 fails in onnxruntime."""
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["data", "INDEX"], ["OUTPUT0"], axis=0)],
-        "gather",
-        [helper.make_tensor_value_info("INDEX", TensorProto.INT64, ["batch", 1])],
-        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 1])],
-        [helper.make_tensor("data", TensorProto.FLOAT, [4], [0.0, 1.0, 2.0, 3.0])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True)
-    onnx.save(model, str(path))
-    return path
-
-
 def spin(value: float, turns: int = 0) -> pb.ModelInferRequest:
     return infer_request(
         "spin",
@@ -78,7 +60,7 @@ def metrics_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
         root / "spin",
         "max_batch_size: 1\ndynamic_batching { default_queue_policy { max_queue_size: 2 } }\n",
     )
-    gather_model(root / "gather" / "1" / "model.onnx")
+    picky_model(root / "picky" / "1" / "model.onnx")
     server = RunningServer(root, ["--metrics-port", str(free_port())])
     with server:
         yield server
@@ -112,10 +94,16 @@ def test_metrics_count_successes_failures_by_reason_and_batches(
             assert rpc_code(lambda b=bad: stub.ModelInfer(b, timeout=30)) == (
                 grpc.StatusCode.INVALID_ARGUMENT
             )
-        # gather: one success, two failures inside onnxruntime.
-        internal = grpc.StatusCode.INTERNAL
-        for index, code in ((0, grpc.StatusCode.OK), (99, internal), (98, internal)):
-            request = infer_request("gather", {"INDEX": np.array([[index]], dtype=np.int64)})
+        # picky: one success; two runs onnxruntime fails (a Reshape: internal) and one
+        # where it blames the input (a Gather index out of its table).
+        internal, invalid = grpc.StatusCode.INTERNAL, grpc.StatusCode.INVALID_ARGUMENT
+        for inputs, code in (
+            (picky_inputs(1.0), grpc.StatusCode.OK),
+            (picky_inputs(2.0, width=5), internal),
+            (picky_inputs(3.0, width=5), internal),
+            (picky_inputs(4.0, index=10), invalid),
+        ):
+            request = infer_request("picky", inputs)
             assert rpc_code(lambda r=request: stub.ModelInfer(r, timeout=30)) == code
         # spin: one instance busy with a long run, a queue of at most 2.
         blocker = stub.ModelInfer.future(spin(1.0, BLOCKING_SPIN), timeout=120)
@@ -143,7 +131,7 @@ def test_metrics_count_successes_failures_by_reason_and_batches(
     samples = scrape(metrics_port(metrics_server))
     expected = {
         "simple": (6, {"invalid_argument": 2}, 8, 6),
-        "gather": (1, {"internal": 2}, 1, 1),
+        "picky": (1, {"internal": 2, "invalid_argument": 1}, 1, 1),
         "spin": (3, {"cancelled": 1, "deadline_exceeded": 1, "queue_full": 1}, 3, 3),
     }
     for model, (successes, failures, inferences, executions) in expected.items():
@@ -162,6 +150,8 @@ def test_metrics_count_successes_failures_by_reason_and_batches(
         for phase in ("input", "output"):
             assert value(samples, f"nv_inference_compute_{phase}_duration_us", **labels) >= 0
         assert value(samples, "onnxserve_inference_batch_size_count", **labels) == executions
+        # No merged batch failed here (the calls came one at a time).
+        assert value(samples, "onnxserve_batch_isolations_total", **labels) == 0
     # The two queued spin requests waited for the blocker's run of over a second.
     assert value(samples, "nv_inference_queue_duration_us", model="spin", version="1") > 500_000
     simple = {"model": "simple", "version": "1"}

@@ -272,9 +272,7 @@ class DynamicBatcher:
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
-        self._model.statistics.record_failure(
-            time.monotonic_ns() - entry.request.arrival_ns, error
-        )
+        self._model.statistics.record_failure(time.monotonic_ns() - entry.request.arrival_ns, error)
         self._settle(entry, error)
 
     def _settle(self, entry: QueuedRequest, outcome: Outputs | BaseException) -> None:
