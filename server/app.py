@@ -161,6 +161,9 @@ class InferenceServer:
             )
         if self.peer_server is not None:
             await self.peer_server.start()
+        if settings.metrics_port and (self.peers is None or self.peers.index == 0):
+            # Before loading: with --workers, the others may be serving already.
+            self._start_metrics()
         if settings.workers > 1:
             # Binding queues connections in this socket's backlog: bind only
             # once loaded, so that the kernel routes none here before then.
@@ -220,8 +223,6 @@ class InferenceServer:
                 raise OSError(f"cannot listen on {health_address}: is the port in use?") from None
             await self.health_server.start()
             log.info("grpc.health.v1 alone on %s (plaintext, no token)", health_address)
-        if settings.metrics_port and (self.peers is None or self.peers.index == 0):
-            self._start_metrics()
 
     def _start_metrics(self) -> None:
         from onnxserve.server.metrics import MetricsEndpoint, metrics_registry

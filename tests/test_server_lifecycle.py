@@ -16,7 +16,7 @@ from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.server.runtime import nvidia_gpu_visible
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import add_sub_model, write_config
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, free_port
 
 X = np.ones((1, 16), dtype=np.float32)
 
@@ -81,26 +81,27 @@ def test_sigterm_drains_and_exits_zero(tmp_path: Path) -> None:
 
 def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
     add_sub_model(tmp_path / "simple" / "1" / "model.onnx")
+    serve = [sys.executable, "-m", "onnxserve", "serve", "--model-repository", str(tmp_path)]
+    serve += ["--host", "127.0.0.1"]
     with RunningServer(tmp_path) as first:
-        completed = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "onnxserve",
-                "serve",
-                "--model-repository",
-                str(tmp_path),
-                "--host",
-                "127.0.0.1",
-                "--grpc-port",
-                str(first.port),
-            ],
+        busy = str(first.port)
+        grpc_taken = subprocess.run(
+            [*serve, "--grpc-port", busy, "--metrics-port", "0"],
             capture_output=True,
             text=True,
             timeout=60,
         )
-    assert completed.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{first.port}" in completed.stderr
+        metrics_taken = subprocess.run(
+            [*serve, "--grpc-port", str(free_port()), "--metrics-port", busy],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert grpc_taken.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{first.port}" in grpc_taken.stderr
+    assert metrics_taken.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{first.port}" in metrics_taken.stderr
+    assert "--metrics-port 0 turns metrics off" in metrics_taken.stderr
 
 
 def test_missing_repository_is_a_clear_error(tmp_path: Path) -> None:
