@@ -118,7 +118,11 @@ class InferenceServer:
         self.settings = settings
         cpu_budget = max(1, (settings.cpu_threads or available_cpus()) // settings.workers)
         self.registry = ModelRegistry(
-            settings.model_repository, settings.device, cpu_budget, settings.grace_period_s
+            settings.model_repository,
+            settings.device,
+            cpu_budget,
+            settings.grace_period_s,
+            cache_dir=settings.cache_dir,
         )
         self.peers = peers
         self.peer_client = PeerClient(peers) if peers is not None else None

@@ -47,11 +47,18 @@ class ModelRegistry:
     """Models by name and version; lookups are cheap dictionary reads on the event loop."""
 
     def __init__(
-        self, repository: Path, device: str, cpu_budget: int, drain_timeout_s: float = 10.0
+        self,
+        repository: Path,
+        device: str,
+        cpu_budget: int,
+        drain_timeout_s: float = 10.0,
+        *,
+        cache_dir: Path | None = None,
     ) -> None:
         self.repository = repository
         self._device = device
         self._cpu_budget = cpu_budget
+        self._cache_dir = cache_dir
         self._drain_timeout_s = drain_timeout_s
         self._cuda_usable: bool | None = None
         self._models: dict[str, ModelEntry] = {}
@@ -175,7 +182,7 @@ class ModelRegistry:
         self, source: ModelSource, version: int, path: Path, entry: ModelEntry, others_serve: bool
     ) -> ServingVersion | None:
         loop = asyncio.get_running_loop()
-        options = LoadOptions(self._device, self._cpu_budget, self._cuda_usable)
+        options = LoadOptions(self._device, self._cpu_budget, self._cuda_usable, self._cache_dir)
         try:
             model = await loop.run_in_executor(
                 None, self._load_checked, source, version, path, options

@@ -50,6 +50,16 @@ class ServerSettings:
             "the CPUs this process may use, honouring a container's CPU limit"
         },
     )
+    cache_dir: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Writable directory for what onnxruntime may cache between starts "
+            "(TensorRT engines, under <dir>/tensorrt/<model>); never the model repository, "
+            "which is mounted read-only. Default: a temporary directory per process, so "
+            "engines are rebuilt at every start",
+            "metavar": "DIR",
+        },
+    )
     workers: int = field(
         default=1,
         metadata={
@@ -184,6 +194,13 @@ class ServerSettings:
             raise SettingsError("--grpc-port, --metrics-port and --health-port must differ")
         if self.workers < 1:
             raise SettingsError(f"--workers must be at least 1, not {self.workers}")
+        if self.cache_dir is not None and self.cache_dir.resolve().is_relative_to(
+            self.model_repository.resolve()
+        ):
+            raise SettingsError(
+                "--cache-dir must be outside the model repository (which is read-only and "
+                "is never written to)"
+            )
         if self.max_connection_age_s < 0 or self.max_connection_age_grace_s < 0:
             raise SettingsError(
                 "--max-connection-age-s and --max-connection-age-grace-s must not be negative"

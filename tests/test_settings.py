@@ -80,6 +80,10 @@ def test_server_settings_check_themselves_naming_the_flag(tmp_path: Path) -> Non
     )  # fmt: skip
     assert completed.returncode == 2
     assert "onnxserve serve: error: --workers must be at least 1, not 0" in completed.stderr
+    with pytest.raises(SettingsError, match="--cache-dir must be outside the model repository"):
+        ServerSettings(model_repository=tmp_path, cache_dir=tmp_path / "engines")
+    outside = tmp_path.parent / f"{tmp_path.name}-cache"
+    assert ServerSettings(model_repository=tmp_path, cache_dir=outside).cache_dir == outside
 
 
 def test_missing_required_settings_say_how_to_give_them(
