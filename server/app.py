@@ -36,8 +36,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from onnxserve.protocol import grpc_service_pb2 as pb
-from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.server import event_loop
 from onnxserve.server.control import ModelControl, RepositoryPoller
 from onnxserve.server.guard import CallGuard, TokenFile
 from onnxserve.server.logs import configure_logging
@@ -52,6 +52,7 @@ from onnxserve.server.registry import ModelRegistry
 from onnxserve.server.runtime import available_cpus
 from onnxserve.server.service import InferenceService
 from onnxserve.server.settings import ServerSettings
+from onnxserve.server.wire.handlers import add_inference_service
 
 if TYPE_CHECKING:
     from onnxserve.server.metrics import MetricsEndpoint
@@ -148,7 +149,7 @@ class InferenceServer:
 
     async def start(self) -> None:
         settings = self.settings
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(self.service, self.server)
+        add_inference_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
@@ -171,15 +172,20 @@ class InferenceServer:
         if settings.workers > 1:
             # Binding queues connections in this socket's backlog: bind only
             # once loaded, so that the kernel routes none here before then.
-            log.info("loading models before joining port %s (gRPC)", address)
+            log.info(
+                "loading models before joining port %s (gRPC, %s event loop)",
+                address,
+                event_loop.describe(asyncio.get_running_loop()),
+            )
             await self._load()
             await self._listen(address)
         else:
             await self._listen(address)
             log.info(
-                "listening on %s (gRPC%s); loading models",
+                "listening on %s (gRPC%s, %s event loop); loading models",
                 address,
                 ", TLS" if settings.tls else "",
+                event_loop.describe(asyncio.get_running_loop()),
             )
             await self._load()
         if self.registry.is_ready():
@@ -323,7 +329,7 @@ def run_one(settings: ServerSettings, peers: WorkerPeers | None = None) -> int:
     for all of them.
     """
     try:
-        asyncio.run(serve(settings, peers))
+        event_loop.run(serve(settings, peers), settings.event_loop)
     except (OSError, StartupFailed) as exc:
         log.error("%s", exc)
         return 1

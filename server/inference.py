@@ -12,6 +12,12 @@ Floats are not checked for NaN or Inf: models compute row by row (a converted
 Keras CNN given a NaN pixel answers NaN for that image and the same as before
 for the others), and a model that does fail on them fails only that request
 (batch isolation, ``onnxserve.server.batching.executor``).
+
+A request reaches validation as a :class:`ParsedRequest`, which two parsers
+produce: :func:`parse_message` from the generated protobuf class (streams,
+typed contents, anything unusual) and ``onnxserve.server.wire.decode`` straight
+from the wire bytes (ModelInfer's usual raw request). Validation is the same
+code for both, so both answer the same request the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -30,6 +37,10 @@ from onnxserve.server.errors import InvalidInput
 
 # Request parameters the protocol reserves (Triton's clients send these).
 _RESERVED_PARAMETERS = frozenset({"priority", "timeout", "binary_data_output", "headers"})
+# Datatypes that have no typed contents field: always answered raw.
+_RAW_ONLY = frozenset({"FP16", "BF16"})
+# What a typed request's tensor without a ``contents`` field holds: nothing.
+_NO_CONTENTS = pb.InferTensorContents()
 
 
 @dataclass(frozen=True)
@@ -69,16 +80,89 @@ class DecodedRequest:
     arrival_ns: int = field(default_factory=time.monotonic_ns)
 
 
-def _request_int_parameter(parameters: Mapping[str, pb.InferParameter], key: str) -> int:
+# A request parameter as (the InferParameter's oneof field name or None when
+# none is set, its value): the form both parsers give.
+Parameter = tuple[str | None, Any]
+
+
+class ParsedInput(NamedTuple):
+    """One input tensor as the request describes it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    # The tensor's typed contents when it has a ``contents`` field, else None.
+    contents: pb.InferTensorContents | None
+
+
+class ParsedRequest:
+    """A ModelInferRequest reduced to what validation reads, from either parser.
+
+    ``raw_input_contents`` holds bytes or zero-copy memoryviews of the
+    request's wire bytes; ``parameters`` the request-level parameters.
+    """
+
+    __slots__ = (
+        "id",
+        "inputs",
+        "model_name",
+        "model_version",
+        "output_names",
+        "parameters",
+        "raw_input_contents",
+    )
+
+    def __init__(
+        self,
+        model_name: str,
+        model_version: str,
+        id: str,
+        parameters: dict[str, Parameter],
+        inputs: list[ParsedInput],
+        output_names: list[str],
+        raw_input_contents: Sequence[bytes | memoryview],
+    ) -> None:
+        self.model_name = model_name
+        self.model_version = model_version
+        self.id = id
+        self.parameters = parameters
+        self.inputs = inputs
+        self.output_names = output_names
+        self.raw_input_contents = raw_input_contents
+
+
+def parameter_of(parameter: pb.InferParameter) -> Parameter:
+    """An InferParameter as (oneof field name or None, value)."""
+    kind = parameter.WhichOneof("parameter_choice")
+    return kind, (getattr(parameter, kind) if kind is not None else None)
+
+
+def parse_message(request: pb.ModelInferRequest) -> ParsedRequest:
+    """The generated class's view of a request (each bytes field read once)."""
+    return ParsedRequest(
+        request.model_name,
+        request.model_version,
+        request.id,
+        {key: parameter_of(value) for key, value in request.parameters.items()},
+        [
+            ParsedInput(
+                tensor.name,
+                tensor.datatype,
+                tuple(tensor.shape),
+                tensor.contents if tensor.HasField("contents") else None,
+            )
+            for tensor in request.inputs
+        ],
+        [output.name for output in request.outputs],
+        list(request.raw_input_contents),
+    )
+
+
+def _request_int_parameter(parameters: Mapping[str, Parameter], key: str) -> int:
     if key not in parameters:
         return 0
-    parameter = parameters[key]
-    kind = parameter.WhichOneof("parameter_choice")
-    if kind == "int64_param":
-        value = parameter.int64_param
-    elif kind == "uint64_param":
-        value = parameter.uint64_param
-    else:
+    kind, value = parameters[key]
+    if kind not in ("int64_param", "uint64_param"):
         raise InvalidInput(f"request parameter '{key}' must be an integer, not {kind}")
     if value < 0:
         raise InvalidInput(f"request parameter '{key}' must not be negative")
@@ -160,6 +244,11 @@ def decode_request(
     request: pb.ModelInferRequest, model: ModelSignature, version: str
 ) -> DecodedRequest:
     """Turn a ModelInferRequest into validated numpy inputs, or raise InvalidInput."""
+    return decode_parsed(parse_message(request), model, version)
+
+
+def decode_parsed(request: ParsedRequest, model: ModelSignature, version: str) -> DecodedRequest:
+    """Validate a parsed request into numpy inputs, or raise InvalidInput."""
     raw_contents = request.raw_input_contents
     use_raw = len(raw_contents) > 0
     if use_raw and len(raw_contents) != len(request.inputs):
@@ -169,8 +258,7 @@ def decode_request(
         )
     inputs: dict[str, np.ndarray] = {}
     batch_sizes: dict[str, int] = {}
-    for index, tensor in enumerate(request.inputs):
-        name = tensor.name
+    for index, (name, datatype, shape, contents) in enumerate(request.inputs):
         spec = model.inputs.get(name)
         if spec is None:
             raise InvalidInput(
@@ -179,22 +267,23 @@ def decode_request(
             )
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears more than once in the request")
-        if tensor.datatype != spec.datatype:
+        if datatype != spec.datatype:
             raise InvalidInput(
-                f"input '{name}' has datatype {tensor.datatype or '(empty)'} but model "
+                f"input '{name}' has datatype {datatype or '(empty)'} but model "
                 f"'{model.name}' expects {spec.datatype}"
             )
-        shape = tuple(tensor.shape)
         batch_sizes[name] = _check_shape(spec, shape, model)
         try:
             if use_raw:
-                if tensor.HasField("contents"):
+                if contents is not None:
                     raise InvalidInput(
                         f"input '{name}' has both raw and typed contents; send one of them"
                     )
                 array = codec.raw_to_array(raw_contents[index], spec.datatype, shape)
             else:
-                array = codec.contents_to_array(tensor.contents, spec.datatype, shape)
+                array = codec.contents_to_array(
+                    contents if contents is not None else _NO_CONTENTS, spec.datatype, shape
+                )
         except codec.CodecError as exc:
             raise InvalidInput(f"input '{name}': {exc}") from None
         if spec.datatype == "BYTES":
@@ -211,16 +300,16 @@ def decode_request(
     if len(set(batch_sizes.values())) > 1:
         sizes = ", ".join(f"{n}: {b}" for n, b in batch_sizes.items())
         raise InvalidInput(f"inputs disagree on the batch size ({sizes}); they must share it")
-    if request.outputs:
+    if request.output_names:
         output_names = []
-        for requested in request.outputs:
-            if requested.name not in model.outputs:
+        for requested in request.output_names:
+            if requested not in model.outputs:
                 raise InvalidInput(
-                    f"unknown output '{requested.name}' requested from model '{model.name}'; "
+                    f"unknown output '{requested}' requested from model '{model.name}'; "
                     f"its outputs are {', '.join(model.outputs)}"
                 )
-            if requested.name not in output_names:
-                output_names.append(requested.name)
+            if requested not in output_names:
+                output_names.append(requested)
         names = tuple(output_names)
     else:
         names = tuple(model.outputs)
@@ -233,8 +322,16 @@ def decode_request(
         output_names=names,
         batch_size=next(iter(batch_sizes.values()), 1),
         raw_output=use_raw or not request.inputs,
-        priority=_request_int_parameter(parameters, "priority"),
-        timeout_us=_request_int_parameter(parameters, "timeout"),
+        priority=_request_int_parameter(parameters, "priority") if parameters else 0,
+        timeout_us=_request_int_parameter(parameters, "timeout") if parameters else 0,
+    )
+
+
+def wants_raw_output(request: DecodedRequest, model: ModelSignature) -> bool:
+    """Whether the answer carries raw contents: the request came raw, or an output
+    is FP16/BF16, which have no typed contents field."""
+    return request.raw_output or any(
+        model.outputs[n].datatype in _RAW_ONLY for n in request.output_names
     )
 
 
@@ -245,9 +342,7 @@ def encode_response(
     response = pb.ModelInferResponse(
         model_name=request.model_name, model_version=request.model_version, id=request.id
     )
-    any_raw = request.raw_output or any(
-        model.outputs[n].datatype in ("FP16", "BF16") for n in request.output_names
-    )
+    any_raw = wants_raw_output(request, model)
     for name in request.output_names:
         array = outputs[name]
         datatype = model.outputs[name].datatype

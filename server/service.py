@@ -18,20 +18,32 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
+from google.protobuf.message import DecodeError
 
 from onnxserve import __version__
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.server.control import ModelControl
 from onnxserve.server.errors import (
+    InvalidInput,
     ModelUnavailable,
     NotImplementedByServer,
     ServerError,
     status_of,
 )
-from onnxserve.server.inference import decode_request, encode_response
+from onnxserve.server.inference import (
+    DecodedRequest,
+    ModelSignature,
+    ParsedRequest,
+    decode_parsed,
+    encode_response,
+    parse_message,
+)
 from onnxserve.server.peers import PEER_TIMEOUT_S, PeerClient, VersionReport, merge_reports
 from onnxserve.server.registry import ModelRegistry
+from onnxserve.server.wire import decode as wire_decode
+from onnxserve.server.wire.encode import encode_infer_response
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +117,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         # time.monotonic() of the latest call, for the drain to tell when calls stopped.
         self.last_call = time.monotonic()
 
-    async def _infer(
-        self, request: pb.ModelInferRequest, deadline_ns: int | None
-    ) -> pb.ModelInferResponse:
+    async def _run(
+        self, request: ParsedRequest, deadline_ns: int | None
+    ) -> tuple[DecodedRequest, dict[str, np.ndarray], ModelSignature]:
+        """Validate and run one request: (the request, its outputs, the model's signature)."""
         if self.draining:
             raise ModelUnavailable("the server is shutting down; retry on another replica")
         serving = self._registry.get(request.model_name, request.model_version)
@@ -116,15 +129,20 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             started = time.monotonic_ns()
             try:
-                decoded = decode_request(request, model.signature, model.version_label)
+                decoded = decode_parsed(request, model.signature, model.version_label)
             except ServerError as exc:
                 serving.statistics.record_failure(time.monotonic_ns() - started, exc)
                 raise
             # The scheduler records the request's success or failure from here on.
             outputs = await serving.scheduler.infer(decoded, deadline_ns)
-            return encode_response(decoded, outputs, model.signature)
+            return decoded, outputs, model.signature
         finally:
             serving.leave()
+
+    async def _infer(
+        self, request: pb.ModelInferRequest, deadline_ns: int | None
+    ) -> pb.ModelInferResponse:
+        return encode_response(*await self._run(parse_message(request), deadline_ns))
 
     async def reports(self, timeout_s: float = PEER_TIMEOUT_S) -> list[VersionReport]:
         """Every model version's numbers, over all --workers processes (for statistics).
@@ -221,6 +239,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         return await self._infer(request, deadline_of(context))
+
+    @_rpc
+    async def ModelInferBytes(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """ModelInfer on the wire bytes (how the server registers it: onnxserve.server.wire).
+
+        The usual raw request is parsed from its bytes and the answer written
+        as bytes; anything else goes through the generated class first.
+        """
+        request = wire_decode.parse_infer_request(data)
+        if request is None:
+            try:
+                request = parse_message(pb.ModelInferRequest.FromString(data))
+            except DecodeError as exc:
+                raise InvalidInput(f"the request is not a valid ModelInferRequest: {exc}") from None
+        return encode_infer_response(*await self._run(request, deadline_of(context)))
 
     async def ModelStreamInfer(
         self,
