@@ -25,6 +25,7 @@ SIGHUP re-reads ``--auth-token-file``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -203,6 +204,12 @@ class InferenceServer:
         if settings.model_control_mode == "explicit" and "*" not in settings.load_model:
             only = settings.load_model
         await self.registry.load_all(only)
+        # What loading left (modules, sessions, configs) lives as long as the
+        # process: out of the cyclic collector's sight, so that its full
+        # collections do not walk it again and again while serving (they took
+        # 2-3 % of the event loop's time at 64 clients before).
+        gc.collect()
+        gc.freeze()
         failures = self.registry.failures()
         if failures and settings.exit_on_error:
             raise StartupFailed(

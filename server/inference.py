@@ -207,6 +207,15 @@ def _check_range(
     if array.size == 0:
         return
     low, high = bounds
+    # The usual range, 0..N-1 of a lookup table, in one pass: read as
+    # unsigned, a negative value is larger than any high bound.
+    if (
+        low == 0
+        and high is not None
+        and array.dtype.kind == "i"
+        and int(array.view(array.dtype.str.replace("i", "u")).max()) <= high
+    ):
+        return
     offending = None
     if low is not None and int(array.min()) < low:
         offending = np.unravel_index(int(np.argmin(array)), array.shape)

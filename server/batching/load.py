@@ -18,8 +18,14 @@ from __future__ import annotations
 # found fewer than this many rows queued or running (smoothed) ...
 INLINE_MAX_LOAD = 0.5
 # ... and a one-row run has been taking less than this (so the loop is never
-# held for long, whatever the model).
+# held for long, whatever the model) ...
 INLINE_MAX_RUN_NS = 2_000_000
+# ... and at least this many arrivals in a row found nothing queued or running.
+# (The smoothed load alone starts again from zero after a pause of
+# LOAD_RESET_NS, which a process descheduled on a busy machine takes under
+# concurrent load too; measured: a fifth of the batches at 64 clients then ran
+# one row on the loop's thread, holding every other request back.)
+INLINE_MIN_IDLE_ARRIVALS = 3
 # Under concurrent load (smoothed rows queued or running at arrivals of at
 # least this), a batch short of its target waits up to this many one-row run
 # times, and never more than the cap, for more requests ...
@@ -40,7 +46,14 @@ LOAD_SMOOTHING = 0.1
 class LoadEstimator:
     """Smoothed load, arrival gaps and one-row run time of one model's batcher."""
 
-    __slots__ = ("_gap_ns", "_last_arrival_ns", "_lone_run_ns", "_peak_load", "_recent_load")
+    __slots__ = (
+        "_gap_ns",
+        "_idle_arrivals",
+        "_last_arrival_ns",
+        "_lone_run_ns",
+        "_peak_load",
+        "_recent_load",
+    )
 
     def __init__(self) -> None:
         # Smoothed rows queued or running when a request arrives.
@@ -52,6 +65,8 @@ class LoadEstimator:
         # The most rows seen queued or running at once lately (slowly
         # forgotten): when that many are in, no one else is coming.
         self._peak_load = 0.0
+        # Arrivals in a row that found nothing queued or running.
+        self._idle_arrivals = 0
 
     def arrival(self, arrival_ns: int, busy_rows: int, rows: int) -> None:
         """A request of ``rows`` arrived while ``busy_rows`` were queued or running."""
@@ -65,6 +80,7 @@ class LoadEstimator:
         self._last_arrival_ns = max(self._last_arrival_ns, arrival_ns)
         self._recent_load += (busy_rows - self._recent_load) * LOAD_SMOOTHING
         self._peak_load = max(busy_rows + rows, self._peak_load * PEAK_DECAY)
+        self._idle_arrivals = 0 if busy_rows else self._idle_arrivals + 1
 
     def lone_run(self, run_ns: int) -> None:
         """A batch of one row took ``run_ns`` (merge, run and split)."""
@@ -80,10 +96,16 @@ class LoadEstimator:
         thread wake-ups (about 0.1 to 0.2 ms here), a large part of a small
         model's latency. When requests come one at a time and a lone run is
         known to be short, the loop may run it itself: nothing else is waiting
-        for the loop, and onnxruntime releases the GIL meanwhile. (The batcher
+        for the loop, and onnxruntime releases the GIL meanwhile. "One at a
+        time" means both: the smoothed load is low, and the last few arrivals
+        each found the model idle. (The batcher
         adds the rest: a batch of one request, nothing else queued or running.)
         """
-        return self._recent_load < INLINE_MAX_LOAD and 0 < self._lone_run_ns < INLINE_MAX_RUN_NS
+        return (
+            self._idle_arrivals >= INLINE_MIN_IDLE_ARRIVALS
+            and self._recent_load < INLINE_MAX_LOAD
+            and 0 < self._lone_run_ns < INLINE_MAX_RUN_NS
+        )
 
     def gathering(self, queued_rows: int, running_rows: int, target_rows: int) -> bool:
         """Without a configured delay: hold a batch briefly under concurrent load?

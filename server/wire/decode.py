@@ -142,13 +142,27 @@ def _request(data: bytes) -> ParsedRequest:
     outputs: list[str] = []
     raw: list[memoryview] = []
     while pos < end:
-        field, wire, pos = _tag(data, pos)
+        # The one-byte tags and lengths of the usual request, inline (hot path).
+        tag = data[pos]
+        if 8 <= tag < 0x80:
+            pos += 1
+            field = tag >> 3
+            wire = tag & 7
+        else:
+            field, wire, pos = _tag(data, pos)
         if wire != 2:
             if field in _REQUEST_FIELDS:
                 raise _Unusual
             pos = _skip(data, pos, wire, end)
             continue
-        start, pos = _length(data, pos, end)
+        length = data[pos]
+        if length < 0x80:
+            start = pos + 1
+            pos = start + length
+            if pos > end:
+                raise _Unusual
+        else:
+            start, pos = _length(data, pos, end)
         if field == 7:
             raw.append(view[start:pos])
         elif field == 5:
@@ -173,7 +187,13 @@ def _input(data: bytes, pos: int, end: int) -> ParsedInput:
     name = datatype = ""
     shape: list[int] = []
     while pos < end:
-        field, wire, pos = _tag(data, pos)
+        tag = data[pos]
+        if 8 <= tag < 0x80:
+            pos += 1
+            field = tag >> 3
+            wire = tag & 7
+        else:
+            field, wire, pos = _tag(data, pos)
         if field == 3 and wire == 0:  # an unpacked shape element
             dim, pos = _varint(data, pos)
             shape.append(dim - _UINT64 if dim >= _INT64_SIGN else dim)
@@ -190,8 +210,14 @@ def _input(data: bytes, pos: int, end: int) -> ParsedInput:
             datatype = data[start:pos].decode()
         elif field == 3:
             while start < pos:
-                dim, start = _varint(data, start)
-                shape.append(dim - _UINT64 if dim >= _INT64_SIGN else dim)
+                dim = data[start]
+                if dim < 0x80:
+                    start += 1
+                else:
+                    dim, start = _varint(data, start)
+                    if dim >= _INT64_SIGN:
+                        dim -= _UINT64
+                shape.append(dim)
             if start != pos:
                 raise _Unusual
         elif field == 4:
