@@ -14,7 +14,7 @@ GRPC_PORT ?= 8001
 SENTIMENT_DATA ?= $(firstword $(wildcard ../shared/data/sentiment-labelled-sentences))
 export ONNXSERVE_SENTIMENT_DATA ?= $(SENTIMENT_DATA)
 
-.PHONY: install serve test lint examples protos bench clean kserve-env deploy-tools
+.PHONY: install serve test lint examples protos bench clean kserve-env deploy-tools triton-env
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,8 +56,17 @@ lint: install
 protos: install
 	$(PY) scripts/generate_protos.py
 
+# Real Triton (PyTriton's tritonserver 2.51) for the benchmark's comparison, in its own
+# environment (.venv-triton: PyTriton needs numpy < 2). Not part of `make test`: the
+# benchmark builds it when missing and skips Triton, with a note, where it cannot.
+triton-env: install
+	$(PY) -m benchmarks.triton_peer
+
+# onnxserve, Triton, the empty gRPC handler and raw onnxruntime on the seed LSTM, in
+# rounds (about 10 minutes); e.g. make bench BENCH_ARGS="--before main --rounds 7"
+BENCH_ARGS ?=
 bench: install examples
-	$(PY) benchmarks/run_benchmark.py --repository $(EXAMPLE_REPOSITORY)
+	$(PY) benchmarks/run_benchmark.py --repository $(EXAMPLE_REPOSITORY) $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache

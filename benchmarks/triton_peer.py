@@ -42,8 +42,8 @@ from google.protobuf import text_format
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
-from tests.support.server import free_port
 from tests.support.requirements_venv import RequirementsVenv
+from tests.support.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLDER = Path(__file__).resolve().parent / "triton"

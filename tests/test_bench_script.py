@@ -1,15 +1,18 @@
-"""benchmarks/run_benchmark.py without TensorFlow or a server: how it recognises the
-seed model in a repository, which run it shows, and the verdicts it writes.
+"""benchmarks/run_benchmark.py: how it recognises the seed model, the page it writes, a run.
 
-The verdict lines are what the README's figures are copied from, so their
-arithmetic (ratio against 0.35, latency delta against 0.5 ms) is checked on
-figures built by hand.
+The page's tables and verdicts are what the README's figures are copied from,
+so their arithmetic (medians and ranges over rounds, ratios to raw
+onnxruntime, the comparison with Triton and with an earlier revision) is
+checked on figures built by hand. One short real run (a seed-shaped LSTM with
+tiny weights, h2load, this checkout against its own HEAD and the empty
+handler) checks that the driver, the servers and the accounting fit together.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +20,14 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from benchmarks.run_benchmark import ProtocolFloor, SeedModel, TargetRun, find_seed, markdown
-from onnxserve.bench.results import (
-    BenchReport,
-    LatencySummary,
-    RawPoint,
-    RawResult,
-    ServerDelta,
-    StepResult,
-)
+from benchmarks import run_benchmark
+from benchmarks.contestants import process_tree_cpu_s
+from benchmarks.report import Measurement, RawFigures, markdown
+from benchmarks.run_benchmark import find_seed
 from tests.support.models import add_sub_model
 
 
-def lstm_model(path: Path, hidden: int = 128, length: int | str = 50) -> Path:
+def lstm_model(path: Path, hidden: int = 128, length: int | str = 50, vocabulary: int = 10) -> Path:
     """Two stacked ONNX LSTMs over embedded tokens: the seed's graph shape, tiny weights."""
     embed, rng = 4, np.random.default_rng(0)
 
@@ -52,7 +50,7 @@ def lstm_model(path: Path, hidden: int = 128, length: int | str = 50) -> Path:
         [helper.make_tensor_value_info("tokens", TensorProto.INT32, ["batch", length])],
         [helper.make_tensor_value_info("positive", TensorProto.FLOAT, ["batch", hidden])],
         initializer=[
-            weights("table", [10, embed]),
+            weights("table", [vocabulary, embed]),
             weights("W1", [1, 4 * hidden, embed]),
             weights("R1", [1, 4 * hidden, hidden]),
             weights("W2", [1, 4 * hidden, hidden]),
@@ -62,6 +60,7 @@ def lstm_model(path: Path, hidden: int = 128, length: int | str = 50) -> Path:
         ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
@@ -83,56 +82,93 @@ def test_the_seed_is_found_by_its_graph_and_others_are_not(tmp_path: Path) -> No
     assert find_seed(empty, None) is None
 
 
-def report(raw_b1_ms: float, raw_best: float, c1_mean_ms: float, c64_samples: float,
-           failed: int = 0) -> BenchReport:  # fmt: skip
-    def step(concurrency: int, samples: float, mean_ms: float, failures: int) -> StepResult:
-        latency = LatencySummary(100, mean_ms, mean_ms, mean_ms, mean_ms, mean_ms, mean_ms)
-        server = ServerDelta(100, failures, 100, 50, 10.0, 1.0, 100.0, 1.0, {2: 50})
-        return StepResult(
-            "concurrency", concurrency, "h2load", 100 + failures, 100, failures, {}, 1.0,
-            samples, samples, latency, server, samples / raw_best, 4.0,
-        )  # fmt: skip
-
-    raw = RawResult(
-        "model.onnx",
-        ("CPUExecutionProvider",),
-        0,
-        (
-            RawPoint(1, 100, raw_b1_ms, raw_b1_ms, raw_b1_ms, 1000 / raw_b1_ms, (raw_b1_ms,)),
-            RawPoint(64, 10, 10.0, 10.0, 10.0, raw_best, (10.0,)),
-        ),
-    )
-    result = BenchReport("seed_lstm", "", "x", "h2load", 1, "now", {}, {"cpus": 2})
-    result.raw = raw
-    result.steps = [step(1, 700.0, c1_mean_ms, 0), step(64, c64_samples, 30.0, failed)]
-    return result
+def measurement(name: str, c64: float, c1_ms: float, failures: int = 0) -> Measurement:
+    return Measurement(name, c64, 1000, failures, 20.0, 400.0, c1_ms, c1_ms * 2, 100, 0)
 
 
-def test_the_page_judges_the_targets_on_the_median_run(tmp_path: Path) -> None:
-    args = argparse.Namespace(
-        duration=5.0, warmup=2.0, repeat=3, connections=1, server_arg=["--workers=2"]
+RAWS = [RawFigures(0.5, 5000.0, 64), RawFigures(0.6, 4000.0, 128), RawFigures(0.5, 5000.0, 64)]
+ROUNDS = [
+    [measurement("onnxserve", 3000, 1.0), measurement("before main", 2500, 1.1),
+     measurement("triton", 2900, 4.0)],
+    [measurement("onnxserve", 2000, 1.2, failures=2), measurement("before main", 2000, 1.3),
+     measurement("triton", 3100, 4.2)],
+    [measurement("onnxserve", 3500, 0.9), measurement("before main", 2600, 1.0),
+     measurement("triton", 3000, 4.1)],
+]  # fmt: skip
+NAMES = ["onnxserve", "before main", "triton"]
+ARGS = argparse.Namespace(
+    warmup=2.0, duration=10.0, peers=["triton"], before="main", server_arg=["--workers=2"]
+)
+ENVIRONMENT = {"started_at": "now", "commit": "abc", "cpus": 2, "python": "3.11",
+               "load_average_at_start": (1.0, 2.0, 3.0), "load_average_at_end": None}  # fmt: skip
+
+
+def test_the_page_reports_medians_ranges_and_ratios_to_raw() -> None:
+    page = markdown("sentiment", NAMES, ROUNDS, RAWS, ENVIRONMENT, ["a note"], ARGS)
+    # ratios per round: 3000/5000, 2000/4000, 3500/5000 -> median 0.60;
+    # c=1 over raw batch 1: 0.5, 0.6, 0.4 -> median +0.50 ms
+    assert (
+        "| onnxserve (this commit) | 3,000 (2,000 to 3,500) (0.60x) | 1.00 (0.90 to 1.20) "
+        "(+0.50 ms) | 400 us (400 us to 400 us) | 20.0 (20.0 to 20.0) | 2 of 3,300 |" in page
     )
-    seed = SeedModel(tmp_path, "seed_lstm", "tokens", np.dtype(np.int32), "built")
-    good = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.4, c64_samples=1600.0)
-    bad = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.6, c64_samples=1200.0, failed=2)
-    middle = report(raw_b1_ms=1.0, raw_best=4000.0, c1_mean_ms=1.5, c64_samples=1500.0)
-    floor = ProtocolFloor(calls_per_s=3000.0, mean_latency_ms=0.3)
-    page = markdown(good, [good, bad, middle], seed, args, floor=floor)
-    sweep_row = (
-        "| 1 | 700 | 700 | 1.40 | 1.40 | 1.40 | 1.40 | 0.01 | 0.10 | 2.0 | 0 | 0.17 | 400% |"
+    assert "| onnxserve before (main) | 2,500 (2,000 to 2,600) (0.50x) |" in page
+    assert "| Triton 2.51 (python backend running onnxruntime, 2 ms queue delay) | 3,000" in page
+    assert (
+        "| raw onnxruntime, same file, same rounds | best 5,000 (4,000 to 5,000) samples/s "
+        "(batch 64) | batch 1: 0.50 (0.50 to 0.60) | | | |" in page
     )
-    assert sweep_row in page
-    assert "## Issue 3's targets: the median of 3 runs" in page
-    assert "| 0.38 x (runs: 0.30 to 0.40) | yes |" in page
-    assert "| no failed request | 2 failed of 602 | no |" in page
-    assert "+0.500 ms (runs: +0.400 to +0.600) | yes |" in page
-    assert "| 2 | 1.000 | 4,000 (64) | 1.600 | +0.600 | 1,200 | 0.30 | 2 | 1.00 |" in page
-    assert "- Server: `onnxserve serve --workers=2` on a loopback port" in page
-    assert "--repeat 3 --server-arg=--workers=2` (or `make bench`)" in page
-    assert "1,500 infer/s at concurrency 64 and 1.500 ms at concurrency 1, are 50% of" in page
-    assert "and +1.200 ms from that latency." in page
-    failing = markdown(bad, [bad], seed, args)
-    assert "| 0.30 x (runs: 0.30 to 0.30) | no |" in failing
-    assert "+0.600 ms (runs: +0.600 to +0.600) | no |" in failing
-    assert "Protocol floor" not in failing
-    assert TargetRun.of(replace(bad, raw=None)) is None
+    assert "| 2 | onnxserve | 2,000 | 1.200 | 2.400 | 400 | 20.0 | 2 | 4,000 |" in page
+    assert "- note: a note" in page
+    assert "--peers triton --before main --server-arg=--workers=2` (or `make bench`)" in page
+
+
+def test_the_verdicts_compare_medians_with_triton_and_the_earlier_revision() -> None:
+    page = markdown("sentiment", NAMES, ROUNDS, RAWS, ENVIRONMENT, [], ARGS)
+    assert (
+        "| onnxserve at concurrency 64 at or above Triton (medians) | 3,000 against 3,000 "
+        "requests/s (1.00x) | yes |" in page
+    )
+    assert "| onnxserve: no failed call | 2 failed | no |" in page
+    assert "| 1.000 ms against 1.100 ms | yes |" in page
+    slower = [[measurement("onnxserve", 2000, 1.5), measurement("before main", 2000, 1.0),
+               measurement("triton", 2500, 4.0)]]  # fmt: skip
+    page = markdown("sentiment", NAMES, slower, RAWS[:1], ENVIRONMENT, [], ARGS)
+    assert "2,000 against 2,500 requests/s (0.80x) | no |" in page
+    assert "| 1.500 ms against 1.000 ms | no |" in page
+    assert "| onnxserve: no failed call | 0 failed | yes |" in page
+
+
+def test_process_tree_cpu_counts_this_process() -> None:
+    import os
+
+    used = process_tree_cpu_s(os.getpid())
+    assert used is None or used > 0
+    assert process_tree_cpu_s(2**22 + 12345) is None
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="needs h2load (nghttp2-client)")
+def test_a_short_run_measures_this_checkout_its_head_and_the_empty_handler(
+    tmp_path: Path,
+) -> None:
+    lstm_model(tmp_path / "repo" / "seed" / "1" / "model.onnx", vocabulary=100)
+    (tmp_path / "repo" / "seed" / "config.pbtxt").write_text(
+        "max_batch_size: 8\ndynamic_batching { }\n"
+    )
+    results = tmp_path / "results"
+    code = run_benchmark.main(
+        ["--repository", str(tmp_path / "repo"), "--results", str(results), "--rounds", "1",
+         "--duration", "0.5", "--warmup", "0.2", "--raw-seconds", "0.2", "--peers", "empty",
+         "--before", "HEAD"]
+    )  # fmt: skip
+    assert code == 0
+    data = json.loads((results / "latest.json").read_text())
+    (row,) = data["rounds"]
+    assert [m["name"] for m in row] == ["onnxserve", "before HEAD", "empty"]
+    for m in row:
+        assert m["c64_requests"] > 0 and m["c1_requests"] > 0
+        assert m["c64_failures"] == 0 and m["c1_failures"] == 0
+        assert m["cpu_us_per_request"] > 0
+    assert row[0]["avg_batch"] >= 1
+    assert data["raw"][0]["best_samples_per_s"] > 0
+    page = (results / "latest.md").read_text()
+    assert "| onnxserve: no failed call | 0 failed | yes |" in page

@@ -40,6 +40,7 @@ class RunningServer:
         credentials: grpc.ChannelCredentials | None = None,
         token: str | None = None,
         server_name: str | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.repository = Path(repository)
         self.extra_args = list(extra_args)
@@ -55,7 +56,17 @@ class RunningServer:
         self.channel_options = (
             [("grpc.ssl_target_name_override", server_name)] if server_name else []
         )
-        self._env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+        # Metrics off unless a test asks for them (a fixed port would collide); by
+        # environment rather than flag, so that a revision from before the flag
+        # starts too (benchmarks/contestants.py runs earlier ones).
+        self._env = {
+            **os.environ,
+            "CUDA_VISIBLE_DEVICES": "",
+            "ONNXSERVE_METRICS_PORT": "0",
+            **(env or {}),
+        }
+        # Where the process runs: python -m puts it first on sys.path.
+        self.cwd = cwd
         # Kept open for the life of the process it logs; closed in stop().
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix="onnxserve-", suffix=".log", delete=False
@@ -74,13 +85,10 @@ class RunningServer:
             "127.0.0.1",
             "--grpc-port",
             str(self.port),
-            # Metrics off unless a test asks for them: a fixed port would collide.
-            "--metrics-port",
-            "0",
             *self.extra_args,
         ]
         self.process = subprocess.Popen(
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self._env
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self._env, cwd=self.cwd
         )
         self.wait_ready()
         return self
