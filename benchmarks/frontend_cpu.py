@@ -12,9 +12,17 @@ front end's changes are judged (interleaved A/B, several rounds, medians):
 2. ``service``: 64 concurrent callers through the servicer's ModelInfer on
    bytes, the registry and the dynamic batcher, to a model of the seed's
    signature that costs next to nothing (a Cast and a ReduceMean), on each
-   event loop: everything onnxserve's Python adds per request, batching included.
+   event loop: everything onnxserve's Python adds per request, batching included;
+   ``generated`` as grpc.aio calls the servicer's ModelInfer (its request parsed
+   and its answer serialised by the generated classes), ``wire`` as it calls
+   ModelInfer on bytes.
+
+An earlier revision is measured the same way by putting its package tree
+first on the path (benchmarks/contestants.py's ``revision_tree`` builds one);
+what it lacks (the wire path, uvloop) is left out of its table.
 
     python benchmarks/frontend_cpu.py [--rounds 5] [--requests 20000]
+    PYTHONPATH=build/bench-before/<commit>/site python benchmarks/frontend_cpu.py
 """
 
 from __future__ import annotations
@@ -33,14 +41,14 @@ import numpy as np
 from onnxserve.protocol import codec
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.config import TensorSpec
-from onnxserve.server.inference import (
-    ModelSignature,
-    decode_parsed,
-    decode_request,
-    encode_response,
-)
-from onnxserve.server.wire.decode import parse_infer_request
-from onnxserve.server.wire.encode import encode_infer_response
+from onnxserve.server.inference import ModelSignature, decode_request, encode_response
+
+try:
+    from onnxserve.server.inference import decode_parsed
+    from onnxserve.server.wire.decode import parse_infer_request
+    from onnxserve.server.wire.encode import encode_infer_response
+except ImportError:  # an earlier revision, without the wire path
+    parse_infer_request = None  # type: ignore[assignment]
 
 SEQUENCE = 50
 CONCURRENCY = 64
@@ -67,6 +75,9 @@ def codec_paths(data: bytes) -> dict[str, Callable[[], bytes]]:
     def generated() -> bytes:
         decoded = decode_request(pb.ModelInferRequest.FromString(data), SIGNATURE, "1")
         return encode_response(decoded, outputs, SIGNATURE).SerializeToString()
+
+    if parse_infer_request is None:
+        return {"generated": generated}
 
     def wire() -> bytes:
         parsed = parse_infer_request(data)
@@ -107,8 +118,9 @@ class _Context:
         return None
 
 
-async def service_cpu_us(repository: Path, data: bytes, requests: int) -> float:
-    """CPU us per request of ``requests`` calls from CONCURRENCY callers through the servicer."""
+async def service_cpu_us(repository: Path, data: bytes, requests: int, path: str) -> float:
+    """CPU us per request of ``requests`` calls from CONCURRENCY callers through the servicer,
+    ``path`` ``wire`` (ModelInfer on bytes) or ``generated``."""
     from onnxserve.server.registry import ModelRegistry
     from onnxserve.server.service import InferenceService
 
@@ -118,11 +130,21 @@ async def service_cpu_us(repository: Path, data: bytes, requests: int) -> float:
     context = _Context()
     remaining = requests
 
+    async def call_wire() -> None:
+        await service.ModelInferBytes(data, context)  # type: ignore[arg-type]
+
+    async def call_generated() -> None:
+        request = pb.ModelInferRequest.FromString(data)
+        response = await service.ModelInfer(request, context)  # type: ignore[arg-type]
+        response.SerializeToString()
+
+    call = call_wire if path == "wire" else call_generated
+
     async def caller() -> None:
         nonlocal remaining
         while remaining > 0:
             remaining -= 1
-            await service.ModelInferBytes(data, context)  # type: ignore[arg-type]
+            await call()
 
     async def burst(count: int) -> None:
         nonlocal remaining
@@ -166,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                 used = time.process_time() - started
                 results.setdefault(f"codec, {name}", []).append(used / args.requests * 1e6)
             for loop_name, run in _loops().items():
-                cpu = run(service_cpu_us(repository, data, args.requests))
-                results.setdefault(f"service, {loop_name}", []).append(cpu)  # type: ignore[arg-type]
+                for path in paths:
+                    cpu = run(service_cpu_us(repository, data, args.requests, path))
+                    results.setdefault(f"service, {path}, {loop_name}", []).append(cpu)  # type: ignore[arg-type]
             print(f"round {round_index + 1} of {args.rounds} done", file=sys.stderr)
     print("| CPU us per request | median | rounds |")
     print("|---|---:|---|")
