@@ -53,6 +53,9 @@ from onnxserve.server.errors import (
 from onnxserve.server.inference import DecodedRequest
 from onnxserve.server.model import ModelVersion
 
+# A call cancelled this close to its deadline or queue timeout counts as timed out.
+TIMER_SLACK_NS = 2_000_000
+
 
 class _RunningBatch:
     """Entries that run together, and what the executor made of them."""
@@ -113,10 +116,20 @@ class DynamicBatcher:
             return await future
         except asyncio.CancelledError:
             # The caller went away: a queued request leaves the queue and never
-            # runs; a running one finishes and its outcome is dropped.
+            # runs; a running one finishes and its outcome is dropped. gRPC also
+            # cancels a call the instant its deadline passes, which can come
+            # before the queue's own timer (uvloop's timers have millisecond
+            # resolution): a request cancelled at its deadline failed by it.
             if entry.state == QUEUED:
                 self._queue.remove(entry)
-                self._finish(entry, RequestCancelled("the request was cancelled"))
+                late = (
+                    entry.reject_at_ns
+                    and time.monotonic_ns() >= entry.reject_at_ns - TIMER_SLACK_NS
+                )
+                if late:
+                    self._finish(entry, self._queue.timeout_error(entry))
+                else:
+                    self._finish(entry, RequestCancelled("the request was cancelled"))
             raise
 
     async def close(self) -> None:
