@@ -126,6 +126,9 @@ def onnxserve(
     and some did not load; ``log``: where its log is copied when it stops.
     """
     env = {"PYTHONPATH": str(site)} if site is not None else {}
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        # The launcher hides GPUs unless told which (benchmarks/gpu_check.sh tells it).
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
     # Not the checkout's root as the working directory: python -m would import
     # its onnxserve/ before PYTHONPATH's.
     with tempfile.TemporaryDirectory() as cwd:
