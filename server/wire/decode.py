@@ -183,28 +183,33 @@ def _request(data: bytes) -> ParsedRequest:
     return ParsedRequest(model_name, model_version, request_id, parameters, inputs, outputs, raw)
 
 
+def _next(data: bytes, pos: int, end: int, known: frozenset[int]) -> tuple[int, int, int, int]:
+    """The next field of a message: (number, wire type, start, stop).
+
+    A length-delimited field's bytes are ``data[start:stop]``; a known field
+    of another wire type is left unread (start == stop == its value's
+    position); an unknown field is skipped and reported as number 0.
+    """
+    field, wire, pos = _tag(data, pos)
+    if wire == 2:
+        start, stop = _length(data, pos, end)
+        return field, 2, start, stop
+    if field in known:
+        return field, wire, pos, pos
+    return 0, wire, pos, _skip(data, pos, wire, end)
+
+
 def _input(data: bytes, pos: int, end: int) -> ParsedInput:
     name = datatype = ""
     shape: list[int] = []
     while pos < end:
-        tag = data[pos]
-        if 8 <= tag < 0x80:
-            pos += 1
-            field = tag >> 3
-            wire = tag & 7
-        else:
-            field, wire, pos = _tag(data, pos)
+        field, wire, start, pos = _next(data, pos, end, _INPUT_FIELDS)
         if field == 3 and wire == 0:  # an unpacked shape element
             dim, pos = _varint(data, pos)
             shape.append(dim - _UINT64 if dim >= _INT64_SIGN else dim)
-            continue
-        if wire != 2:
-            if field in _INPUT_FIELDS:
-                raise _Unusual
-            pos = _skip(data, pos, wire, end)
-            continue
-        start, pos = _length(data, pos, end)
-        if field == 1:
+        elif field and wire != 2:
+            raise _Unusual
+        elif field == 1:
             name = data[start:pos].decode()
         elif field == 2:
             datatype = data[start:pos].decode()
@@ -232,13 +237,9 @@ def _input(data: bytes, pos: int, end: int) -> ParsedInput:
 def _output(data: bytes, pos: int, end: int) -> str:
     name = ""
     while pos < end:
-        field, wire, pos = _tag(data, pos)
-        if wire != 2:
-            if field in _OUTPUT_FIELDS:
-                raise _Unusual
-            pos = _skip(data, pos, wire, end)
-            continue
-        start, pos = _length(data, pos, end)
+        field, wire, start, pos = _next(data, pos, end, _OUTPUT_FIELDS)
+        if field and wire != 2:
+            raise _Unusual
         if field == 1:
             name = data[start:pos].decode()
         elif field == 2:
