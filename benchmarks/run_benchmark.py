@@ -48,6 +48,8 @@ if str(ROOT) not in sys.path:  # run as a script: benchmarks/ and tests/ are pac
 
 from benchmarks import contestants  # noqa: E402
 from benchmarks.report import Measurement, RawFigures, markdown  # noqa: E402
+from onnxserve.bench.settings import BenchSettings  # noqa: E402
+from onnxserve.protocol import model_config_pb2 as mc  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 SEQUENCE = 50
@@ -147,9 +149,7 @@ class Bench:
     payload: bytes = b""
     notes: list[str] = field(default_factory=list)
 
-    def settings(self, address: str, concurrency: int, raw: bool) -> object:
-        from onnxserve.bench.settings import BenchSettings
-
+    def settings(self, address: str, concurrency: int, raw: bool) -> BenchSettings:
         return BenchSettings(
             model=self.seed.name,
             url=address,
@@ -181,10 +181,10 @@ async def _measure_model_server(
         request = pb.ModelStatisticsRequest(name=bench.seed.name)
         before = await stub.ModelStatistics(request, timeout=10)
         cpu_before = contestants.process_tree_cpu_s(running.pid)
-        busy = await run_bench(bench.settings(running.address, 64, raw))  # type: ignore[arg-type]
+        busy = await run_bench(bench.settings(running.address, 64, raw))
         cpu_after = contestants.process_tree_cpu_s(running.pid)
         after = await stub.ModelStatistics(request, timeout=10)
-    lone = await run_bench(bench.settings(running.address, 1, False))  # type: ignore[arg-type]
+    lone = await run_bench(bench.settings(running.address, 1, False))
     answered = server_delta(before, after)
     cpu_us = None
     if cpu_before is not None and cpu_after is not None and answered.success:
@@ -217,7 +217,9 @@ async def _measure_empty(bench: Bench, name: str, running: contestants.Running) 
 
 
 @contextlib.contextmanager
-def _started(bench: Bench, name: str, repository: Path, served: object) -> Iterator[object]:
+def _started(
+    bench: Bench, name: str, repository: Path, served: mc.ModelConfig
+) -> Iterator[contestants.Running]:
     args = bench.args
     log = args.results / f"{name.replace(' ', '_')}.log"
     if name == "onnxserve":
@@ -234,11 +236,11 @@ def _started(bench: Bench, name: str, repository: Path, served: object) -> Itera
 
         # onnxserve's own choice for one instance: the CPUs less one for the front end.
         threads = max(1, available_cpus() - 1)
-        with contestants.triton(bench.model_file, served, threads, log) as running:  # type: ignore[arg-type]
+        with contestants.triton(bench.model_file, served, threads, log) as running:
             yield running
 
 
-def _describe(bench: Bench, repository: Path) -> object:
+def _describe(bench: Bench, repository: Path) -> mc.ModelConfig:
     """Start this checkout's server once: the completed config, one request and its answer."""
     import grpc
 
@@ -313,10 +315,10 @@ def run(args: argparse.Namespace) -> int:
                 print(f"round {round_index + 1} of {args.rounds}: {name}", file=sys.stderr)
                 with _started(bench, name, repository, served) as running:
                     if name.startswith("empty"):
-                        row.append(asyncio.run(_measure_empty(bench, name, running)))  # type: ignore[arg-type]
+                        row.append(asyncio.run(_measure_empty(bench, name, running)))
                         continue
                     measured, raw = asyncio.run(
-                        _measure_model_server(bench, name, running, raw=name == "onnxserve")  # type: ignore[arg-type]
+                        _measure_model_server(bench, name, running, raw=name == "onnxserve")
                     )
                     row.append(measured)
                     if raw is not None:
