@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -172,3 +173,45 @@ def test_a_short_run_measures_this_checkout_its_head_and_the_empty_handler(
     assert data["raw"][0]["best_samples_per_s"] > 0
     page = (results / "latest.md").read_text()
     assert "| onnxserve: no failed call | 0 failed | yes |" in page
+
+
+def test_triton_is_skipped_with_a_note_where_it_cannot_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONNXSERVE_TRITON_VENV", str(tmp_path / "no-such-venv"))
+    notes: list[str] = []
+    assert run_benchmark._available(["triton", "empty"], notes) == ["empty"]
+    assert len(notes) == 1 and notes[0].startswith("Triton was not measured: ")
+    assert "has no bin/python" in notes[0]
+
+
+def _triton_installed() -> bool:
+    from benchmarks import triton_peer
+
+    return bool(os.environ.get(triton_peer.OWN_VENV)) or triton_peer.ENV.is_current()
+
+
+@pytest.mark.skipif(not _triton_installed(), reason="no Triton environment (make triton-env)")
+def test_the_triton_peer_answers_what_onnxruntime_does(tmp_path: Path) -> None:
+    import grpc
+    import onnxruntime as ort
+
+    from benchmarks.triton_peer import running_triton
+    from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+    from onnxserve.protocol import model_config_pb2 as mc
+    from tests.support.infer_requests import infer_request, outputs_of
+
+    model_file = lstm_model(tmp_path / "seed.onnx", vocabulary=100)
+    served = mc.ModelConfig(name="seed", max_batch_size=8)
+    served.input.add(name="tokens", data_type=mc.TYPE_INT32, dims=[50])
+    served.output.add(name="positive", data_type=mc.TYPE_FP32, dims=[128])
+    tokens = np.random.default_rng(0).integers(0, 100, size=(3, 50)).astype(np.int32)
+    expected = ort.InferenceSession(str(model_file)).run(None, {"tokens": tokens})[0]
+    with (
+        running_triton(model_file, served, 1, tmp_path / "triton.log") as (address, pid),
+        grpc.insecure_channel(address) as channel,
+    ):
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        answer = stub.ModelInfer(infer_request("seed", {"tokens": tokens}), timeout=60)
+        assert process_tree_cpu_s(pid) is not None
+    np.testing.assert_allclose(outputs_of(answer)["positive"], expected, rtol=1e-5, atol=1e-6)
