@@ -126,7 +126,12 @@ async def service_cpu_us(repository: Path, data: bytes, requests: int, path: str
 
     registry = ModelRegistry(repository, "cpu", 2)
     await registry.load_all()
-    service = InferenceService(registry)
+    try:  # the servicer's model control (not in earlier revisions)
+        from onnxserve.server.control import ModelControl
+    except ImportError:
+        service = InferenceService(registry)  # type: ignore[call-arg]
+    else:
+        service = InferenceService(registry, ModelControl(registry, "none"))
     context = _Context()
     remaining = requests
 
