@@ -90,7 +90,11 @@ class RunningServer:
         self.process = subprocess.Popen(
             cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self._env, cwd=self.cwd
         )
-        self.wait_ready()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # a server that never got ready must not outlive the test
+            raise
         return self
 
     def channel(self) -> grpc.Channel:
