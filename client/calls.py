@@ -22,7 +22,7 @@ from onnxserve.client.errors import (
     InferenceServerError,
     InvalidInputError,
     InvalidResponseError,
-    error_for_stream_message,
+    error_for_code,
 )
 from onnxserve.client.types import (
     BatchStatistics,
@@ -40,6 +40,7 @@ from onnxserve.client.types import (
 from onnxserve.protocol import codec
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
+from onnxserve.protocol.parameters import stream_status_of
 
 __all__ = [
     "Call",
@@ -237,19 +238,21 @@ def infer_result(response: pb.ModelInferResponse) -> InferResult:
 def stream_result(response: pb.ModelStreamInferResponse) -> InferResult:
     """One answer of ModelStreamInfer: a result, or an error carried in the stream.
 
-    The stream's error_message has no status code (Triton's protocol sends text
-    only); :func:`error_for_stream_message` gives onnxserve's messages the
-    class a unary call raises (InvalidInputError, ModelNotFoundError, ...), and
-    other text the base class with code UNKNOWN.
+    The protocol's error_message is text only; onnxserve also sends the status
+    code a unary call would get (``onnxserve.protocol.parameters``), so the
+    error has the class a unary call raises (InvalidInputError,
+    ModelNotFoundError, ...). Other servers' errors get the base class with
+    code UNKNOWN.
     """
     if response.error_message:
         inner = response.infer_response
+        code = stream_status_of(inner) or grpc.StatusCode.UNKNOWN
         return InferResult(
             model_name=inner.model_name,
             model_version=inner.model_version,
             id=inner.id,
             outputs={},
-            error=error_for_stream_message(response.error_message),
+            error=error_for_code(code, response.error_message),
         )
     return infer_result(response.infer_response)
 

@@ -19,8 +19,6 @@ Example::
 
 from __future__ import annotations
 
-import re
-
 import grpc
 
 __all__ = [
@@ -37,7 +35,6 @@ __all__ = [
     "ServerUnavailableError",
     "UnimplementedError",
     "error_for_code",
-    "error_for_stream_message",
     "from_rpc_error",
 ]
 
@@ -167,49 +164,3 @@ def from_rpc_error(error: grpc.RpcError) -> InferenceServerError:
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
     return error_for_code(code, details or str(error) or code.name)
-
-
-# ModelStreamInfer answers a failed request of a stream with text only: the
-# protocol's ModelStreamInferResponse has error_message and no status code (as
-# Triton's). So that a stream raises the same exception as a unary call for the
-# same request, onnxserve's messages are recognised by their wording, which
-# tests/test_client_stream_errors.py checks against a real server for every
-# class here. Text from other servers keeps the base class, code UNKNOWN.
-_STREAM_MESSAGES: tuple[tuple[re.Pattern[str], type[InferenceServerError]], ...] = (
-    (
-        re.compile(r"^model '[^']*' (is not in the model repository|has no version (?!ready))"),
-        ModelNotFoundError,
-    ),
-    (
-        re.compile(
-            r"shutting down|^model '[^']*' (is unavailable|has no version ready|version \d+ is )"
-        ),
-        ServerUnavailableError,
-    ),
-    (re.compile(r"max_queue_size; retry later$"), ResourceExhaustedError),
-    (re.compile(r"timed out (before|after)|deadline passed"), DeadlineExceededError),
-    (re.compile(r"^the request was cancelled"), RequestCancelledError),
-    (
-        re.compile(
-            r"^(internal server error|model '[^']*' (failed to run|returned output)|"
-            r"the batch produced no result)"
-        ),
-        InternalServerError,
-    ),
-    (
-        re.compile(
-            r"^(input '|unknown (input|output) '|request parameter '|the request has |"
-            r"inputs disagree|a request of \d+ rows|model '[^']*' needs input)"
-        ),
-        InvalidInputError,
-    ),
-)
-
-
-def error_for_stream_message(message: str) -> InferenceServerError:
-    """The exception for a stream's error_message: the class a unary call would raise
-    for onnxserve's messages, else the base class with code UNKNOWN."""
-    for pattern, cls in _STREAM_MESSAGES:
-        if pattern.search(message):
-            return cls(message)
-    return InferenceServerError(message)

@@ -24,6 +24,7 @@ from google.protobuf.message import DecodeError
 from onnxserve import __version__
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.protocol.parameters import with_stream_status
 from onnxserve.server.control import ModelControl
 from onnxserve.server.errors import (
     InvalidInput,
@@ -275,12 +276,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 response = await self._infer(request, deadline_ns)
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
-                _, message = status_of(exc, "ModelStreamInfer")
+                code, message = status_of(exc, "ModelStreamInfer")
                 failed = pb.ModelInferResponse(
                     model_name=request.model_name,
                     model_version=request.model_version,
                     id=request.id,
                 )
+                with_stream_status(failed, code)
                 await answers.put(
                     pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
                 )

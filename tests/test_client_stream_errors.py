@@ -1,7 +1,8 @@
 """A request a stream rejects raises the same exception as the same request sent alone.
 
-ModelStreamInfer carries an error as text only (Triton's protocol), so the SDK
-recognises onnxserve's messages (onnxserve.client.errors). Each case here sends
+ModelStreamInfer carries an error as text only (Triton's protocol), so onnxserve
+also sends the status code in the failed answer's parameters
+(onnxserve.protocol.parameters) and the SDK raises by it. Each case here sends
 one bad request both ways to a real server and compares what the caller gets:
 the class and the code, which issue 10 found to be UNKNOWN in a stream.
 """
@@ -24,7 +25,8 @@ from onnxserve.client import (
     ModelNotFoundError,
     ServerUnavailableError,
 )
-from onnxserve.client.errors import error_for_stream_message
+from onnxserve.client.calls import stream_result
+from onnxserve.protocol import grpc_service_pb2 as pb
 from tests.support.models import LOOKUP_ROWS, add_sub_model, lookup_model, write_config
 from tests.support.server import RunningServer
 
@@ -98,9 +100,15 @@ def test_a_stream_error_has_the_unary_call_s_class_and_code(
     assert results["good"].ok  # the stream went on
 
 
-def test_text_from_another_server_keeps_the_base_class() -> None:
-    error = error_for_stream_message("in ensemble 'x', [request id: 3] unexpected shape")
+def test_an_error_from_another_server_keeps_the_base_class() -> None:
+    """Triton sends text only: no code to go by, so UNKNOWN (whatever the text says)."""
+    answer = pb.ModelStreamInferResponse(
+        error_message="input 'x' has datatype FP64 but model 'm' expects FP32",
+        infer_response=pb.ModelInferResponse(model_name="m", id="3"),
+    )
+    error = stream_result(answer).error
     assert type(error) is InferenceServerError and error.code == grpc.StatusCode.UNKNOWN
+    assert error.message.startswith("input 'x'")
 
 
 def test_the_broken_model_failed_to_load(server: RunningServer) -> None:
