@@ -14,14 +14,13 @@ from typing import Any
 
 import grpc
 
+from onnxserve.client.connection import plan_connection
 from onnxserve.client.options import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_TIMEOUT_S,
     KeepaliveOptions,
     RetryPolicy,
     TLSConfig,
-    channel_options,
-    plan_channels,
 )
 
 
@@ -58,34 +57,23 @@ class ClientBase:
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive: every call has a deadline")
-        if max_message_bytes < 1:
-            raise ValueError("max_message_bytes must be positive")
-        tls_config = tls if isinstance(tls, TLSConfig) else None
-        plan = plan_channels(url, channels_per_url, tls=bool(tls))
-        if plan.tls and tls_config is None:
-            tls_config = TLSConfig()
-        if token is not None and not plan.tls and not allow_insecure_token:
-            raise ValueError(
-                "refusing to send a bearer token over a plaintext connection; use TLS, "
-                "or pass allow_insecure_token=True (e.g. behind a TLS-terminating sidecar)"
-            )
-        self.targets: tuple[str, ...] = plan.targets
-        self.timeout = float(timeout)
-        self.retry = retry if retry is not None else RetryPolicy()
-        self._credentials = tls_config.credentials() if tls_config is not None else None
-        self._compression = compression
-        separate = len(plan.targets) > len(set(plan.targets))
-        self._options = channel_options(
+        connection = plan_connection(
+            url,
+            tls=tls,
+            token=token,
+            allow_insecure_token=allow_insecure_token,
+            headers=headers,
             max_message_bytes=max_message_bytes,
             keepalive=keepalive,
-            server_name=tls_config.server_name if tls_config else None,
-            separate_connection=separate,
-            extra=channel_args,
+            channels_per_url=channels_per_url,
+            channel_args=channel_args,
         )
-        metadata = [(k.lower(), v) for k, v in (headers or {}).items()]
-        if token is not None:
-            metadata.append(("authorization", f"Bearer {token}"))
-        self.metadata: tuple[tuple[str, str], ...] = tuple(metadata)
+        self.connection = connection
+        self.targets: tuple[str, ...] = connection.targets
+        self.timeout = float(timeout)
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._compression = compression
+        self.metadata: tuple[tuple[str, str], ...] = connection.metadata
         self._counter = itertools.count()
         self._open()
 
@@ -96,7 +84,7 @@ class ClientBase:
     @property
     def tls(self) -> bool:
         """Whether the channels use TLS."""
-        return self._credentials is not None
+        return self.connection.tls
 
     def _next_index(self) -> int:
         # itertools.count's __next__ is atomic under the GIL: safe across threads.
@@ -106,9 +94,6 @@ class ClientBase:
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")
         return Deadline(self.timeout if timeout is None else timeout)
-
-    def _channel_kwargs(self) -> dict[str, Any]:
-        return {"options": self._options, "compression": self._compression}
 
     def __repr__(self) -> str:
         scheme = "grpcs" if self.tls else "grpc"

@@ -80,12 +80,7 @@ class AsyncClient(ClientBase):
         if not self._stubs:
             self._loop = loop
             for target in self.targets:
-                if self._credentials is not None:
-                    channel = grpc.aio.secure_channel(
-                        target, self._credentials, **self._channel_kwargs()
-                    )
-                else:
-                    channel = grpc.aio.insecure_channel(target, **self._channel_kwargs())
+                channel = self.connection.aio_channel(target, compression=self._compression)
                 self._channels.append(channel)
                 self._stubs.append(pb_grpc.GRPCInferenceServiceStub(channel))
         return self._stubs[self._next_index()]

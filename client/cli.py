@@ -22,6 +22,7 @@ from typing import Any, Literal, TextIO
 
 import numpy as np
 
+from onnxserve.client.connection_settings import ConnectionSettings
 from onnxserve.settings import SettingsError, add_arguments, resolve
 
 __all__ = ["InferSettings", "format_outputs", "parse_input", "register", "run", "to_declared"]
@@ -46,8 +47,8 @@ examples:
 OutputFormat = Literal["text", "json"]
 
 
-@dataclass(frozen=True)
-class InferSettings:
+@dataclass(frozen=True, kw_only=True)
+class InferSettings(ConnectionSettings):
     """Settings of ``onnxserve infer``, from flags, ONNXSERVE_INFER_* or an [infer] table."""
 
     model: str = field(metadata={"help": "Model name", "metavar": "MODEL"})
@@ -58,26 +59,6 @@ class InferSettings:
     model_version: str = field(default="", metadata={"help": "Model version (default: latest)"})
     timeout: float = field(default=60.0, metadata={"help": "Deadline of the call in seconds"})
     request_id: str = field(default="", metadata={"help": "Request id sent with the call"})
-    tls: bool = field(default=False, metadata={"help": "Use TLS (implied by grpcs://)"})
-    root_certificates: Path | None = field(
-        default=None, metadata={"help": "PEM file of CA certificates to trust", "metavar": "PEM"}
-    )
-    certificate_chain: Path | None = field(
-        default=None, metadata={"help": "Client certificate PEM for mutual TLS", "metavar": "PEM"}
-    )
-    private_key: Path | None = field(
-        default=None, metadata={"help": "Client private key PEM for mutual TLS", "metavar": "PEM"}
-    )
-    server_name: str = field(
-        default="", metadata={"help": "Name to check the server certificate against"}
-    )
-    token: str = field(
-        default="",
-        metadata={"help": "Bearer token (prefer the environment variable over the flag)"},
-    )
-    allow_insecure_token: bool = field(
-        default=False, metadata={"help": "Allow sending the token without TLS"}
-    )
     format: OutputFormat = field(
         default="text", metadata={"help": "How to print the outputs: text or json"}
     )
@@ -302,7 +283,7 @@ def _save(outputs: Mapping[str, np.ndarray], directory: Path) -> None:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Resolve settings, call the server, print; 1 with the server's message on failure."""
-    from onnxserve.client import Client, InferenceServerError, TLSConfig, UnimplementedError
+    from onnxserve.client import Client, InferenceServerError, UnimplementedError
 
     out = out or sys.stdout
     settings = resolve(InferSettings, args, section="infer", config_file=args.config)
@@ -310,14 +291,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not specs:
         raise SettingsError("give at least one --input NAME=VALUE")
     _unique("--output", args.outputs)
-    tls: bool | TLSConfig = settings.tls
-    if settings.root_certificates or settings.certificate_chain or settings.server_name:
-        tls = TLSConfig(
-            root_certificates=settings.root_certificates,
-            certificate_chain=settings.certificate_chain,
-            private_key=settings.private_key,
-            server_name=settings.server_name or None,
-        )
+    tls = settings.tls_option()
     version = settings.model_version or None
     try:
         client = Client(

@@ -73,10 +73,7 @@ class Client(ClientBase):
         self._channels: list[grpc.Channel] = []
         self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
         for target in self.targets:
-            if self._credentials is not None:
-                channel = grpc.secure_channel(target, self._credentials, **self._channel_kwargs())
-            else:
-                channel = grpc.insecure_channel(target, **self._channel_kwargs())
+            channel = self.connection.sync_channel(target, compression=self._compression)
             self._channels.append(channel)
             self._stubs.append(pb_grpc.GRPCInferenceServiceStub(channel))
         self._closed = False

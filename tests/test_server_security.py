@@ -6,6 +6,7 @@ plain grpc stubs, onnxserve's SDK and ``onnxserve infer``.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 
+from onnxserve.bench.drivers import find_h2load
+from onnxserve.cli import main as bench_main
 from onnxserve.client import AuthenticationError, Client, TLSConfig
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
@@ -271,3 +274,57 @@ def test_the_call_limit_and_the_message_limit(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as too_big_in:
             stub.ModelInfer(infer_request("tile", {"INPUT0": big}), timeout=30)
         assert too_big_in.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@pytest.mark.parametrize(
+    "driver",
+    [
+        "python",
+        pytest.param(
+            "h2load",
+            marks=pytest.mark.skipif(
+                find_h2load() is None,
+                reason="h2load not installed (apt-get install nghttp2-client)",
+            ),
+        ),
+    ],
+)
+def test_the_bench_speaks_tls_with_a_token(
+    guarded: RunningServer,
+    pki: TestPKI,
+    tmp_path: Path,
+    driver: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`onnxserve bench` reaches a TLS server with a token (from the environment), and the
+    report it writes does not hold the token."""
+    report = tmp_path / "bench.json"
+    args = ["bench", "simple", "--url", f"grpcs://{guarded.address}",
+            "--root-certificates", str(pki.ca), "--server-name", "localhost",
+            "--driver", driver, "--concurrency", "1,4", "--requests", "40", "--warmup", "0",
+            "--no-raw-baseline", "--no-progress"]  # fmt: skip
+    monkeypatch.setenv("ONNXSERVE_BENCH_TOKEN", TOKEN)
+    assert bench_main([*args, "--json", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["driver"] == driver
+    assert [step["failures"] for step in result["steps"]] == [0, 0]
+    assert [step["server"]["success"] for step in result["steps"]] == [40, 40]
+    assert TOKEN not in report.read_text()
+    capsys.readouterr()
+    monkeypatch.setenv("ONNXSERVE_BENCH_TOKEN", "wrong")
+    assert bench_main(args) == 2
+    error = capsys.readouterr().err
+    assert "UNAUTHENTICATED" in error and "wrong" not in error
+
+
+def test_the_bench_refuses_a_token_over_plaintext(
+    guarded: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        bench_main(["bench", "simple", "--url", guarded.address, "--token", TOKEN,
+                    "--no-progress", "--no-raw-baseline"])  # fmt: skip
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "refusing to send a bearer token over a plaintext connection" in error
+    assert "--allow-insecure-token" in error and TOKEN not in error

@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 
 from onnxserve.bench.workload import INFER_METHOD, encode_frame
+from onnxserve.client.connection import Connection, plan_connection
 
 __all__ = [
     "CHANNEL_OPTIONS",
@@ -85,13 +86,20 @@ class PythonDriver:
     name = "python"
 
     def __init__(
-        self, target: str, payloads: Sequence[bytes], timeout: float, connections: int = 1
+        self,
+        target: str,
+        payloads: Sequence[bytes],
+        timeout: float,
+        connections: int = 1,
+        connection: Connection | None = None,
     ) -> None:
+        """``connection``: TLS and the token as the SDK plans them (default: plaintext)."""
         if not payloads:
             raise ValueError("no request to send")
         if connections < 1:
             raise ValueError("connections must be at least 1")
         self.target = target
+        self.connection = connection or plan_connection(target)
         self.payloads = list(payloads)
         self.timeout = timeout
         self.connections = connections
@@ -103,7 +111,7 @@ class PythonDriver:
         # connection between channels to the same target.
         options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
         self._channels = [
-            grpc.aio.insecure_channel(self.target, options=options) for _ in range(self.connections)
+            self.connection.aio_channel(self.target, options) for _ in range(self.connections)
         ]
         # No serializers: the pre-encoded bytes go out as they are.
         self._calls = [channel.unary_unary(INFER_METHOD) for channel in self._channels]
@@ -137,6 +145,7 @@ class PythonDriver:
         calls = self._calls
         payloads = self.payloads
         timeout = self.timeout
+        metadata = self.connection.metadata or None
         latencies: list[int] = []
         codes: collections.Counter[str] = collections.Counter()
         sent = 0
@@ -146,7 +155,7 @@ class PythonDriver:
             call = calls[connection % len(calls)]
             t0 = time.perf_counter_ns()
             try:
-                await call(payload, timeout=timeout)
+                await call(payload, timeout=timeout, metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 codes[exc.code().name] += 1
                 return
@@ -315,6 +324,9 @@ class H2LoadDriver:
         payload: bytes,
         connections: int = 1,
         response_bytes: int | None = None,
+        *,
+        tls: bool = False,
+        headers: Sequence[tuple[str, str]] = (),
     ) -> None:
         if connections < 1:
             raise ValueError("connections must be at least 1")
@@ -329,7 +341,11 @@ class H2LoadDriver:
         self._dir = tempfile.TemporaryDirectory(prefix="onnxserve-bench-")
         self.body = Path(self._dir.name) / "request.bin"
         self.body.write_bytes(encode_frame(payload))
-        self.url = f"http://{target}{INFER_METHOD}"
+        # h2load speaks TLS (ALPN h2) without checking the server's certificate,
+        # and sends headers from its command line (a bearer token is visible
+        # in the process list while it runs).
+        self.url = f"{'https' if tls else 'http'}://{target}{INFER_METHOD}"
+        self.headers = [f"{name}: {value}" for name, value in headers]
         self._rate_estimate: float | None = None
 
     async def __aenter__(self) -> H2LoadDriver:
@@ -358,6 +374,8 @@ class H2LoadDriver:
             "-H", "content-type: application/grpc",
             "-H", "te: trailers",
         ]  # fmt: skip
+        for header in self.headers:
+            cmd += ["-H", header]
         cmd += ["-D", f"{duration_ms}ms"] if duration_ms else ["-n", str(requests)]
         if rate is not None:
             cmd += ["--rps", f"{rate / clients:g}"]  # h2load's rate is per client

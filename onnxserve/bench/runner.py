@@ -38,30 +38,25 @@ from onnxserve.bench.workload import (
     model_info,
     parse_shapes,
 )
+from onnxserve.client.connection import Connection
 from onnxserve.layout import format_input_range
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
 
-__all__ = ["BenchError", "run_bench", "server_delta", "target_of"]
+__all__ = ["BenchError", "run_bench", "server_delta"]
 
 _DURATIONS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
 _SETTLE_POLL_S = 0.05
 _SETTLE_MAX_S = 5.0
 
 
+# Settings never written into a report (the JSON file and its notes).
+_SECRET_SETTINGS = frozenset({"token"})
+
+
 class BenchError(RuntimeError):
     """The run could not be made (server unreachable, model refused the request, ...)."""
-
-
-def target_of(url: str) -> str:
-    """``grpc://host:port`` or ``host:port`` -> ``host:port`` (plaintext only)."""
-    for prefix in ("grpc://", "http://"):
-        if url.startswith(prefix):
-            url = url[len(prefix) :]
-    if url.startswith(("grpcs://", "https://")):
-        raise BenchError("the bench speaks plaintext gRPC only; TLS URLs are not supported")
-    return url.rstrip("/")
 
 
 def _sums(response: pb.ModelStatisticsResponse) -> dict[str, object]:
@@ -113,14 +108,24 @@ def server_delta(
 class _Server:
     """The few RPCs the runner itself makes (metadata, config, statistics, one check)."""
 
-    def __init__(self, channel: grpc.aio.Channel, model: str, version: str) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        model: str,
+        version: str,
+        metadata: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         self.stub = pb_grpc.GRPCInferenceServiceStub(channel)
         self.model = model
         self.version = version
+        # What every call carries: the bearer token, when there is one.
+        self.metadata = metadata or None
 
     async def statistics(self) -> pb.ModelStatisticsResponse:
         return await self.stub.ModelStatistics(
-            pb.ModelStatisticsRequest(name=self.model, version=self.version), timeout=10
+            pb.ModelStatisticsRequest(name=self.model, version=self.version),
+            timeout=10,
+            metadata=self.metadata,
         )
 
     async def settled_statistics(self) -> pb.ModelStatisticsResponse:
@@ -160,29 +165,47 @@ def _environment() -> dict[str, object]:
 
 def _choose_driver(
     settings: BenchSettings,
-    target: str,
+    connection: Connection,
     payloads: list[bytes],
     answer_bytes: int,
     notes: list[str],
 ) -> PythonDriver | H2LoadDriver:
+    target = connection.targets[0]
     h2load = find_h2load()
     if settings.driver == "h2load" and h2load is None:
         raise BenchError(
             "--driver h2load: h2load is not installed (Debian/Ubuntu: "
             "apt-get install nghttp2-client); or use --driver python"
         )
-    if settings.driver in ("h2load", "auto") and h2load is not None:
+    # h2load cannot present a client certificate (mutual TLS).
+    mutual_tls = settings.certificate_chain is not None
+    if settings.driver == "h2load" and mutual_tls:
+        raise BenchError(
+            "--driver h2load cannot present a client certificate (mutual TLS); use --driver python"
+        )
+    if settings.driver in ("h2load", "auto") and h2load is not None and not mutual_tls:
         if len(payloads) > 1:
             notes.append("h2load sends one request body: the first of the generated inputs")
         return H2LoadDriver(
-            h2load, target, payloads[0], settings.connections, response_bytes=answer_bytes + 5
+            h2load,
+            target,
+            payloads[0],
+            settings.connections,
+            response_bytes=answer_bytes + 5,
+            tls=connection.tls,
+            headers=connection.metadata,
         )
     if settings.driver == "auto":
         notes.append(
-            "h2load not found (apt-get install nghttp2-client): the python driver shares "
+            "h2load cannot present a client certificate: the python driver, which shares "
+            "this machine's CPUs with the server"
+            if mutual_tls
+            else "h2load not found (apt-get install nghttp2-client): the python driver shares "
             "this machine's CPUs with the server"
         )
-    return PythonDriver(target, payloads, settings.timeout, settings.connections)
+    return PythonDriver(
+        target, payloads, settings.timeout, settings.connections, connection=connection
+    )
 
 
 def _step_result(
@@ -255,10 +278,12 @@ async def _describe(server: _Server, settings: BenchSettings) -> tuple[ModelInfo
         metadata = await server.stub.ModelMetadata(
             pb.ModelMetadataRequest(name=settings.model, version=settings.model_version),
             timeout=10,
+            metadata=server.metadata,
         )
         config = await server.stub.ModelConfig(
             pb.ModelConfigRequest(name=settings.model, version=settings.model_version),
             timeout=10,
+            metadata=server.metadata,
         )
     except grpc.aio.AioRpcError as exc:
         raise BenchError(
@@ -271,7 +296,9 @@ async def _describe(server: _Server, settings: BenchSettings) -> tuple[ModelInfo
 async def _check_request(server: _Server, payload: bytes) -> pb.ModelInferResponse:
     """One call before measuring: a request the model refuses is an error, not a figure."""
     try:
-        return await server.stub.ModelInfer(pb.ModelInferRequest.FromString(payload), timeout=60)
+        return await server.stub.ModelInfer(
+            pb.ModelInferRequest.FromString(payload), timeout=60, metadata=server.metadata
+        )
     except grpc.aio.AioRpcError as exc:
         raise BenchError(
             f"the server refused the bench's request: {exc.code().name}: {exc.details()}"
@@ -291,7 +318,8 @@ def _raw_model_file(settings: BenchSettings, info: ModelInfo) -> Path | None:
 async def run_bench(settings: BenchSettings, progress: Progress | None = None) -> BenchReport:
     """Run every step of ``settings`` against the server; never raises for slow answers."""
     progress = progress or Progress(enabled=False)
-    target = target_of(settings.url)
+    connection = settings.connection(settings.url)
+    target = connection.targets[0]
     report = BenchReport(
         model=settings.model,
         model_version=settings.model_version,
@@ -302,11 +330,12 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
         settings={
             k: (str(v) if isinstance(v, Path) else v)
             for k, v in dataclasses.asdict(settings).items()
+            if k not in _SECRET_SETTINGS
         },
         environment=_environment(),
     )
-    async with grpc.aio.insecure_channel(target, options=list(CHANNEL_OPTIONS)) as channel:
-        server = _Server(channel, settings.model, settings.model_version)
+    async with connection.aio_channel(target, CHANNEL_OPTIONS) as channel:
+        server = _Server(channel, settings.model, settings.model_version, connection.metadata)
         try:
             info, config = await _describe(server, settings)
             arrays = build_inputs(
@@ -370,7 +399,7 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
                     + f"best {best.samples_per_s:,.0f} samples/s at batch {best.batch}"
                 )
 
-        driver = _choose_driver(settings, target, payloads, answer.ByteSize(), report.notes)
+        driver = _choose_driver(settings, connection, payloads, answer.ByteSize(), report.notes)
         report.driver = driver.name
         if settings.request_rate:
             steps = [("request_rate", rate) for rate in settings.request_rate]

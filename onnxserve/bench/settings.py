@@ -11,20 +11,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from onnxserve.client.connection_settings import ConnectionSettings
 from onnxserve.settings import LogLevel, SettingsError
 
 Driver = Literal["auto", "h2load", "python"]
 RawDevice = Literal["auto", "cpu", "cuda"]
 
 
-@dataclass(frozen=True)
-class BenchSettings:
+@dataclass(frozen=True, kw_only=True)
+class BenchSettings(ConnectionSettings):
     """Everything ``onnxserve bench`` can be told."""
 
     model: str = field(metadata={"help": "Name of the model to load-test", "metavar": "MODEL"})
     url: str = field(
         default="127.0.0.1:8001",
-        metadata={"help": "The server's gRPC address, host:port (grpc:// prefix allowed)"},
+        metadata={
+            "help": "The server's gRPC address: host:port, grpc://host:port or grpcs://host:port "
+            "(TLS; h2load then does not check the server's certificate)"
+        },
     )
     model_version: str = field(
         default="", metadata={"help": "Model version to call; empty means the server's choice"}
@@ -156,6 +160,7 @@ class BenchSettings:
     log_level: LogLevel = field(default="WARNING", metadata={"help": "Log level"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.concurrency or min(self.concurrency) < 1:
             raise SettingsError("--concurrency: every value must be at least 1")
         if self.request_rate and min(self.request_rate) <= 0:
