@@ -197,7 +197,7 @@ async def _measure_model_server(
 
 async def _measure_empty(bench: Bench, name: str, running: contestants.Running) -> Measurement:
     """The empty handler: the h2load driver directly (it serves no statistics)."""
-    from onnxserve.bench.drivers import H2LoadDriver, find_h2load
+    from onnxserve.bench.h2load import H2LoadDriver, find_h2load
 
     executable = find_h2load()
     assert executable is not None

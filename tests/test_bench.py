@@ -20,7 +20,8 @@ import grpc
 import numpy as np
 import pytest
 
-from onnxserve.bench.drivers import H2LoadDriver, PythonDriver, find_h2load
+from onnxserve.bench.drivers import PythonDriver
+from onnxserve.bench.h2load import H2LoadDriver, find_h2load
 from onnxserve.bench.raw import find_model_file
 from onnxserve.bench.report import format_report, write_plot
 from onnxserve.bench.results import BenchReport, StepResult

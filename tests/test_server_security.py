@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper
 
-from onnxserve.bench.drivers import find_h2load
+from onnxserve.bench.h2load import find_h2load
 from onnxserve.cli import main as bench_main
 from onnxserve.client import AuthenticationError, Client, TLSConfig
 from onnxserve.protocol import grpc_service_pb2 as pb

@@ -19,13 +19,8 @@ from pathlib import Path
 
 import grpc
 
-from onnxserve.bench.drivers import (
-    CHANNEL_OPTIONS,
-    DriverRun,
-    H2LoadDriver,
-    PythonDriver,
-    find_h2load,
-)
+from onnxserve.bench.drivers import CHANNEL_OPTIONS, DriverRun, PythonDriver
+from onnxserve.bench.h2load import H2LoadDriver, find_h2load
 from onnxserve.bench.progress import Progress
 from onnxserve.bench.raw import find_model_file, measure_raw
 from onnxserve.bench.results import BenchReport, LatencySummary, ServerDelta, StepResult
