@@ -288,6 +288,7 @@ def markdown(
         f"--rounds {len(rounds)}",
         f"--duration {args.duration:g}",
         f"--peers {peers}",
+        f"--connections {args.connections}",
     ]
     if args.before:
         command.append(f"--before {args.before}")

@@ -98,7 +98,12 @@ ROUNDS = [
 ]  # fmt: skip
 NAMES = ["onnxserve", "before main", "triton"]
 ARGS = argparse.Namespace(
-    warmup=2.0, duration=10.0, peers=["triton"], before="main", server_arg=["--workers=2"]
+    warmup=2.0,
+    duration=10.0,
+    peers=["triton"],
+    before="main",
+    server_arg=["--workers=2"],
+    connections=16,
 )
 ENVIRONMENT = {"started_at": "now", "commit": "abc", "cpus": 2, "python": "3.11",
                "load_average_at_start": (1.0, 2.0, 3.0), "load_average_at_end": None}  # fmt: skip
@@ -120,7 +125,10 @@ def test_the_page_reports_medians_ranges_and_ratios_to_raw() -> None:
     )
     assert "| 2 | onnxserve | 2,000 | 1.200 | 2.400 | 400 | 20.0 | 2 | 4,000 |" in page
     assert "- note: a note" in page
-    assert "--peers triton --before main --server-arg=--workers=2` (or `make bench`)" in page
+    assert (
+        "--peers triton --connections 16 --before main --server-arg=--workers=2` (or `make bench`)"
+        in page
+    )
 
 
 def test_the_verdicts_compare_medians_with_triton_and_the_earlier_revision() -> None:
