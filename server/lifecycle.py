@@ -143,6 +143,15 @@ class ModelEntry:
     def ready_versions(self) -> list[int]:
         return sorted(v for v, s in self.versions.items() if s.state is VersionState.READY)
 
+    def latest_ready(self) -> int | None:
+        """The highest READY version (what a request without a version gets), or None.
+
+        Asked on every request: one pass, no sorted list.
+        """
+        return max(
+            (v for v, s in self.versions.items() if s.state is VersionState.READY), default=None
+        )
+
     def serving(self) -> list[ServingVersion]:
         """Versions that hold a handle (READY or DRAINING), for statistics."""
         return [s.serving for _, s in sorted(self.versions.items()) if s.serving is not None]

@@ -299,13 +299,13 @@ class ModelRegistry:
         if not entry.loaded:
             raise ModelUnavailable(f"model '{name}' is not loaded")
         if version == "":
-            ready = entry.ready_versions()
-            if not ready:
+            latest = entry.latest_ready()
+            if latest is None:
                 reasons = "; ".join(s.reason for s in entry.versions.values() if s.reason)
                 raise ModelUnavailable(
                     f"model '{name}' has no version ready" + (f": {reasons}" if reasons else "")
                 )
-            serving = entry.versions[ready[-1]].serving
+            serving = entry.versions[latest].serving
             assert serving is not None  # READY slots always hold one
             return serving
         try:
