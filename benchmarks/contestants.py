@@ -28,11 +28,15 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
 from tests.support.server import RunningServer, free_port
+
+if TYPE_CHECKING:
+    from benchmarks.triton_peer import TritonSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = ("triton", "empty", "empty-asyncio")
@@ -171,8 +175,10 @@ def empty(kind: str) -> Iterator[Running]:
 
 
 @contextlib.contextmanager
-def triton(model_file: Path, served: mc.ModelConfig, threads: int, log: Path) -> Iterator[Running]:
+def triton(
+    model_file: Path, served: mc.ModelConfig, settings: TritonSettings, log: Path
+) -> Iterator[Running]:
     from benchmarks.triton_peer import running_triton
 
-    with running_triton(model_file, served, threads, log) as (address, pid):
+    with running_triton(model_file, served, settings, log) as (address, pid):
         yield Running(address, pid)

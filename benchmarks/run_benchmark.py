@@ -15,12 +15,21 @@ the machine's good and bad moments alike:
 - raw onnxruntime on the same model file, in this process while nothing is
   served (batch 1, and the best batched throughput).
 
+Every contestant runs at its own best settings, and the page names them
+(threads, instances, queue delays): onnxserve at its defaults and at each
+``--variant`` (e.g. ``--variant=--workers=2``, its best documented setting
+here), Triton at onnxruntime's and a Triton user's defaults and at each
+``--triton`` variant (a small sweep: ``--triton threads=1 --triton
+instances=2``). The targets are judged against the best of the Triton
+variants, never against a Triton tuned down to onnxserve's choices.
+
 It writes ``benchmarks/results/latest.md`` and ``latest.json`` (git-ignored)
 and prints the page: medians over the rounds with their ranges, each round's
 figures, the verdicts of issue 14, and the README's rows.
 
     python benchmarks/run_benchmark.py --repository build/model_repository \\
-        [--peers triton,empty] [--before main] [--rounds 5] [--duration 10]
+        [--peers triton,empty] [--before main] [--rounds 5] [--duration 10] \\
+        [--variant=--workers=2] [--triton default --triton threads=1]
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -148,6 +158,8 @@ class Bench:
     args: argparse.Namespace
     payload: bytes = b""
     notes: list[str] = field(default_factory=list)
+    # Each contestant's settings as the page states them.
+    settings_of: dict[str, str] = field(default_factory=dict)
 
     def settings(self, address: str, concurrency: int, raw: bool) -> BenchSettings:
         return BenchSettings(
@@ -221,9 +233,10 @@ def _started(
     bench: Bench, name: str, repository: Path, served: mc.ModelConfig
 ) -> Iterator[contestants.Running]:
     args = bench.args
-    log = args.results / f"{name.replace(' ', '_')}.log"
-    if name == "onnxserve":
-        with contestants.onnxserve(repository, args.server_arg) as running:
+    log = args.results / f"{name.replace(' ', '_').replace('=', '-')}.log"
+    if name == "onnxserve" or name in args.variants:
+        flags = [*args.server_arg, *args.variants.get(name, [])]
+        with contestants.onnxserve(repository, flags, log=log) as running:
             yield running
     elif name.startswith("before"):
         with contestants.onnxserve(repository, args.server_arg, site=args.before_site) as running:
@@ -232,12 +245,17 @@ def _started(
         with contestants.empty(name) as running:
             yield running
     else:
-        from onnxserve.server.runtime import available_cpus
-
-        # onnxserve's own choice for one instance: the CPUs less one for the front end.
-        threads = max(1, available_cpus() - 1)
-        with contestants.triton(bench.model_file, served, threads, log) as running:
+        with contestants.triton(bench.model_file, served, args.triton[name], log) as running:
             yield running
+
+
+def _note_settings(bench: Bench, name: str, served: mc.ModelConfig) -> None:
+    if name in bench.args.triton:
+        bench.settings_of[name] = bench.args.triton[name].describe()
+    elif name.startswith("empty"):
+        bench.settings_of[name] = "ModelInfer only, answers at once (the Python gRPC floor)"
+    elif name.startswith("before"):
+        bench.settings_of[name] = f"flags: {' '.join(bench.args.server_arg) or '(defaults)'}"
 
 
 def _describe(bench: Bench, repository: Path) -> mc.ModelConfig:
@@ -262,8 +280,8 @@ def _describe(bench: Bench, repository: Path) -> mc.ModelConfig:
     return config
 
 
-def _available(peers: Sequence[str], notes: list[str]) -> list[str]:
-    """The peers that can run here; a note for each that cannot."""
+def _available(peers: Sequence[str], triton: Sequence[str], notes: list[str]) -> list[str]:
+    """The peers that can run here (Triton as each of its variants); a note for each that cannot."""
     usable = []
     for peer in peers:
         if peer == "triton":
@@ -274,8 +292,29 @@ def _available(peers: Sequence[str], notes: list[str]) -> list[str]:
             except PeerUnavailable as exc:
                 notes.append(f"Triton was not measured: {exc}")
                 continue
+            usable.extend(triton)
+            continue
         usable.append(peer)
     return usable
+
+
+def onnxserve_settings(log: str, flags: Sequence[str], config: mc.ModelConfig) -> str:
+    """What the page says of an onnxserve contestant: its flags, and what its log says it chose."""
+    threads = sorted(set(re.findall(r"intra-op threads (\d+)", log)))
+    workers = len(re.findall(r"loaded model '[^']*' version \d+", log)) or 1
+    batching = config.dynamic_batching
+    delay = batching.max_queue_delay_microseconds
+    return (
+        f"flags: {' '.join(flags) or '(defaults)'}; onnxruntime intra-op threads "
+        f"{'/'.join(threads) or '?'} per instance, spinning off; "
+        f"{max(1, sum(g.count or 1 for g in config.instance_group))} instance(s) per process, "
+        f"{workers} process(es) loaded the model; dynamic batching "
+        + (
+            f"max queue delay {delay} us"
+            if delay
+            else "without a queue delay (a batch forms whenever an instance is free)"
+        )
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -298,7 +337,8 @@ def run(args: argparse.Namespace) -> int:
     if args.before:
         args.before_site = contestants.revision_tree(args.before, ROOT / "build" / "bench-before")
         names.append(f"before {args.before}")
-    names += _available(args.peers, bench.notes)
+    names += list(args.variants)
+    names += _available(args.peers, list(args.triton), bench.notes)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     measurements: list[list[Measurement]] = []
@@ -314,6 +354,7 @@ def run(args: argparse.Namespace) -> int:
             for name in order:
                 print(f"round {round_index + 1} of {args.rounds}: {name}", file=sys.stderr)
                 with _started(bench, name, repository, served) as running:
+                    _note_settings(bench, name, served)
                     if name.startswith("empty"):
                         row.append(asyncio.run(_measure_empty(bench, name, running)))
                         continue
@@ -333,7 +374,14 @@ def run(args: argparse.Namespace) -> int:
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0],
     }
-    page = markdown(seed.name, names, measurements, raws, environment, bench.notes, args)
+    for name in names:  # onnxserve's logs are complete once the servers stopped
+        log = args.results / f"{name.replace(' ', '_').replace('=', '-')}.log"
+        if (name == "onnxserve" or name in args.variants) and log.exists():
+            flags = [*args.server_arg, *args.variants.get(name, [])]
+            bench.settings_of[name] = onnxserve_settings(log.read_text(), flags, served)
+    page = markdown(
+        seed.name, names, measurements, raws, environment, bench.notes, args, bench.settings_of
+    )
     (args.results / "latest.md").write_text(page)
     (args.results / "latest.json").write_text(
         json.dumps(
@@ -343,6 +391,7 @@ def run(args: argparse.Namespace) -> int:
                 "rounds": [[dataclasses.asdict(m) for m in row] for row in measurements],
                 "raw": [dataclasses.asdict(r) for r in raws],
                 "notes": bench.notes,
+                "settings": bench.settings_of,
             },
             indent=2,
         )
@@ -389,10 +438,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="Extra serve flag for onnxserve, e.g. --server-arg=--workers=2",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="FLAGS",
+        help="Also measure onnxserve with these serve flags (space-separated), as its own "
+        "contestant, e.g. --variant=--workers=2 (its best documented setting on 2 cores)",
+    )
+    parser.add_argument(
+        "--triton",
+        action="append",
+        default=[],
+        metavar="SETTINGS",
+        help="A Triton variant to measure (repeatable): 'default' (onnxruntime's threads and "
+        "spinning, 1 instance, 2 ms delay) or e.g. threads=1,spinning=off,instances=2,delay=500 "
+        "(default: default only)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.peers) - set(contestants.PEERS)
     if unknown:
         parser.error(f"--peers: unknown {', '.join(sorted(unknown))}")
+    from benchmarks.triton_peer import TritonSettings
+
+    try:
+        variants = [TritonSettings.parse(text) for text in args.triton or ["default"]]
+    except ValueError as exc:
+        parser.error(f"--triton: {exc}")
+    args.triton_spec = args.triton or ["default"]
+    args.triton = {v.name(): v for v in variants}
+    args.variants = {f"onnxserve {flags}": flags.split() for flags in args.variant}
     args.before_site = None
     return run(args)
 

@@ -5,7 +5,10 @@ built from benchmarks/triton/requirements.txt by ``make triton-env``) bundles
 the ``tritonserver`` binary and its python backend. The python backend runs
 ``benchmarks/triton/model.py``, onnxruntime on each batch of the same
 model.onnx onnxserve serves, behind Triton's C++ gRPC front end and dynamic
-batcher with ``max_queue_delay_microseconds: 2000``.
+batcher. By default it runs as a Triton user would set it up for throughput
+(TritonSettings): onnxruntime's own thread count and spinning, one instance,
+``max_queue_delay_microseconds: 2000``; the benchmark's ``--triton`` variants
+sweep threads, spinning, instances and the delay in the same run.
 
 What it takes to start it (checked 2026-11-30, see
 ../shared/reference/triton-peer.md): the stub process of the python backend is
@@ -53,6 +56,7 @@ ENV = RequirementsVenv(VENV, FOLDER / "requirements.txt")
 OWN_VENV = "ONNXSERVE_TRITON_VENV"
 # Triton's dynamic batcher for the comparison: what a Triton user would configure.
 QUEUE_DELAY_US = 2000
+_SETTING_KEYS = ("threads", "spinning", "instances", "delay")
 _READY_TIMEOUT_S = 120.0
 
 # Asked of the peer environment's Python: where the wheel's parts are.
@@ -123,7 +127,75 @@ def layout(python: Path) -> TritonLayout:
     return found
 
 
-def triton_config(served: mc.ModelConfig, threads: int) -> mc.ModelConfig:
+@dataclass(frozen=True)
+class TritonSettings:
+    """How the Triton peer runs; the defaults are onnxruntime's and a Triton user's own.
+
+    Measured 2026-12-01 on the 2-core machine (h2load, 64 concurrent calls): one
+    intra-op thread without spinning served 3,869-4,272 requests/s, onnxruntime's
+    defaults 5,688-6,086, so the peer is never tuned down to onnxserve's choice.
+    """
+
+    # onnxruntime intra-op threads in model.py; 0: onnxruntime's default (the cores).
+    threads: int = 0
+    # onnxruntime's intra-op spinning; None: its default (on).
+    spinning: bool | None = None
+    # instance_group count (KIND_CPU): batches Triton runs at once.
+    instances: int = 1
+    # dynamic_batching max_queue_delay_microseconds.
+    delay_us: int = QUEUE_DELAY_US
+
+    @classmethod
+    def parse(cls, text: str) -> TritonSettings:
+        """``default`` or ``threads=1,spinning=off,instances=2,delay=500``; ValueError if bad."""
+        values: dict[str, object] = {}
+        for item in (part.strip() for part in text.split(",")):
+            if not item or item == "default":
+                continue
+            key, sep, value = item.partition("=")
+            if not sep or key not in _SETTING_KEYS:
+                raise ValueError(
+                    f"Triton setting {item!r}: expected one of {', '.join(_SETTING_KEYS)}=VALUE"
+                )
+            if key == "spinning":
+                if value not in ("on", "off"):
+                    raise ValueError(f"Triton setting spinning={value}: expected on or off")
+                values["spinning"] = value == "on"
+            elif not value.isdigit() or (key == "instances" and int(value) < 1):
+                raise ValueError(f"Triton setting {key}={value}: expected a whole number")
+            else:
+                values["delay_us" if key == "delay" else key] = int(value)
+        return cls(**values)  # type: ignore[arg-type]
+
+    @property
+    def is_default(self) -> bool:
+        return self == TritonSettings()
+
+    def name(self) -> str:
+        """The contestant's name: ``triton``, or ``triton threads=1,instances=2``."""
+        changed = []
+        if self.threads:
+            changed.append(f"threads={self.threads}")
+        if self.spinning is not None:
+            changed.append(f"spinning={'on' if self.spinning else 'off'}")
+        if self.instances != 1:
+            changed.append(f"instances={self.instances}")
+        if self.delay_us != QUEUE_DELAY_US:
+            changed.append(f"delay={self.delay_us}")
+        return "triton" + (f" {','.join(changed)}" if changed else "")
+
+    def describe(self) -> str:
+        """What the report says of this contestant's settings."""
+        threads = f"{self.threads}" if self.threads else "onnxruntime's default (the cores)"
+        spinning = {None: "onnxruntime's default (on)", True: "on", False: "off"}[self.spinning]
+        return (
+            f"python backend running onnxruntime: intra-op threads {threads}, spinning "
+            f"{spinning}; {self.instances} instance(s); dynamic batcher, max queue delay "
+            f"{self.delay_us} us"
+        )
+
+
+def triton_config(served: mc.ModelConfig, settings: TritonSettings) -> mc.ModelConfig:
     """The peer's config: onnxserve's completed config's tensors, on the python backend."""
     config = mc.ModelConfig(
         name=served.name, backend="python", max_batch_size=served.max_batch_size
@@ -132,9 +204,11 @@ def triton_config(served: mc.ModelConfig, threads: int) -> mc.ModelConfig:
         config.input.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
     for tensor in served.output:
         config.output.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims)
-    config.dynamic_batching.max_queue_delay_microseconds = QUEUE_DELAY_US
-    config.instance_group.add(count=1, kind=mc.ModelInstanceGroup.KIND_CPU)
-    config.parameters["intra_op_thread_count"].string_value = str(threads)
+    config.dynamic_batching.max_queue_delay_microseconds = settings.delay_us
+    config.instance_group.add(count=settings.instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    config.parameters["intra_op_thread_count"].string_value = str(settings.threads)
+    if settings.spinning is not None:
+        config.parameters["allow_spinning"].string_value = "1" if settings.spinning else "0"
     return config
 
 
@@ -197,14 +271,14 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 @contextlib.contextmanager
 def running_triton(
-    model_file: Path, served: mc.ModelConfig, threads: int, log: Path
+    model_file: Path, served: mc.ModelConfig, settings: TritonSettings, log: Path
 ) -> Iterator[tuple[str, int]]:
     """Triton serving ``model_file`` on loopback ports: (gRPC address, process id)."""
     python = ensure_environment()
     found = layout(python)
     with tempfile.TemporaryDirectory(prefix="onnxserve-triton-") as scratch:
         folder = Path(scratch)
-        repository = write_repository(folder, model_file, triton_config(served, threads))
+        repository = write_repository(folder, model_file, triton_config(served, settings))
         grpc_port = free_port()
         command = [
             str(found.tritonserver),

@@ -3,8 +3,10 @@
 Triton has no onnxruntime backend in the PyTriton wheel, so the benchmark's
 peer runs the same model.onnx through onnxruntime here, once per batch:
 concatenate the requests' input rows, run, split the output back. The session
-gets the threads the ``intra_op_thread_count`` parameter names (the benchmark
-gives onnxserve's own choice: the CPUs less one) and no spinning, as onnxserve's.
+runs as a Triton user would run it for throughput: onnxruntime's own defaults
+(intra-op threads = the machine's cores, spinning on), unless the config's
+``intra_op_thread_count`` (0: the default) or ``allow_spinning`` ("0"/"1")
+parameters say otherwise, which the benchmark's ``--triton`` variants set.
 """
 
 import json
@@ -19,11 +21,13 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = config.get("parameters", {})
-        threads = int(parameters.get("intra_op_thread_count", {}).get("string_value", "1"))
+        threads = int(parameters.get("intra_op_thread_count", {}).get("string_value", "0"))
+        spinning = parameters.get("allow_spinning", {}).get("string_value", "")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads > 0:
+            options.intra_op_num_threads = threads
+        if spinning in ("0", "1"):
+            options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         folder = os.path.join(args["model_repository"], args["model_version"])
         self.session = ort.InferenceSession(
             os.path.join(folder, "model.onnx"), options, providers=["CPUExecutionProvider"]
