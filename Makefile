@@ -62,9 +62,11 @@ protos: install
 triton-env: install
 	$(PY) -m benchmarks.triton_peer
 
-# onnxserve, Triton, the empty gRPC handler and raw onnxruntime on the seed LSTM, in
-# rounds (about 10 minutes); e.g. make bench BENCH_ARGS="--before main --rounds 7"
-BENCH_ARGS ?=
+# onnxserve (its defaults and --workers 2, its best documented setting on 2 cores), Triton
+# at onnxruntime's defaults and with one instance per core, the empty gRPC handler and raw
+# onnxruntime on the seed LSTM, in rounds (about 15 minutes); every contestant's settings
+# are on the page. E.g. make bench BENCH_ARGS="--before main --rounds 7"
+BENCH_ARGS ?= --variant=--workers=2 --triton default --triton instances=2,threads=1
 bench: install examples
 	$(PY) benchmarks/run_benchmark.py --repository $(EXAMPLE_REPOSITORY) $(BENCH_ARGS)
 
