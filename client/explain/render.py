@@ -89,7 +89,7 @@ def format_sentence(explanation: Explanation, *, color: bool = False) -> str:
     parts = []
     for item in explanation.attributions:
         if not color:
-            parts.append(f"{item.label}({_number(item.attribution)})")
+            parts.append(f"{item.label}({item.attribution:+.2g})")
             continue
         if item.attribution == 0:
             parts.append(item.label)
