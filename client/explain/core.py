@@ -12,8 +12,9 @@ meanwhile, so the loop stays free).
 Invariants: no request carries more than ``max_rows`` rows (the model's
 max_batch_size where the server says it, else ``batch_size`` or 64); at most
 ``concurrency`` requests are in flight; ``inferences`` counts every row sent,
-the reference row included. A failed call raises the server's error
-(:class:`InferenceServerError`) unchanged.
+the reference row included; ``seconds`` runs from the first call to the
+server to the last attribution (importing shap or lime comes before it). A
+failed call raises the server's error (:class:`InferenceServerError`) unchanged.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy.typing as npt
 
 from onnxserve.client.errors import UnimplementedError
 from onnxserve.client.explain.features import FeatureKind, FeatureSpace, TokenCodec
-from onnxserve.client.explain.methods import METHODS, Method, run_method
+from onnxserve.client.explain.methods import METHODS, Method, import_method, run_method
 from onnxserve.client.explain.result import Attribution, Explanation
 from onnxserve.client.explain.transport import (
     LoopSender,
@@ -361,13 +362,14 @@ def explain(
         for item in result.ranked()[:5]:
             print(item.label, round(item.attribution, 3))
     """
-    clock = Stopwatch()
     options = _options(
         model, inputs, text=text, input=input, kind=kind, tokenizer=tokenizer, output=output,
         target=target, method=method, samples=samples, seed=seed, patch=patch,
         baseline=baseline, feature_names=feature_names, pad_id=pad_id, batch_size=batch_size,
         concurrency=concurrency, version=version, timeout=timeout,
     )  # fmt: skip
+    import_method(method)
+    clock = Stopwatch()
     metadata = client.model_metadata(model, version, timeout=timeout)
     try:
         max_batch_size: int | None = client.model_config(
@@ -392,8 +394,9 @@ async def explain_async(
     ``concurrency`` at a time); the estimator runs in a worker thread, so
     other tasks keep running meanwhile.
     """
-    clock = Stopwatch()
     options = _options(model, inputs, **kwargs)
+    await asyncio.to_thread(import_method, options.method)
+    clock = Stopwatch()
     version, timeout = options.version, options.timeout
     metadata = await client.model_metadata(model, version, timeout=timeout)
     try:

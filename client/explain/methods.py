@@ -35,7 +35,7 @@ import numpy as np
 
 from onnxserve.client.explain.features import MASK_MARK, FeatureSpace, masks_of_texts
 
-__all__ = ["METHODS", "Method", "MethodResult", "run_method"]
+__all__ = ["METHODS", "Method", "MethodResult", "import_method", "run_method"]
 
 Method = Literal["occlusion", "kernel-shap", "partition-shap", "lime"]
 METHODS: tuple[str, ...] = ("occlusion", "kernel-shap", "partition-shap", "lime")
@@ -66,6 +66,22 @@ def _extra(module: str, method: str) -> Any:
             "pip install 'onnxserve[explain]'",
             name=exc.name,
         ) from None
+
+
+#: The modules each method imports (the explain extra's).
+_MODULES: dict[str, tuple[str, ...]] = {
+    "occlusion": (),
+    "kernel-shap": ("shap",),
+    "partition-shap": ("shap",),
+    "lime": ("lime.lime_text", "lime.lime_image"),
+}
+
+
+def import_method(method: str) -> None:
+    """Import what ``method`` needs now: shap takes seconds to import (numba, pandas), which
+    an explanation's time should not include; ModuleNotFoundError names the extra."""
+    for module in _MODULES.get(method, ()):
+        _extra(module, method)
 
 
 @contextlib.contextmanager
