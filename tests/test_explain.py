@@ -125,6 +125,14 @@ def test_text_input_ranks_the_weighted_words_first(client: Client, method: str) 
         assert result.values == pytest.approx(expected, abs=1e-4)
 
 
+def test_text_input_without_an_element_dimension(client: Client) -> None:
+    config = client.model_config("text_counts_flat")  # filled in by the server
+    result = explain(client, "text_counts_flat", None, text=SENTENCE)
+    assert config.max_batch_size > 0 and result.max_rows == config.max_batch_size
+    _assert_ranked_first(result, WORD_POSITIONS)
+    assert result.values.tolist() == [WORD_WEIGHTS.get(w, 0.0) for w in SENTENCE.split()]
+
+
 @pytest.mark.parametrize("method", ["occlusion", "kernel-shap"])
 def test_image_pixels_of_the_region_rank_first(client: Client, method: str) -> None:
     result = _explain_counted(client, "region_mean", {"image": IMAGE}, method=method,

@@ -118,7 +118,7 @@ def _with_batch(name: str, value: np.ndarray, shape: tuple[int, ...], batched: b
             f"input '{name}': explain one row at a time (a batch of 1); "
             f"this value has shape {list(value.shape)}"
         )
-    return value[0]
+    return value[0, ...]  # an array even where the row is one element
 
 
 def _chosen_input(metadata: ModelMetadata, options: _Options) -> str:

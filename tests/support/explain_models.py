@@ -8,7 +8,8 @@ an answer a correct attribution must find:
   ``sum(TOKEN_WEIGHTS[id])`` over the row, so the positions holding the
   weighted ids matter and the others do not.
 - ``text_counts``: the same over the words of a BYTES sentence ``[-1, 1]``
-  (StringSplit on whitespace, then TfIdfVectorizer over strings).
+  (StringSplit on whitespace, then TfIdfVectorizer over strings);
+  ``text_counts_flat`` takes the sentences as ``[-1]`` and has no config.pbtxt.
 - ``region_mean``: FP32 images ``[-1, 8, 8]`` -> the mean of rows 2:4 and
   columns 4:6 (a 2x2 patch): only those four pixels count.
 - ``columns``: FP32 rows ``[-1, 6]`` -> ``3 * x[1] - 2 * x[4]``.
@@ -104,7 +105,8 @@ def token_counts(root: Path) -> None:
     )
 
 
-def text_counts(root: Path) -> None:
+def text_counts(root: Path, name: str = "text_counts", flat: bool = False) -> None:
+    """``flat``: the sentence is the whole row (``[-1]``) rather than its one element."""
     words = [*sorted(WORD_WEIGHTS), "movie", "plot", "the", "was"]
     weights = np.array([[WORD_WEIGHTS.get(w, 0.0)] for w in words], np.float32)
     nodes = [
@@ -114,18 +116,24 @@ def text_counts(root: Path) -> None:
     ]
     graph = helper.make_graph(
         nodes,
-        "text_counts",
-        [helper.make_tensor_value_info("text", TensorProto.STRING, ["batch", 1])],
+        name,
+        [
+            helper.make_tensor_value_info(
+                "text", TensorProto.STRING, ["batch", *([] if flat else [1])]
+            )
+        ],
         [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch", 1])],
         initializer=[
             numpy_helper.from_array(weights, "weights"),
             numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
         ],
     )
-    _save(graph, root / "text_counts" / "1" / "model.onnx")
+    _save(graph, root / name / "1" / "model.onnx")
+    if flat:
+        return  # no config.pbtxt: the server fills it in from the ONNX file
     _config(
         root,
-        "text_counts",
+        name,
         '{ name: "text" data_type: TYPE_STRING dims: [ 1 ] }',
         '{ name: "score" data_type: TYPE_FP32 dims: [ 1 ] }',
     )
@@ -181,4 +189,5 @@ def build_explain_repository(root: Path) -> Path:
     """The four models above in one repository."""
     for build in (token_counts, text_counts, region_mean, columns):
         build(root)
+    text_counts(root, "text_counts_flat", flat=True)
     return root
