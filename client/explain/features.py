@@ -178,7 +178,7 @@ class FeatureSpace:
             row=row,
             labels=tuple(labels),
             positions=tuple((i,) for i in where),
-            values=tuple(float(row[i]) for i in where),
+            values=tuple(int(row[i]) for i in where),
             pad_id=pad_id,
             padding=padding,
         )
