@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
+from onnxserve.client.cli import add_input_argument
 from onnxserve.client.connection_settings import ConnectionSettings
 from onnxserve.settings import SettingsError, add_arguments, resolve
 
@@ -137,14 +138,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser, ExplainSettings, positional=("model",))
-    parser.add_argument(
-        "--input",
-        dest="inputs",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="An input: NAME=file.npy, NAME=file.json or NAME=<inline JSON>; repeat per input",
-    )
+    add_input_argument(parser)
     parser.add_argument(
         "--config",
         type=Path,
@@ -170,8 +164,8 @@ def _tokenizer(path: Path | None) -> Any:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Resolve settings, explain, print; 1 with the server's message when a call fails."""
-    from onnxserve.client import Client, InferenceServerError, UnimplementedError
-    from onnxserve.client.cli import parse_input
+    from onnxserve.client import InferenceServerError
+    from onnxserve.client.cli import declared_inputs, open_client, parse_input
     from onnxserve.client.explain import explain, render
 
     out = out or sys.stdout
@@ -182,23 +176,9 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
         raise SettingsError("give --text SENTENCE or --input NAME=VALUE")
     tokenizer = _tokenizer(settings.vocabulary)
     version = settings.model_version or None
-    try:
-        client = Client(
-            settings.url,
-            tls=settings.tls_option(),
-            token=settings.token or None,
-            allow_insecure_token=settings.allow_insecure_token,
-            timeout=settings.timeout,
-        )
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
-    with client:
+    with open_client(settings, settings.url, settings.timeout) as client:
         try:
-            try:
-                metadata = client.model_metadata(settings.model, version)
-                declared = {t.name: (t.datatype, t.shape) for t in metadata.inputs}
-            except UnimplementedError:
-                declared = {}
+            declared = declared_inputs(client, settings.model, version)
             inputs = dict(parse_input(spec, declared) for spec in args.inputs)
             result = explain(
                 client,

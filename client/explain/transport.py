@@ -112,6 +112,11 @@ class Predictor:
         return outputs[:, self.target]
 
 
+def _infer_options(sender: ThreadSender | LoopSender) -> dict[str, Any]:
+    """What every request of an explanation asks: the one output, the version, the deadline."""
+    return {"outputs": [sender.output_name], "version": sender.version, "timeout": sender.timeout}
+
+
 @dataclass
 class ThreadSender:
     """Blocking calls from at most ``concurrency`` threads (the :class:`Client` is thread-safe)."""
@@ -131,13 +136,7 @@ class ThreadSender:
             self._in_flight += 1
             self.peak = max(self.peak, self._in_flight)
         try:
-            return self.client.infer(
-                self.model,
-                request,
-                outputs=[self.output_name],
-                version=self.version,
-                timeout=self.timeout,
-            )
+            return self.client.infer(self.model, request, **_infer_options(self))
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -182,13 +181,7 @@ class LoopSender:
                 self._in_flight += 1
                 self.peak = max(self.peak, self._in_flight)
                 try:
-                    return await self.client.infer(
-                        self.model,
-                        request,
-                        outputs=[self.output_name],
-                        version=self.version,
-                        timeout=self.timeout,
-                    )
+                    return await self.client.infer(self.model, request, **_infer_options(self))
                 finally:
                     self._in_flight -= 1
 
