@@ -15,7 +15,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from tests.support.explain_models import (
     WORD_WEIGHTS,
     build_explain_repository,
 )
-from tests.support.server import RunningServer, free_port
+from tests.support.server import RunningServer
 
 SUPPORT = Path(__file__).parent / "support"
 # Pre-padded ids: id 5 at position 5 (+2), id 9 at position 8 (-1.5), the rest weigh 0.
@@ -341,29 +340,8 @@ def kserve_address() -> Iterator[str]:
         python = kserve_env.ensure()
     except subprocess.CalledProcessError as exc:
         pytest.fail(f"could not install KServe into {kserve_env.VENV}:\n{exc.stderr[-4000:]}")
-    grpc_port, http_port = free_port(), free_port()
-    log = tempfile.NamedTemporaryFile(prefix="kserve-", suffix=".log", delete=False)  # noqa: SIM115
-    process = subprocess.Popen(
-        [str(python), "-I", str(SUPPORT / "kserve_explain_server.py"), str(grpc_port),
-         str(http_port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    address = f"127.0.0.1:{grpc_port}"
-    try:
-        with Client(address) as probe:
-            try:
-                probe.wait_until_ready("region_mean", timeout=90)
-            except Exception:
-                raise RuntimeError(
-                    f"KServe's server did not start:\n{Path(log.name).read_text()[-4000:]}"
-                ) from None
-        yield address
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with kserve_env.model_server(python, SUPPORT / "kserve_explain_server.py", "region_mean") as a:
+        yield a
 
 
 @pytest.mark.parametrize("method", ["occlusion", "kernel-shap", "lime"])
