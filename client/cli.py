@@ -18,14 +18,27 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import numpy as np
 
 from onnxserve.client.connection_settings import ConnectionSettings
 from onnxserve.settings import SettingsError, add_arguments, resolve
 
-__all__ = ["InferSettings", "format_outputs", "parse_input", "register", "run", "to_declared"]
+if TYPE_CHECKING:
+    from onnxserve.client.sync import Client
+
+__all__ = [
+    "InferSettings",
+    "add_input_argument",
+    "declared_inputs",
+    "format_outputs",
+    "open_client",
+    "parse_input",
+    "register",
+    "run",
+    "to_declared",
+]
 
 _DESCRIPTION = """\
 Run one inference on an Open Inference Protocol (KServe v2 / Triton) gRPC
@@ -77,14 +90,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser, InferSettings, positional=("model",))
-    parser.add_argument(
-        "--input",
-        dest="inputs",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="An input: NAME=file.npy, NAME=file.json or NAME=<inline JSON>; repeat per input",
-    )
+    add_input_argument(parser)
     parser.add_argument(
         "--output",
         dest="outputs",
@@ -97,6 +103,47 @@ def register(subparsers: Any) -> None:
         "--config", type=Path, default=None, metavar="FILE", help="TOML file with an [infer] table"
     )
     parser.set_defaults(handler=run)
+
+
+def add_input_argument(parser: argparse.ArgumentParser) -> None:
+    """The repeatable ``--input NAME=VALUE`` of ``infer`` and ``explain`` (read by parse_input)."""
+    parser.add_argument(
+        "--input",
+        dest="inputs",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="An input: NAME=file.npy, NAME=file.json or NAME=<inline JSON>; repeat per input",
+    )
+
+
+def open_client(settings: ConnectionSettings, url: str, timeout: float) -> Client:
+    """The SDK's Client for a command's connection settings (a bad one: SettingsError)."""
+    from onnxserve.client import Client
+
+    try:
+        return Client(
+            url,
+            tls=settings.tls_option(),
+            token=settings.token or None,
+            allow_insecure_token=settings.allow_insecure_token,
+            timeout=timeout,
+        )
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def declared_inputs(
+    client: Client, model: str, version: str | None
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """A model's inputs as parse_input wants them; empty where the server has no ModelMetadata."""
+    from onnxserve.client import UnimplementedError
+
+    try:
+        metadata = client.model_metadata(model, version)
+    except UnimplementedError:
+        return {}  # a server without ModelMetadata: numpy's defaults apply
+    return {t.name: (t.datatype, t.shape) for t in metadata.inputs}
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -283,7 +330,7 @@ def _save(outputs: Mapping[str, np.ndarray], directory: Path) -> None:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Resolve settings, call the server, print; 1 with the server's message on failure."""
-    from onnxserve.client import Client, InferenceServerError, UnimplementedError
+    from onnxserve.client import InferenceServerError
 
     out = out or sys.stdout
     settings = resolve(InferSettings, args, section="infer", config_file=args.config)
@@ -291,25 +338,10 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if not specs:
         raise SettingsError("give at least one --input NAME=VALUE")
     _unique("--output", args.outputs)
-    tls = settings.tls_option()
     version = settings.model_version or None
-    try:
-        client = Client(
-            settings.url,
-            tls=tls,
-            token=settings.token or None,
-            allow_insecure_token=settings.allow_insecure_token,
-            timeout=settings.timeout,
-        )
-    except ValueError as exc:
-        raise SettingsError(str(exc)) from None
-    with client:
+    with open_client(settings, settings.url, settings.timeout) as client:
         try:
-            try:
-                metadata = client.model_metadata(settings.model, version)
-                declared = {t.name: (t.datatype, t.shape) for t in metadata.inputs}
-            except UnimplementedError:
-                declared = {}  # a server without ModelMetadata: numpy's defaults apply
+            declared = declared_inputs(client, settings.model, version)
             parsed = [parse_input(spec, declared) for spec in specs]
             _unique("--input", [name for name, _ in parsed])
             inputs = dict(parsed)

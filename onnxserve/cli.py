@@ -26,6 +26,7 @@ _SUBCOMMAND_MODULES = (
     "onnxserve.converter.cli",
     "onnxserve.client.cli",
     "onnxserve.bench.cli",
+    "onnxserve.client.explain.cli",
 )
 
 _DESCRIPTION = """\

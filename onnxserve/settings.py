@@ -20,7 +20,7 @@ refused with the new name, except where it is one of ``serve``'s own variables
 (``ONNXSERVE_LOG_LEVEL``), which belong to ``serve`` and are left to it.
 
 The TOML file holds one table per subcommand (``[serve]``, ``[convert]``,
-``[infer]``, ``[bench]``) whose keys are the flags' names without the dashes in
+``[infer]``, ``[bench]``, ``[explain]``) whose keys are the flags' names without the dashes in
 front (``grpc-port`` or ``grpc_port``). A key outside a table, an unknown table
 and an unknown key of the subcommand's table are errors that name the key.
 Relative paths in the file are relative to the file's folder.
@@ -61,6 +61,7 @@ SECTIONS: dict[str, str] = {
     "convert": ENV_PREFIX + "CONVERT_",
     "infer": ENV_PREFIX + "INFER_",
     "bench": ENV_PREFIX + "BENCH_",
+    "explain": ENV_PREFIX + "EXPLAIN_",
 }
 #: The log levels every subcommand offers.
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from onnxserve.client import (
 from tests.support import kserve_env
 from tests.support.client_tensors import expected_bytes, identity_input
 from tests.support.models import ONNX_TYPES
-from tests.support.server import RunningServer, free_port
+from tests.support.server import RunningServer
 
 SUPPORT = Path(__file__).parent / "support"
 A = np.arange(32, dtype=np.float32).reshape(2, 16)
@@ -53,32 +52,10 @@ def kserve_python() -> Path:
 @pytest.fixture(scope="module")
 def kserve_server(kserve_python: Path) -> Iterator[str]:
     """KServe's own ModelServer on a free loopback port; yields its gRPC address."""
-    grpc_port, http_port = free_port(), free_port()
-    log = tempfile.NamedTemporaryFile(prefix="kserve-", suffix=".log", delete=False)  # noqa: SIM115
-    # -I: KServe's environment alone, untouched by PYTHONPATH or the user's
-    # site-packages that the test run may have set up.
-    process = subprocess.Popen(
-        [str(kserve_python), "-I", str(SUPPORT / "kserve_model_server.py"),
-         str(grpc_port), str(http_port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    address = f"127.0.0.1:{grpc_port}"
-    try:
-        with Client(address) as client:
-            try:
-                client.wait_until_ready("identity", timeout=90)
-            except Exception:
-                raise RuntimeError(
-                    f"KServe's server did not start:\n{Path(log.name).read_text()[-4000:]}"
-                ) from None
+    with kserve_env.model_server(
+        kserve_python, SUPPORT / "kserve_model_server.py", "identity"
+    ) as address:
         yield address
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(scope="module")
