@@ -273,12 +273,15 @@ class OnnxSession:
         name = config.name
         if plan.wants_tensorrt and plan.gpu.engine_cache is not None:
             prepare_engine_cache(name, plan.gpu.engine_cache, model_path.parents[2])
+        custom_ops = needs_custom_ops(config, model_path)
+        if custom_ops:
+            log.info("model '%s': loading onnxruntime-extensions' custom operators", name)
         try:
             self._session = create_session(
                 model_path,
                 plan.providers,
                 options=session_options(config, plan),
-                custom_ops=needs_custom_ops(config, model_path),
+                custom_ops=custom_ops,
             )
         except SessionError as exc:  # its message says what is wrong with the graph
             message = str(exc)
