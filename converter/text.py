@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxserve.converter.errors import UnsupportedModelError, VerificationError
+from onnxserve.converter.errors import UnsupportedModelError, VerificationError, first_line
 
 __all__ = [
     "HARD_SENTENCES",
@@ -240,7 +240,12 @@ def find_text_front(model: Any) -> TextFront | None:
             layer, f"its input has shape {tuple(source.shape)}; one sentence per row needs (1,)"
         )
     length = int(layer._output_sequence_length)
-    network = _network(model, layer, index, length)
+    try:
+        network = _network(model, layer, index, length)
+    except ValueError as exc:  # e.g. the text input feeds other layers too
+        raise _refusal(
+            layer, f"the model after it cannot be cut from the text input ({first_line(exc)})"
+        ) from exc
     vocabulary = tuple(str(token) for token in layer.get_vocabulary(include_special_tokens=True))
     return TextFront(
         layer=layer,
