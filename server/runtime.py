@@ -276,6 +276,12 @@ class OnnxSession:
         custom_ops = needs_custom_ops(config, model_path)
         if custom_ops:
             log.info("model '%s': loading onnxruntime-extensions' custom operators", name)
+            if "tensorflow" in sys.modules:  # measured: its RE2 breaks the extensions' regex ops
+                log.warning(
+                    "model '%s': TensorFlow is loaded in this server process; "
+                    "onnxruntime-extensions' regex operators answer wrongly beside it",
+                    name,
+                )
         try:
             self._session = create_session(
                 model_path,
