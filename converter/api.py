@@ -92,6 +92,9 @@ def _convert(
 
     variants = options.has_variants
     total = 6 if variants else 5
+    # An in-memory text model is known before its first stage line; a file after loading.
+    counted = _has_text_layer(model)
+    total += counted
     text_sentences = _sentences(sentences, options.sentences_file)
     done = 0
 
@@ -108,7 +111,7 @@ def _convert(
         loaded = from_keras_model(model)
     front = loaded.text_front
     if front is not None:
-        total += 1
+        total += not counted
         if options.opset < MIN_TEXT_OPSET:
             raise ConvertOptionsError(
                 f"--opset {options.opset}: a text model's preprocessing needs opset "
@@ -202,6 +205,14 @@ def _convert(
         text_check=text_check,
     )
     return report
+
+
+def _has_text_layer(model: Any) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        return False
+    from onnxserve.converter.analysis import walk_layers
+
+    return any(type(layer).__name__ == "TextVectorization" for layer in walk_layers(model))
 
 
 def _sentences(given: Sequence[str] | None, path: Path | None) -> list[str]:
