@@ -81,7 +81,8 @@ def _convert(
     from onnxserve.converter.export import export_onnx
     from onnxserve.converter.load import LoadedModel, from_keras_model, load_model
     from onnxserve.converter.repository import build_config, check_target, write_entry
-    from onnxserve.converter.text import MIN_TEXT_OPSET, attach_front, check_text
+    from onnxserve.converter.text import MIN_TEXT_OPSET, attach_front
+    from onnxserve.converter.text_check import check_text
     from onnxserve.converter.trace import trace_model
     from onnxserve.converter.variants import apply_variants
     from onnxserve.converter.verify import check_onnx, verify_onnx

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from onnxserve.converter.text import TextCheck
+from onnxserve.converter.text_check import TextCheck
 from onnxserve.converter.variants import VariantResult
 from onnxserve.converter.verify import CaseResult
 
