@@ -188,6 +188,17 @@ def _read_json(name: str, text: str) -> Any:
         ) from None
 
 
+def _text_or_json(name: str, text: str) -> Any:
+    """A BYTES input's value: JSON (a file or inline) where it parses, else the text itself
+    (``--input text='I loved it'``)."""
+    try:
+        return _read_json(name, text)
+    except SettingsError:
+        if text.endswith(".json"):
+            raise
+        return text
+
+
 def _is_float(dtype: np.dtype[Any]) -> bool:
     return dtype.kind == "f" or dtype.name == "bfloat16"
 
@@ -260,7 +271,7 @@ def parse_input(spec: str, declared: Mapping[str, tuple[str, tuple[int, ...]]]) 
     if value.endswith(".npy"):
         array = _read_npy(name, value)
     else:
-        data = _read_json(name, value)
+        data = _text_or_json(name, value) if datatype == "BYTES" else _read_json(name, value)
         try:
             array = np.asarray(data, dtype=object if datatype == "BYTES" else None)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -268,6 +279,8 @@ def parse_input(spec: str, declared: Mapping[str, tuple[str, tuple[int, ...]]]) 
         if array.dtype == object and datatype != "BYTES":
             raise SettingsError(f"input '{name}': not an array of numbers or of strings")
     array = to_declared(name, array, datatype)
+    if datatype == "BYTES" and shape is not None and tuple(shape[1:]) == (1,) and array.ndim <= 1:
+        array = array.reshape(-1, 1)  # text models: a sentence, or a list of them, per row
     if shape is not None and len(shape) == array.ndim + 1 and shape[0] == -1:
         array = array[np.newaxis, ...]
     return name, array

@@ -58,9 +58,10 @@ __all__ = [
 UNCONVERTIBLE_LAYERS: dict[str, str] = {
     "TextVectorization": (
         "it standardizes and splits text with TensorFlow string ops (StaticRegexReplace, "
-        "StringSplitV2) that have no ONNX operator onnxruntime runs without its extensions "
-        "library. Tokenize in the client and give the model token ids (an integer Input "
-        "feeding the Embedding), or look up whole tokens with a StringLookup, which converts"
+        "StringSplitV2) whose tf2onnx translations do not reproduce Keras. The converter "
+        "rebuilds a TextVectorization that is the first layer of a .keras model (string "
+        "input); convert the .keras file, or tokenize in the client and give the model "
+        "token ids (an integer Input feeding the Embedding)"
     ),
     "Hashing": (
         "it hashes with TensorFlow's StringToHashBucketFast, which ONNX lacks. Hash in the "
@@ -159,13 +160,17 @@ def walk_layers(layer: Any) -> Iterator[Any]:
                 stack.append(child)
 
 
-def unconvertible_layers(model: Any) -> list[str]:
-    """One sentence per layer of a kind in :data:`UNCONVERTIBLE_LAYERS`, naming it and why."""
+def unconvertible_layers(model: Any, allowed: Sequence[Any] = ()) -> list[str]:
+    """One sentence per layer of a kind in :data:`UNCONVERTIBLE_LAYERS`, naming it and why;
+    ``allowed`` layers are converted another way (a TextVectorization front)."""
+    skip = {id(layer) for layer in allowed}
     return [
         f"layer '{layer.name}' ({kind}) cannot be converted: {UNCONVERTIBLE_LAYERS[kind]}"
         for layer in walk_layers(model)
         for kind in [type(layer).__name__]
-        if kind in UNCONVERTIBLE_LAYERS and type(layer).__module__.startswith("keras.")
+        if kind in UNCONVERTIBLE_LAYERS
+        and type(layer).__module__.startswith("keras.")
+        and id(layer) not in skip
     ]
 
 

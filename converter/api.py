@@ -16,13 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from onnxserve.converter.environment import hide_gpus
+from onnxserve.converter.errors import ConversionError
 from onnxserve.converter.report import ConversionReport, TensorSummary
-from onnxserve.converter.settings import ConvertOptions, ConvertSettings
+from onnxserve.converter.settings import ConvertOptions, ConvertOptionsError, ConvertSettings
 
 __all__ = ["convert", "convert_with_settings"]
 
@@ -36,6 +37,7 @@ def convert(
     name: str,
     *,
     progress: Progress | None = None,
+    sentences: Sequence[str] | None = None,
     **options: Any,
 ) -> ConversionReport:
     """Convert a Keras model into ``<repository>/<name>/<version>/model.onnx`` + config.pbtxt.
@@ -51,8 +53,13 @@ def convert(
     INFO). Raises a :class:`ConversionError` subclass, having written nothing,
     when any step fails (an unknown option is a TypeError). GPUs are hidden
     from TensorFlow during conversion (see the module docstring).
+
+    A model whose first layer is a TextVectorization becomes one ONNX model
+    with a BYTES input (:mod:`onnxserve.converter.text`); ``sentences`` (the
+    training sentences, say; or the ``sentences_file`` option) are checked
+    against Keras besides the fixed hard cases.
     """
-    return _convert(model, Path(repository), name, ConvertOptions(**options), progress)
+    return _convert(model, Path(repository), name, ConvertOptions(**options), progress, sentences)
 
 
 def convert_with_settings(
@@ -68,14 +75,17 @@ def _convert(
     name: str,
     options: ConvertOptions,
     progress: Progress | None,
+    sentences: Sequence[str] | None = None,
 ) -> ConversionReport:
     hide_gpus()
     from onnxserve.converter.export import export_onnx
-    from onnxserve.converter.load import from_keras_model, load_model
+    from onnxserve.converter.load import LoadedModel, from_keras_model, load_model
     from onnxserve.converter.repository import build_config, check_target, write_entry
+    from onnxserve.converter.text import MIN_TEXT_OPSET, attach_front
+    from onnxserve.converter.text_check import check_text
     from onnxserve.converter.trace import trace_model
     from onnxserve.converter.variants import apply_variants
-    from onnxserve.converter.verify import verify_onnx
+    from onnxserve.converter.verify import check_onnx, verify_onnx
 
     say = progress or log.info
     started = time.monotonic()
@@ -83,10 +93,16 @@ def _convert(
 
     variants = options.has_variants
     total = 6 if variants else 5
-    numbers = iter(range(1, total + 1))
+    # An in-memory text model is known before its first stage line; a file after loading.
+    counted = _has_text_layer(model)
+    total += counted
+    text_sentences = _sentences(sentences, options.sentences_file)
+    done = 0
 
     def stage(text: str) -> None:
-        say(f"[{next(numbers)}/{total} {time.monotonic() - started:5.1f}s] {text}")
+        nonlocal done
+        done += 1
+        say(f"[{done}/{total} {time.monotonic() - started:5.1f}s] {text}")
 
     if isinstance(model, (str, os.PathLike)):
         stage(f"loading {model}")
@@ -94,9 +110,29 @@ def _convert(
     else:
         stage("checking the in-memory Keras model")
         loaded = from_keras_model(model)
+    front = loaded.text_front
+    if front is not None:
+        total += not counted
+        if options.opset < MIN_TEXT_OPSET:
+            raise ConvertOptionsError(
+                f"--opset {options.opset}: a text model's preprocessing needs opset "
+                f"{MIN_TEXT_OPSET} or more (ScatterElements with reduction)"
+            )
+        say(f"  {front.describe()} becomes ONNX string operators in front of the network")
     stage("tracing with an explicit input signature")
-    traced = trace_model(loaded, dynamic_sequence=options.dynamic_sequence)
-    ranges = {i.name: i.declared_range for i in traced.inputs if i.declared_range is not None}
+    if front is not None:
+        whole = trace_model(loaded, dynamic_sequence=False)  # Keras with the text layer
+        network = LoadedModel(source=loaded.source, keras_model=front.network)
+        traced = trace_model(network, dynamic_sequence=False)
+        ids_name = traced.inputs[front.input_index].name
+        text_name = whole.inputs[front.input_index].name
+    else:
+        traced = trace_model(loaded, dynamic_sequence=options.dynamic_sequence)
+    ranges = {
+        i.name: i.declared_range
+        for i in traced.inputs
+        if i.declared_range is not None and (front is None or i.name != ids_name)
+    }
     for info in traced.inputs:
         if info.name in ranges:
             say(f"  input {info.name!r}: {_range_text(ranges[info.name])}, from {_reasons(info)}")
@@ -127,6 +163,24 @@ def _convert(
             min_agreement=options.min_agreement,
             variant_atol=options.variant_atol,
         )
+    text_check = None
+    if front is not None:
+        stage("checking the text preprocessing and the whole model against Keras on sentences")
+        final_model = attach_front(final_model, front, ids_name, text_name)
+        check_onnx(final_model, full_check=False)
+        text_check = check_text(
+            final_model,
+            front,
+            whole.reference,
+            text_name,
+            _other_inputs(whole, text_name, options.seed),
+            text_sentences,
+            opset=options.opset,
+            max_batch_size=options.max_batch_size,
+            rtol=options.rtol,
+            atol=options.atol,
+            progress=say,
+        )
     config = build_config(final_model, name, options.max_batch_size, input_ranges=ranges)
     stage(f"writing to {repository / name}")
     written = write_entry(repository, name, final_model, config, options.version)
@@ -149,8 +203,43 @@ def _convert(
         warnings=list(exported.warnings),
         loop_nodes=list(exported.loop_nodes),
         seconds=time.monotonic() - started,
+        text_check=text_check,
     )
     return report
+
+
+def _has_text_layer(model: Any) -> bool:
+    if isinstance(model, (str, os.PathLike)):
+        return False
+    from onnxserve.converter.analysis import walk_layers
+
+    return any(type(layer).__name__ == "TextVectorization" for layer in walk_layers(model))
+
+
+def _sentences(given: Sequence[str] | None, path: Path | None) -> list[str]:
+    """The user's check sentences: given in Python, or one per line of a UTF-8 file."""
+    sentences = [str(s) for s in given or []]
+    if path is not None:
+        try:
+            sentences += Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConversionError(f"cannot read the sentences file {path}: {exc}") from exc
+    return sentences
+
+
+def _other_inputs(traced: Any, text_name: str, seed: int) -> Callable[[int], dict[str, Any]]:
+    """Generated values for a text model's other inputs (none for most text models)."""
+    import numpy as np
+
+    from onnxserve.converter.inputs import generate
+
+    others = [info for info in traced.inputs if info.name != text_name]
+
+    def make(batch: int) -> dict[str, Any]:
+        rng = np.random.default_rng(seed)
+        return {info.name: generate(info, batch, rng) for info in others}
+
+    return make
 
 
 def _stamp(model: Any, source: str) -> None:

@@ -31,6 +31,8 @@ class LoadedModel:
     source: str
     keras_model: Any | None = None
     saved_model: Any | None = None
+    #: The model's TextVectorization front (:mod:`onnxserve.converter.text`), if any.
+    text_front: Any | None = None
 
     @property
     def kind(self) -> str:
@@ -42,7 +44,8 @@ def from_keras_model(model: Any, source: str = "in-memory keras.Model") -> Loade
 
     Layers known not to convert (see ``UNCONVERTIBLE_LAYERS`` in
     :mod:`onnxserve.converter.analysis`) are refused here, by name, before any
-    tracing: UnsupportedModelError.
+    tracing: UnsupportedModelError. A TextVectorization first layer is found
+    here too, and refused here where its settings cannot be reproduced.
     """
     import_tensorflow()
     import keras
@@ -62,10 +65,13 @@ def from_keras_model(model: Any, source: str = "in-memory keras.Model") -> Loade
             "Sequential never built): wrap it in a functional model first, e.g. "
             "inputs = keras.Input(shape=..., name=...); keras.Model(inputs, model(inputs))"
         )
-    refused = unconvertible_layers(model)
+    from onnxserve.converter.text import find_text_front
+
+    front = find_text_front(model)  # refuses settings it cannot reproduce
+    refused = unconvertible_layers(model, allowed=[front.layer] if front else [])
     if refused:
         raise UnsupportedModelError("; ".join(refused))
-    return LoadedModel(source=source, keras_model=model)
+    return LoadedModel(source=source, keras_model=model, text_front=front)
 
 
 def load_model(path: str | Path, *, safe_mode: bool = True) -> LoadedModel:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from onnxserve.converter.text_check import TextCheck
 from onnxserve.converter.variants import VariantResult
 from onnxserve.converter.verify import CaseResult
 
@@ -44,6 +45,8 @@ class ConversionReport:
     warnings: list[str] = field(default_factory=list)
     loop_nodes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    #: For a text model: the check of its token ids and outputs on sentences.
+    text_check: TextCheck | None = None
 
     @property
     def max_abs_difference(self) -> float:
@@ -88,6 +91,8 @@ class ConversionReport:
                     f"    {case.label:<32} {o.name}: "
                     f"max abs {o.max_abs:.3g}, max rel {o.max_rel:.3g}"
                 )
+        if self.text_check is not None:
+            lines.append(self.text_check.format())
         if self.variant is not None:
             v = self.variant
             text = f"  {v.description}: max abs difference {v.max_abs:.3g}"

@@ -26,6 +26,8 @@ from onnxserve.converter.errors import RepositoryError
 from onnxserve.layout import (
     BACKEND,
     CONFIG_FILENAME,
+    CUSTOM_OPS_EXTENSIONS,
+    CUSTOM_OPS_PARAMETER,
     INPUT_RANGE_PREFIX,
     MODEL_FILENAME,
     MODEL_NAME_RULE,
@@ -37,6 +39,7 @@ from onnxserve.layout import (
 )
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.datatypes import ort_to_protocol, protocol_to_config
+from onnxserve.sessions import needs_extensions
 
 __all__ = [
     "WrittenEntry",
@@ -126,7 +129,8 @@ def build_config(
     :mod:`onnxserve.converter.analysis`) become one model-level parameter per
     input, ``onnxserve.input_range.<input>`` = ``"<min>,<max>"``
     (:mod:`onnxserve.layout`): Triton's syntax, so Triton loads the config and
-    ignores them, while onnxserve can refuse values the model cannot handle.
+    ignores them, while onnxserve can refuse values the model cannot handle. A
+    model using onnxruntime-extensions' operators gets ``onnxserve.custom_ops``.
     """
     known = {value.name for value in model.graph.input}
     for input_name in input_ranges or {}:
@@ -148,6 +152,8 @@ def build_config(
         if low is None and high is None:
             continue
         config.parameters[input_range_key(input_name)].string_value = format_input_range(low, high)
+    if needs_extensions(entry.domain for entry in model.opset_import):
+        config.parameters[CUSTOM_OPS_PARAMETER].string_value = CUSTOM_OPS_EXTENSIONS
     return config
 
 

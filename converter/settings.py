@@ -105,6 +105,15 @@ class ConvertOptions:
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the generated check inputs"})
+    sentences_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "Text models (TextVectorization first): a UTF-8 file of sentences, one "
+            "per line (the training sentences, say), on which the ONNX model's token ids and "
+            "outputs must equal Keras', besides a fixed set of hard cases",
+            "metavar": "FILE",
+        },
+    )
     unsafe_deserialization: bool = field(
         default=False,
         metadata={

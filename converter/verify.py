@@ -19,7 +19,7 @@ import onnx
 from onnxserve.converter.errors import VerificationError
 from onnxserve.converter.inputs import generate_batch
 from onnxserve.converter.trace import TracedModel
-from onnxserve.sessions import SessionError, create_session
+from onnxserve.sessions import SessionError, create_session, needs_extensions
 
 __all__ = [
     "CaseResult",
@@ -81,19 +81,32 @@ def check_batch_sizes(max_batch_size: int) -> list[int]:
     return sorted({1, max_batch_size, *([odd] if odd else [])})
 
 
-def check_onnx(model: onnx.ModelProto) -> None:
-    """onnx.checker with shape inference; VerificationError if the model is invalid."""
+def check_onnx(model: onnx.ModelProto, *, full_check: bool = True) -> None:
+    """onnx.checker with shape inference; VerificationError if the model is invalid.
+
+    ``full_check=False`` leaves out onnx's shape inference, which crashes the
+    process (onnx 1.23, a segmentation fault) on the text preprocessing graph;
+    onnxruntime's own loading of that model checks it instead."""
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model, full_check=full_check)
     except Exception as exc:
         raise VerificationError(f"the ONNX model is invalid: {str(exc).strip()[:500]}") from exc
 
 
-def make_session(model: onnx.ModelProto | bytes) -> object:
-    """A CPU onnxruntime session (conversion is checked on the CPU, like it is traced)."""
+def make_session(model: onnx.ModelProto | bytes, *, custom_ops: bool | None = None) -> object:
+    """A CPU onnxruntime session (conversion is checked on the CPU, like it is traced).
+
+    ``custom_ops`` (onnxruntime-extensions' operators): by default where the
+    model's opset imports name their domain."""
     data = model if isinstance(model, bytes) else model.SerializeToString()
+    if custom_ops is None:
+        custom_ops = not isinstance(model, bytes) and needs_extensions(
+            entry.domain for entry in model.opset_import
+        )
     try:
-        return create_session(data, intra_op_threads=min(4, os.cpu_count() or 1))
+        return create_session(
+            data, intra_op_threads=min(4, os.cpu_count() or 1), custom_ops=custom_ops
+        )
     except SessionError as exc:
         raise VerificationError(f"onnxruntime cannot load the ONNX model: {exc}") from exc
 

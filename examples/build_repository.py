@@ -41,7 +41,6 @@ TRAINING_SOURCES = (
     "build_repository.py",
     "common.py",
     "sentiment/data.py",
-    "sentiment/tokenizer.py",
     "sentiment/train.py",
     "sentiment/fallback_sentences.tsv",
     "digits/data.py",

@@ -16,6 +16,8 @@ __all__ = [
     "BACKEND",
     "CHECKSUMS_FILENAME",
     "CONFIG_FILENAME",
+    "CUSTOM_OPS_EXTENSIONS",
+    "CUSTOM_OPS_PARAMETER",
     "INPUT_RANGE_PREFIX",
     "MODEL_FILENAME",
     "MODEL_NAME_RULE",
@@ -51,6 +53,11 @@ PROVIDERS_PARAMETER = "onnxserve.execution_providers"
 #: Valid values of an integer input, one parameter per input:
 #: ``onnxserve.input_range.<input>`` = "<min>,<max>", inclusive, either side may be empty.
 INPUT_RANGE_PREFIX = "onnxserve.input_range."
+#: Custom operator libraries a model needs, comma separated; the one known value is
+#: :data:`CUSTOM_OPS_EXTENSIONS` (onnxruntime-extensions). The server also loads that
+#: library, without the parameter, for a model whose graph imports its domain.
+CUSTOM_OPS_PARAMETER = "onnxserve.custom_ops"
+CUSTOM_OPS_EXTENSIONS = "onnxruntime_extensions"
 
 
 def is_valid_model_name(name: str) -> bool:

@@ -8,15 +8,30 @@ own log quiet (the callers report fallbacks and failures once, in words) and
 raises :class:`SessionError` with onnxruntime's message, the model's path
 replaced by its file name, so that no caller leaks a path. onnxruntime is
 imported on first use: importing this module costs nothing.
+
+Custom operators: a model whose graph uses the ``ai.onnx.contrib`` domain
+(string ops that standard ONNX lacks, as the converter's text preprocessing
+emits: StringRegexReplace, StringRegexSplitWithOffsets) needs
+onnxruntime-extensions' operator library registered in its SessionOptions.
+Callers say so with ``custom_ops=True`` (they know the graph's domains: see
+:data:`EXTENSIONS_DOMAIN`); the library is loaded only then, so models that do
+not need it never load it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CPU_PROVIDER", "SessionError", "create_session"]
+__all__ = [
+    "CPU_PROVIDER",
+    "EXTENSIONS_DOMAIN",
+    "SessionError",
+    "create_session",
+    "needs_extensions",
+    "register_extensions",
+]
 
 CPU_PROVIDER = "CPUExecutionProvider"
 _GRAPH_LEVELS = ("basic", "extended", "all")
@@ -25,6 +40,29 @@ _DEFAULT_SEVERITY = 2
 _MESSAGE_LIMIT = 500
 
 Provider = str | tuple[str, dict[str, str]]
+
+#: The operator domain of onnxruntime-extensions' custom operators.
+EXTENSIONS_DOMAIN = "ai.onnx.contrib"
+_EXTENSIONS_HINT = (
+    "the model uses onnxruntime-extensions' operators (domain ai.onnx.contrib) and "
+    "onnxruntime_extensions is not installed: pip install onnxruntime-extensions "
+    "(part of the onnxserve[server] and [server-cpu] extras)"
+)
+
+
+def needs_extensions(domains: Iterable[str]) -> bool:
+    """Whether a graph with these operator domains needs onnxruntime-extensions."""
+    return EXTENSIONS_DOMAIN in set(domains)
+
+
+def register_extensions(options: Any) -> None:
+    """Register onnxruntime-extensions' operator library in ``options``; SessionError
+    (saying what to install) where the package is missing."""
+    try:
+        import onnxruntime_extensions
+    except ImportError:
+        raise SessionError(_EXTENSIONS_HINT) from None
+    options.register_custom_ops_library(onnxruntime_extensions.get_library_path())
 
 
 class SessionError(RuntimeError):
@@ -40,6 +78,7 @@ def create_session(
     graph_optimization: str | None = None,
     optimized_model_path: Path | None = None,
     quiet_providers: bool = False,
+    custom_ops: bool = False,
 ) -> Any:
     """An ``onnxruntime.InferenceSession``; raises SessionError naming what went wrong.
 
@@ -52,6 +91,8 @@ def create_session(
     process-wide log while the providers load, for callers that report a
     fallback themselves from the providers in use (a CUDA provider whose
     libraries are missing otherwise prints a page of loader errors).
+    ``custom_ops`` registers onnxruntime-extensions' operators (see the module
+    docstring).
     """
     import onnxruntime as ort
 
@@ -72,6 +113,8 @@ def create_session(
     elif intra_op_threads or graph_optimization or optimized_model_path:
         raise ValueError("give prepared options or the settings to prepare them, not both")
     options.log_severity_level = 3
+    if custom_ops:
+        register_extensions(options)
     source = str(model) if isinstance(model, Path) else model
     if quiet_providers:
         ort.set_default_logger_severity(4)

@@ -240,3 +240,35 @@ def check_model_files(model_file: Path, root: Path, where: str) -> None:
         raise ConfigError(f"{where} leads outside the repository")
     used = [resolved, *check_external_data(model_file, root, where)]
     check_checksums(model_file.parent, used, root, where)
+
+
+MODEL_OPSET_IMPORT = 8  # ModelProto.opset_import (OperatorSetIdProto)
+OPSET_DOMAIN = 1  # OperatorSetIdProto.domain
+
+
+def opset_domains(model_file: Path) -> set[str]:
+    """The operator domains a model file imports ('' is ONNX's own), read from the
+    top-level ``opset_import`` fields only: the graph's bytes are skipped, not parsed.
+    An unreadable file gives none (onnxruntime refuses it with its own message)."""
+    try:
+        with open(model_file, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return set()
+    with mapped:
+        buffer = memoryview(mapped)
+        try:
+            domains: set[str] = set()
+            for number, start, end in _fields(buffer, 0, len(buffer)):
+                if number != MODEL_OPSET_IMPORT:
+                    continue
+                domain = ""
+                for inner, s, e in _fields(buffer, start, end):
+                    if inner == OPSET_DOMAIN:
+                        domain = _text(buffer, s, e)
+                domains.add(domain)
+            return domains
+        except _Malformed:
+            return set()
+        finally:
+            buffer.release()

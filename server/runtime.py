@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxserve.layout import CUSTOM_OPS_EXTENSIONS, CUSTOM_OPS_PARAMETER
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.codec import numpy_dtype
 from onnxserve.protocol.datatypes import ort_to_protocol
@@ -33,7 +34,8 @@ from onnxserve.server.accelerators import (
 from onnxserve.server.binding import BoundRunner
 from onnxserve.server.config import TensorSpec, onnx_dims
 from onnxserve.server.errors import ConfigError
-from onnxserve.sessions import SessionError, create_session
+from onnxserve.server.model_files import opset_domains
+from onnxserve.sessions import SessionError, create_session, needs_extensions
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +240,25 @@ def session_options(config: mc.ModelConfig, plan: SessionPlan) -> Any:
     return options
 
 
+def needs_custom_ops(config: mc.ModelConfig, model_path: Path) -> bool:
+    """Whether the model needs onnxruntime-extensions' operators: its config says so
+    (:data:`CUSTOM_OPS_PARAMETER`), or its graph imports their domain. Only then is the
+    library loaded."""
+    value = _config_parameter(config, CUSTOM_OPS_PARAMETER)
+    if value is not None:
+        libraries = {part.strip() for part in value.split(",") if part.strip()}
+        unknown = libraries - {CUSTOM_OPS_EXTENSIONS}
+        if unknown:
+            raise ConfigError(
+                f"model '{config.name}': parameter {CUSTOM_OPS_PARAMETER} names "
+                f"{', '.join(sorted(unknown))}; the custom operator library onnxserve knows "
+                f"is {CUSTOM_OPS_EXTENSIONS}"
+            )
+        if libraries:
+            return True
+    return needs_extensions(opset_domains(model_path))
+
+
 def _bindable(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
     """IO binding moves numeric tensors; BYTES stay on the host and BF16 has its own path."""
     return all(spec.datatype not in ("BYTES", "BF16") for spec in (*inputs, *outputs))
@@ -252,9 +273,21 @@ class OnnxSession:
         name = config.name
         if plan.wants_tensorrt and plan.gpu.engine_cache is not None:
             prepare_engine_cache(name, plan.gpu.engine_cache, model_path.parents[2])
+        custom_ops = needs_custom_ops(config, model_path)
+        if custom_ops:
+            log.info("model '%s': loading onnxruntime-extensions' custom operators", name)
+            if "tensorflow" in sys.modules:  # measured: its RE2 breaks the extensions' regex ops
+                log.warning(
+                    "model '%s': TensorFlow is loaded in this server process; "
+                    "onnxruntime-extensions' regex operators answer wrongly beside it",
+                    name,
+                )
         try:
             self._session = create_session(
-                model_path, plan.providers, options=session_options(config, plan)
+                model_path,
+                plan.providers,
+                options=session_options(config, plan),
+                custom_ops=custom_ops,
             )
         except SessionError as exc:  # its message says what is wrong with the graph
             message = str(exc)

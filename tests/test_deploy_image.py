@@ -150,11 +150,14 @@ def test_the_server_extras_differ_only_in_onnxruntime() -> None:
     """server-cpu is server with onnxruntime's CPU build in place of the GPU one."""
     extras = deploy.pyproject()["project"]["optional-dependencies"]
 
+    def runtime(requirement: str) -> bool:  # onnxruntime or onnxruntime-gpu, not -extensions
+        return requirement.startswith(("onnxruntime>", "onnxruntime-gpu"))
+
     def others(requirements: list[str]) -> list[str]:
-        return [r for r in requirements if not r.startswith("onnxruntime")]
+        return [r for r in requirements if not runtime(r)]
 
     assert others(extras["server"]) == others(extras["server-cpu"])
-    assert [r for r in extras["server-cpu"] if r.startswith("onnxruntime")] == ["onnxruntime>=1.20"]
+    assert [r for r in extras["server-cpu"] if runtime(r)] == ["onnxruntime>=1.20"]
 
 
 def test_the_gpu_image_resolves_to_pinned_binary_wheels(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The examples of issue 6, end to end on reduced training: data, tokenizer, build, serve, call.
+"""The examples of issue 6, end to end on reduced training: data, build, serve, call (text in).
 
 One repository is built per module with ``python -m
 onnxserve.examples.build_repository --quick`` (the command ``make serve`` runs,
@@ -42,7 +42,6 @@ from onnxserve.examples.sentiment.data import (
     load_uci_folder,
     split_dataset,
 )
-from onnxserve.examples.sentiment.tokenizer import OOV_ID, PAD_ID, SEQUENCE_LENGTH, Tokenizer
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -58,42 +57,6 @@ def shared_data() -> Path | None:
         if folder is not None and all((folder / n).is_file() for n in SOURCES.values()):
             return folder
     return None
-
-
-# ----------------------------------------------------------------- tokenizer
-
-
-def test_tokenizer_round_trip(tmp_path: Path) -> None:
-    tokenizer = Tokenizer.fit(
-        ["Great phone, great battery!", "The battery died. Don't buy it.", "great"]
-    )
-    # Most frequent first, ties alphabetically; 0 pads and 1 is unknown.
-    assert tokenizer.words[:2] == ("great", "battery")
-    assert tokenizer.vocabulary_size == len(tokenizer.words) + 2
-
-    encoded = tokenizer.encode(["GREAT battery", "Don\u2019t buy a zebra"])
-    assert encoded.shape == (2, SEQUENCE_LENGTH)
-    assert encoded.dtype == np.int32
-    great, battery = tokenizer.ids("great battery")
-    assert list(encoded[0, -2:]) == [great, battery]
-    assert (encoded[0, :-2] == PAD_ID).all()  # padded in front
-    # The curly apostrophe is the straight one; "a" and "zebra" were never seen.
-    assert tokenizer.decode(encoded[1]) == ["don't", "buy", "<unk>", "<unk>"]
-    assert list(encoded[1, -2:]) == [OOV_ID, OOV_ID]
-
-    long_text = " ".join(["great"] * 30 + ["battery"] * 30)
-    assert list(tokenizer.encode([long_text])[0]) == [great] * 30 + [battery] * 20
-
-    path = tokenizer.save(tmp_path / "vocabulary.json")
-    loaded = Tokenizer.load(path)
-    texts = ["great battery", "it died", "", "Don't"]
-    np.testing.assert_array_equal(loaded.encode(texts), tokenizer.encode(texts))
-
-    changed = json.loads(path.read_text("utf-8"))
-    changed["padding"] = "post"
-    (tmp_path / "other.json").write_text(json.dumps(changed), "utf-8")
-    with pytest.raises(ValueError, match="padding"):
-        Tokenizer.load(tmp_path / "other.json")
 
 
 # --------------------------------------------------------------------- data
@@ -268,14 +231,15 @@ def test_build_writes_both_entries_and_the_marker_last(repository: Path) -> None
         assert (repository / name / "1" / "model.onnx").stat().st_size > 10_000
         assert (repository / name / "config.pbtxt").is_file()
         assert _metrics(repository, name)["training"]["quick"] is True  # type: ignore[index]
-    assert (repository / "sentiment" / "vocabulary.json").is_file()
     marker = repository / ".complete"
     newest_entry_file = max(
         p.stat().st_mtime_ns for p in repository.rglob("*") if p.is_file() and p != marker
     )
     assert marker.stat().st_mtime_ns >= newest_entry_file
     config = (repository / "sentiment" / "config.pbtxt").read_text()
-    assert 'name: "tokens"' in config and "TYPE_INT32" in config and "dims: 50" in config
+    # Text in: the model tokenizes itself, with onnxruntime-extensions' operators.
+    assert 'name: "text"' in config and "TYPE_STRING" in config and "dims: 1\n" in config
+    assert 'key: "onnxserve.custom_ops"' in config
     assert "max_batch_size: 64" in config
 
 
@@ -370,32 +334,28 @@ def test_readme_snippet_runs_as_a_file_in_another_folder(
     assert lines[2].startswith(f"digit labelled {held_out_split().test_labels[0]}: predicted ")
 
 
-def test_shipped_vocabulary_is_the_training_vocabulary(repository: Path, dataset: Dataset) -> None:
-    """The vocabulary file gives the ids the model was trained on: refitting agrees."""
-    shipped = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
-    refitted = Tokenizer.fit(s.text for s in split_dataset(dataset).train)
-    assert shipped.words == refitted.words
+def test_metrics_record_the_text_input_and_the_data(repository: Path, dataset: Dataset) -> None:
     metrics = _metrics(repository, "sentiment")
-    assert metrics["vocabulary_size"] == shipped.vocabulary_size
+    assert metrics["input"] == {"name": "text", "datatype": "BYTES", "shape": [-1, 1]}
+    assert metrics["vocabulary_size"] > 2  # type: ignore[operator]
+    assert metrics["conversion"]["text_check_sentences"] > len(split_dataset(dataset).train) // 2  # type: ignore[index]
     assert metrics["data"]["origin"] == dataset.origin  # type: ignore[index]
 
 
 def test_sentiment_scores_through_the_server(repository: Path, client: Client) -> None:
-    import onnxruntime as ort
-
+    from onnxserve.converter.isolated import run_isolated
     from onnxserve.examples.sentiment.predict import score_sentences
 
-    tokenizer = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
-    sentences = ["I love it", "terrible service", "", "ok " * 80]
-    scores = score_sentences(client, sentences, tokenizer)
-    assert scores.shape == (4,) and scores.dtype == np.float32
+    sentences = ["I love it", "terrible service", "", "ok " * 80, "Ça marche très bien 😀"]
+    scores = score_sentences(client, sentences)
+    assert scores.shape == (5,) and scores.dtype == np.float32
     assert ((scores >= 0) & (scores <= 1)).all()
-    # The server answers with the converted model's own output for those ids.
-    session = ort.InferenceSession(
-        str(repository / "sentiment" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
-    )
-    local = session.run(["score"], {"tokens": tokenizer.encode(sentences)})[0].reshape(-1)
-    np.testing.assert_allclose(scores, local, atol=1e-5)
+    # The server answers with the converted model's own output for those sentences
+    # (onnxruntime with the extensions, in a process without TensorFlow).
+    model = (repository / "sentiment" / "1" / "model.onnx").read_bytes()
+    feed = {"text": np.asarray(sentences, dtype=object).reshape(-1, 1)}
+    [[local]] = run_isolated([(model, [feed])])
+    np.testing.assert_allclose(scores, local["score"].reshape(-1), atol=1e-5)
 
 
 def test_sentiment_held_out_accuracy_through_the_server(
@@ -403,8 +363,7 @@ def test_sentiment_held_out_accuracy_through_the_server(
 ) -> None:
     from onnxserve.examples.sentiment.predict import held_out_accuracy
 
-    tokenizer = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
-    accuracy, scores = held_out_accuracy(client, dataset, tokenizer)
+    accuracy, scores = held_out_accuracy(client, dataset)
     test = split_dataset(dataset).test
     assert scores.shape == (len(test),)  # more than one 64-row request for UCI's data
     labels = np.array([s.label for s in test])
@@ -450,8 +409,7 @@ def test_predict_commands(
         sentiment_predict.main(["--url", address, "--repository", str(repository), *sentences]) == 0
     )
     lines = capsys.readouterr().out.strip().splitlines()
-    tokenizer = Tokenizer.load(repository / "sentiment" / "vocabulary.json")
-    expected = sentiment_predict.score_sentences(client, sentences, tokenizer)
+    expected = sentiment_predict.score_sentences(client, sentences)
     assert len(lines) == 2
     for line, sentence, score in zip(lines, sentences, expected, strict=True):
         printed, label, text = line.split(maxsplit=2)
@@ -481,8 +439,7 @@ def test_held_out_command_uses_the_training_data(
     argv = ["--url", server.address, "--repository", str(repository), "--held-out"]
     assert sentiment_predict.main(argv) == 0
     out = capsys.readouterr().out
-    tokenizer = Tokenizer.load(entry / "vocabulary.json")
-    accuracy, _ = sentiment_predict.held_out_accuracy(client, dataset, tokenizer)
+    accuracy, _ = sentiment_predict.held_out_accuracy(client, dataset)
     overall = accuracy["overall"]
     assert f"overall      {overall['accuracy']:.3f} ({overall['correct']}/{overall['n']})" in out
 

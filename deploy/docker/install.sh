@@ -64,11 +64,14 @@ venv() {
 import sys
 
 import onnxruntime
+import onnxruntime_extensions
 
 cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 if cuda != (sys.argv[1] == "gpu"):
     sys.exit(f"the {sys.argv[1]} image got onnxruntime with providers "
              f"{onnxruntime.get_available_providers()}")
+# Text models' string operators: the extensions library loads into this onnxruntime.
+onnxruntime.SessionOptions().register_custom_ops_library(onnxruntime_extensions.get_library_path())
 PY
 }
 

@@ -3,9 +3,9 @@
     python -m onnxserve.examples.sentiment.predict "I love it" "terrible service"
     python -m onnxserve.examples.sentiment.predict --held-out     # accuracy of the served model
 
-Sentences are turned into token ids here, with the vocabulary the model was
-trained with (``<repository>/sentiment/vocabulary.json``), and sent to the
-server as the ``tokens`` input; the ``score`` output is the probability that a
+Sentences are sent as they are, UTF-8 text in the model's BYTES input
+``text`` (one sentence per row): the model tokenizes them itself, with the
+vocabulary it was trained with. The ``score`` output is the probability that a
 sentence is positive. ``--held-out`` scores the held-out test sentences of the
 training split through the server and reports accuracy per source, so the
 served model's accuracy can be compared with the one measured in Keras.
@@ -35,7 +35,6 @@ from onnxserve.examples.sentiment.data import (
     load_uci_folder,
     split_dataset,
 )
-from onnxserve.examples.sentiment.tokenizer import Tokenizer
 
 __all__ = [
     "held_out_accuracy",
@@ -45,7 +44,7 @@ __all__ = [
 ]
 
 MODEL_NAME = "sentiment"
-INPUT_NAME = "tokens"
+INPUT_NAME = "text"
 OUTPUT_NAME = "score"
 MAX_BATCH = 64  # the model's max_batch_size: larger requests are refused
 
@@ -53,7 +52,6 @@ MAX_BATCH = 64  # the model's max_batch_size: larger requests are refused
 def score_sentences(
     client: Client,
     sentences: Sequence[str],
-    tokenizer: Tokenizer,
     *,
     model: str = MODEL_NAME,
 ) -> np.ndarray:
@@ -61,10 +59,9 @@ def score_sentences(
 
     Sent in requests of at most 64 sentences (the model's max_batch_size).
     """
-    tokens = tokenizer.encode(sentences)
     scores = [
-        client.infer(model, {INPUT_NAME: tokens[start : start + MAX_BATCH]})[OUTPUT_NAME]
-        for start in range(0, len(tokens), MAX_BATCH)
+        client.infer(model, {INPUT_NAME: list(sentences[start : start + MAX_BATCH])})[OUTPUT_NAME]
+        for start in range(0, len(sentences), MAX_BATCH)
     ]
     if not scores:
         return np.zeros(0, np.float32)
@@ -72,7 +69,7 @@ def score_sentences(
 
 
 def held_out_accuracy(
-    client: Client, dataset: Dataset, tokenizer: Tokenizer, *, model: str = MODEL_NAME
+    client: Client, dataset: Dataset, *, model: str = MODEL_NAME
 ) -> tuple[dict[str, dict[str, float | int]], np.ndarray]:
     """Accuracy of the served model on the held-out split, per source; and its scores.
 
@@ -80,7 +77,7 @@ def held_out_accuracy(
     the sentences the model never saw (given the same data).
     """
     test = split_dataset(dataset).test
-    scores = score_sentences(client, [s.text for s in test], tokenizer, model=model)
+    scores = score_sentences(client, [s.text for s in test], model=model)
     return accuracy_by_source(test, scores), scores
 
 
@@ -129,8 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--repository",
         type=Path,
         default=example_repository(),
-        help="the model repository the server serves; the vocabulary is read from "
-        "REPOSITORY/sentiment/vocabulary.json (default: %(default)s)",
+        help="the model repository the server serves; --held-out reads what the model was "
+        "trained on from REPOSITORY/sentiment/metrics.json (default: %(default)s)",
     )
     parser.add_argument("--model", default=MODEL_NAME)
     parser.add_argument(
@@ -148,10 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give sentences to score, or --held-out")
 
     entry = args.repository / args.model
-    tokenizer = Tokenizer.load(entry / "vocabulary.json")
     with Client(args.url, timeout=30) as client:
         if args.sentences:
-            scores = score_sentences(client, args.sentences, tokenizer, model=args.model)
+            scores = score_sentences(client, args.sentences, model=args.model)
             for sentence, score in zip(args.sentences, scores, strict=True):
                 print(f"{score:.3f}  {_label(float(score)):<8}  {sentence}")
         if args.held_out:
@@ -160,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except DataError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
-            accuracy, _ = held_out_accuracy(client, dataset, tokenizer, model=args.model)
+            accuracy, _ = held_out_accuracy(client, dataset, model=args.model)
             measured = json.loads((entry / "metrics.json").read_text("utf-8"))
             print(
                 f"held-out accuracy of the served model ({dataset.describe()['name']}), "

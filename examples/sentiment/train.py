@@ -1,25 +1,27 @@
 """Train the seed's sentiment classifier, measure it on held-out sentences, convert it.
 
-The architecture is the article's, layer for layer::
+The architecture is the article's, layer for layer, with the article's
+tokenizer step moved into the model as its first layer::
 
-    Embedding(vocab_size, embedding_dim) -> LSTM(128, return_sequences=True)
+    TextVectorization(max_words, output_sequence_length=50)
+    -> Embedding(vocab_size, embedding_dim) -> LSTM(128, return_sequences=True)
     -> LSTM(128) -> Dense(1, activation="sigmoid")
 
-compiled with binary cross-entropy and Adam. Two things differ from the
-article's snippet, both forced by Keras 3 or serving: ``input_length=`` is
-gone (Keras 3 ignores it), and the model starts with a named int32 Input
-(``tokens``, 50 ids) and names its Dense layer ``score``, so the served model
-has the input and output names a client uses. No ``mask_zero``: masking would
-turn the ONNX LSTMs into a 3-5x slower Loop (see the converter's notes), and
-padding in front already keeps the last steps on the sentence's words.
+compiled with binary cross-entropy and Adam. The model takes sentences (a
+string Input named ``text``, one sentence per row) and names its Dense layer
+``score``; the converter turns it whole into one ONNX model with a BYTES input
+(onnxserve.converter.text), so any caller sends raw text. TextVectorization pads
+at the end; the ids are rotated so that the padding comes first (``pad_in_front``,
+plain keras.ops that convert), as the article's pad_sequences does: the LSTM's
+last steps are then the sentence's own words. No ``mask_zero``: masking would
+turn the ONNX LSTMs into a 3-5x slower Loop (see the converter's notes).
 
 Training stops early on the validation split's loss (the held-out test
 sentences are never looked at until the end), and the accuracy on the held-out
 test sentences is reported per source, as measured: ``metrics.json`` next to
 the model holds it. The entry written is::
 
-    <repository>/sentiment/1/model.onnx, config.pbtxt
-    <repository>/sentiment/vocabulary.json   (the tokenizer)
+    <repository>/sentiment/1/model.onnx, config.pbtxt   (the vocabulary is inside)
     <repository>/sentiment/metrics.json      (held-out accuracy, data, training)
 """
 
@@ -34,22 +36,23 @@ import numpy as np
 
 from onnxserve.examples.common import Say, import_keras, write_json
 from onnxserve.examples.sentiment.data import Dataset, Split, accuracy_by_source, split_dataset
-from onnxserve.examples.sentiment.tokenizer import SEQUENCE_LENGTH, Tokenizer
 
 __all__ = [
     "INPUT_NAME",
     "MODEL_NAME",
     "OUTPUT_NAME",
+    "SEQUENCE_LENGTH",
     "SentimentOptions",
     "build_model",
     "train_sentiment",
 ]
 
 MODEL_NAME = "sentiment"
-INPUT_NAME = "tokens"
+INPUT_NAME = "text"
 OUTPUT_NAME = "score"
-VOCABULARY_FILE = "vocabulary.json"
 METRICS_FILE = "metrics.json"
+#: Token ids per sentence: the first 50 words, padded in front.
+SEQUENCE_LENGTH = 50
 
 
 @dataclass(frozen=True)
@@ -66,25 +69,58 @@ class SentimentOptions:
     quick: bool = False
 
 
-def build_model(vocabulary_size: int, embedding_dim: int = 64) -> Any:
-    """The article's model, with the named input and output a served model needs."""
+def build_model(train_texts: list[str], max_words: int = 5000, embedding_dim: int = 64) -> Any:
+    """The article's model with its tokenizer as the first layer (adapted on ``train_texts``)."""
     keras = import_keras()
-    return keras.Sequential(
-        [
-            keras.Input(shape=(SEQUENCE_LENGTH,), dtype="int32", name=INPUT_NAME),
-            keras.layers.Embedding(vocabulary_size, embedding_dim),
-            keras.layers.LSTM(128, return_sequences=True),
-            keras.layers.LSTM(128),
-            keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_NAME),
-        ],
-        name=MODEL_NAME,
+    vectorize = keras.layers.TextVectorization(
+        max_tokens=max_words, output_sequence_length=SEQUENCE_LENGTH, name="tokenize"
+    )
+    vectorize.adapt(train_texts)
+    text = keras.Input(shape=(1,), dtype="string", name=INPUT_NAME)
+    x = pad_in_front(vectorize(text))
+    x = keras.layers.Embedding(vectorize.vocabulary_size(), embedding_dim)(x)
+    x = keras.layers.LSTM(128, return_sequences=True)(x)
+    x = keras.layers.LSTM(128)(x)
+    score = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_NAME)(x)
+    return keras.Model(text, score, name=MODEL_NAME)
+
+
+def pad_in_front(ids: Any) -> Any:
+    """``[w1 .. wn 0 .. 0]`` -> ``[0 .. 0 w1 .. wn]``: each row rotated by its word count.
+
+    Row b's id at position j is the id at ``(j + n_b) mod L``: the n words end
+    the row. Id 0 is only ever padding (TextVectorization's mask token).
+    """
+    from keras import ops
+
+    words = ops.cast(ops.count_nonzero(ids, axis=1), "int64")
+    positions = ops.expand_dims(ops.arange(SEQUENCE_LENGTH, dtype="int64"), 0)
+    return ops.take_along_axis(
+        ids, ops.mod(positions + ops.expand_dims(words, 1), SEQUENCE_LENGTH), axis=1
     )
 
 
-def _arrays(tokenizer: Tokenizer, sentences: Any) -> tuple[np.ndarray, np.ndarray]:
-    x = tokenizer.encode(s.text for s in sentences)
+def _texts(sentences: Any) -> list[str]:
+    return [s.text for s in sentences]
+
+
+def _batches(
+    sentences: Any, batch_size: int, labels: bool = True, shuffle_seed: int | None = None
+) -> Any:
+    """A tf.data pipeline of (sentences (n, 1), labels (n, 1)): Keras fits strings from one.
+
+    ``shuffle_seed``: the sentences are reshuffled every epoch (fit does not shuffle a
+    dataset), as fit shuffles arrays."""
+    import tensorflow as tf
+
+    text = np.asarray(_texts(sentences), dtype=object).reshape(-1, 1)
+    if not labels:
+        return tf.data.Dataset.from_tensor_slices(text).batch(batch_size)
     y = np.array([[s.label] for s in sentences], dtype=np.float32)
-    return x, y
+    data = tf.data.Dataset.from_tensor_slices((text, y))
+    if shuffle_seed is not None:
+        data = data.shuffle(len(text), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size)
 
 
 def train_sentiment(
@@ -101,22 +137,18 @@ def train_sentiment(
     repository = Path(repository)
     started = time.monotonic()
     split: Split = split_dataset(dataset)
-    tokenizer = Tokenizer.fit((s.text for s in split.train), max_words=options.max_words)
-    x_train, y_train = _arrays(tokenizer, split.train)
-    x_val, y_val = _arrays(tokenizer, split.validation)
-    x_test, _ = _arrays(tokenizer, split.test)
+    model = build_model(_texts(split.train), options.max_words, options.embedding_dim)
+    vocabulary_size = int(model.get_layer("tokenize").vocabulary_size())
     say(
         f"sentiment: {len(split.train)} training, {len(split.validation)} validation, "
-        f"{len(split.test)} held-out sentences; vocabulary {tokenizer.vocabulary_size} ids"
+        f"{len(split.test)} held-out sentences; vocabulary {vocabulary_size} ids"
     )
-
-    model = build_model(tokenizer.vocabulary_size, options.embedding_dim)
     model.compile(loss="binary_crossentropy", optimizer="adam", metrics=["accuracy"])
+    batch = options.batch_size
     if options.quick:
         # Two batches, one epoch: the weights move, the pipeline runs, nothing is learnt.
-        n = 2 * options.batch_size
         history = model.fit(
-            x_train[:n], y_train[:n], epochs=1, batch_size=options.batch_size, verbose=0
+            _batches(split.train[: 2 * batch], batch), epochs=1, verbose=0, shuffle=False
         )
         epochs_run = 1
     else:
@@ -124,21 +156,23 @@ def train_sentiment(
             monitor="val_loss", patience=options.patience, restore_best_weights=True
         )
         history = model.fit(
-            x_train,
-            y_train,
-            validation_data=(x_val, y_val),
+            _batches(split.train, batch, shuffle_seed=options.seed),
+            validation_data=_batches(split.validation, 256),
             epochs=options.epochs,
-            batch_size=options.batch_size,
             callbacks=[stop],
             verbose=2,
+            shuffle=False,  # the dataset reshuffles itself every epoch
         )
         epochs_run = len(history.history["loss"])
     trained_s = time.monotonic() - started
 
-    scores = model.predict(x_test, batch_size=256, verbose=0).reshape(-1)
+    scores = model.predict(_batches(split.test, 256, labels=False), verbose=0).reshape(-1)
     held_out = accuracy_by_source(split.test, scores)
     validation = (
-        accuracy_by_source(split.validation, model.predict(x_val, batch_size=256, verbose=0))
+        accuracy_by_source(
+            split.validation,
+            model.predict(_batches(split.validation, 256, labels=False), verbose=0),
+        )
         if len(split.validation)
         else {}
     )
@@ -149,20 +183,20 @@ def train_sentiment(
         MODEL_NAME,
         version=1,
         max_batch_size=64,
-        dynamic_sequence=False,  # the tokenizer always sends 50 ids
+        sentences=_texts(split.train),  # token ids and scores checked on every one
         progress=say,
     )
     entry = repository / MODEL_NAME
-    tokenizer.save(entry / VOCABULARY_FILE)
     metrics = {
         "model": MODEL_NAME,
         "task": "binary sentiment of English review sentences (score > 0.5: positive)",
-        "architecture": "Embedding -> LSTM(128, return_sequences=True) -> LSTM(128) -> "
-        "Dense(1, sigmoid)",
-        "input": {"name": INPUT_NAME, "datatype": "INT32", "shape": [-1, SEQUENCE_LENGTH]},
+        "architecture": f"TextVectorization({SEQUENCE_LENGTH} ids, padded in front) -> "
+        "Embedding -> LSTM(128, return_sequences=True) -> LSTM(128) -> Dense(1, sigmoid)",
+        "input": {"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1, 1]},
         "output": {"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, 1]},
-        "tokenizer": VOCABULARY_FILE,
-        "vocabulary_size": tokenizer.vocabulary_size,
+        "tokenizer": "inside the model (Keras TextVectorization, lower_and_strip_punctuation, "
+        "whitespace split)",
+        "vocabulary_size": vocabulary_size,
         "data": dataset.describe(),
         "split": split.describe(),
         "training": {
@@ -177,7 +211,11 @@ def train_sentiment(
         f"differ by at most {report.max_abs_difference:.2g} on the converter's checks",
         "conversion": {
             "model_path": str(report.model_path.relative_to(repository)),
-            "max_abs_difference_vs_keras": report.max_abs_difference,
+            "max_abs_difference_vs_keras": max(
+                report.max_abs_difference,
+                report.text_check.max_abs if report.text_check else 0.0,
+            ),
+            "text_check_sentences": report.text_check.sentences if report.text_check else 0,
             "warnings": report.warnings,
         },
     }

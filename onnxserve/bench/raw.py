@@ -19,7 +19,8 @@ import numpy as np
 from onnxserve.bench.results import RawPoint, RawResult
 from onnxserve.bench.workload import ModelInfo, WorkloadError, build_inputs
 from onnxserve.layout import version_folders
-from onnxserve.sessions import CPU_PROVIDER, SessionError, create_session
+from onnxserve.server.model_files import opset_domains
+from onnxserve.sessions import CPU_PROVIDER, SessionError, create_session, needs_extensions
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,11 @@ def _session(model_file: Path, device: str, threads: int) -> object:
     # stderr; errors that stop the session still raise.
     try:
         session = create_session(
-            model_file, providers, intra_op_threads=threads, quiet_providers=True
+            model_file,
+            providers,
+            intra_op_threads=threads,
+            quiet_providers=True,
+            custom_ops=needs_extensions(opset_domains(model_file)),
         )
     except SessionError as exc:
         raise WorkloadError(f"onnxruntime cannot load {model_file.name}: {exc}") from None

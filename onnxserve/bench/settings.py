@@ -66,7 +66,8 @@ class BenchSettings(ConnectionSettings):
         default="random",
         metadata={
             "help": "Request data: random, zero, or a .npz / .json file of arrays by input "
-            "name (with or without the batch dim)",
+            "name (with or without the batch dim), or a .txt file of sentences, one per line, "
+            "for a text model's BYTES input (random: generated sentences of 1-40 words)",
             "metavar": "random|zero|FILE",
             "path": True,
             "keywords": ("random", "zero"),

@@ -12,6 +12,10 @@ each input (the model-level parameter ``onnxserve.input_range.<input>``, which
 the server reports in ModelConfig), else inside 0..99: an Embedding fed ids past
 its vocabulary fails in onnxruntime, and a benchmark of failures measures
 nothing. ``--int-range`` overrides both for every integer input.
+
+BYTES inputs (text models) get generated sentences of 1 to 40 words (random
+words from a small English list, some punctuation and capitals), or the
+sentences of a ``.txt`` file, one per line, rotated over the requests.
 """
 
 from __future__ import annotations
@@ -197,6 +201,22 @@ def integer_range(
     return low, high
 
 
+#: Words of the generated sentences (lengths and letters vary; the vocabulary does not matter).
+_WORD_LIST = (
+    "the a this that service food phone battery movie was is not very really great good bad "
+    "terrible excellent slow fast cold friendly staff price value screen sound acting plot "
+    "ending would recommend never again loved hated it I we they and but so"
+)
+_WORDS = tuple(_WORD_LIST.split(" "))
+_MAX_WORDS = 40
+
+
+def _sentence(rng: np.random.Generator) -> bytes:
+    words = [str(w) for w in rng.choice(_WORDS, size=int(rng.integers(1, _MAX_WORDS + 1)))]
+    words[0] = words[0].capitalize()
+    return (" ".join(words) + str(rng.choice([".", "!", "?", ""]))).encode()
+
+
 def _random_array(
     info: ModelInfo,
     spec: TensorMetadata,
@@ -205,7 +225,7 @@ def _random_array(
     int_range: Sequence[int],
 ) -> np.ndarray:
     if spec.datatype == "BYTES":
-        flat = [str(v).encode() for v in rng.integers(0, 1000, size=int(np.prod(shape)))]
+        flat = [_sentence(rng) for _ in range(int(np.prod(shape)))]
         array = np.empty(len(flat), dtype=object)
         array[:] = flat
         return array.reshape(shape)
@@ -259,6 +279,29 @@ def _load_file(path: Path) -> dict[str, np.ndarray]:
             return {name: np.asarray(value) for name, value in document.items()}
         raise WorkloadError(f"input data file {path}: expected a JSON object of arrays")
     raise WorkloadError(f"input data file {path}: expected a .npz or .json file")
+
+
+def _sentences_file(path: Path, info: ModelInfo) -> dict[str, np.ndarray]:
+    """A .txt file's lines (UTF-8, empty lines kept) as every BYTES input's samples."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise WorkloadError(f"input data file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkloadError(f"input data file {path} cannot be read as UTF-8: {exc}") from None
+    if not lines:
+        raise WorkloadError(f"input data file {path} holds no sentences")
+    arrays = {}
+    for spec in info.inputs:
+        if spec.datatype != "BYTES" or int(np.prod(spec.shape)) != 1:
+            raise WorkloadError(
+                f"a .txt file gives sentences to BYTES inputs of one element per sample; "
+                f"input '{spec.name}' is {spec.datatype} {list(spec.shape)} (use .npz or .json)"
+            )
+        sentences = np.empty(len(lines), dtype=object)
+        sentences[:] = [line.encode("utf-8") for line in lines]
+        arrays[spec.name] = sentences.reshape(-1, *spec.shape)
+    return arrays
 
 
 def _from_file(
@@ -333,7 +376,8 @@ def build_inputs(
                 )
             requests.append(arrays)
         return requests
-    data = _load_file(Path(source))
+    path = Path(source)
+    data = _sentences_file(path, info) if path.suffix == ".txt" else _load_file(path)
     per_input = {spec.name: _from_file(spec, data, batch) for spec in info.inputs}
     n = min(count, *(len(v) for v in per_input.values()))
     return [{name: arrays[i] for name, arrays in per_input.items()} for i in range(n)]
