@@ -17,7 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
-from onnxserve.server.batching.executor import BatchExecutor, ExecutedBatch
+from onnxserve.server.batching.executor import ExecutedBatch, executor_for
 from onnxserve.server.errors import RequestTimeout
 from onnxserve.server.inference import DecodedRequest
 from onnxserve.server.model import ModelVersion
@@ -42,7 +42,7 @@ class DirectScheduler:
 
     def __init__(self, model: ModelVersion) -> None:
         self._model = model
-        self._executor = BatchExecutor(model)
+        self._executor = executor_for(model)
         self._threads = ThreadPoolExecutor(
             max_workers=model.instance_count, thread_name_prefix=f"ort-{model.name}"
         )
