@@ -228,10 +228,10 @@ def complete_ensemble_config(declared: mc.ModelConfig, name: str) -> mc.ModelCon
     done.CopyFrom(declared)
     done.name = name
     check_declared_tensors(done, name, "ensemble")
-    if done.HasField("dynamic_batching") or done.instance_group:
+    if done.instance_group:
         raise ConfigError(
-            f"model '{name}': an ensemble has no dynamic_batching or instance_group of its own; "
-            "its steps are batched by their models' schedulers"
+            f"model '{name}': an ensemble has no instance_group of its own (nor a "
+            "dynamic_batching); its steps run on their models' instances and schedulers"
         )
     if not done.HasField("version_policy"):
         done.version_policy.latest.num_versions = 1

@@ -25,7 +25,7 @@ LABELS = ("zero", "one", "two", "three")
 
 
 def python_model(root: Path, name: str, source: str, config: str, version: int = 1) -> Path:
-    """``<root>/<name>/<version>/model.py`` from tests/support/pymodels/<source>.py, and its config."""
+    """``<root>/<name>/<version>/model.py`` from pymodels/<source>.py, and its config."""
     folder = root / name
     (folder / str(version)).mkdir(parents=True, exist_ok=True)
     shutil.copy(SOURCES / f"{source}.py", folder / str(version) / "model.py")

@@ -53,9 +53,11 @@ def main() -> None:
 
     def judge(value: float) -> dict[str, Any]:
         return _call(
-            lambda: client.infer("judge", [_input("INPUT0", np.array([[value]], np.float32))])
-            .as_numpy("OUTPUT0")
-            .tolist()
+            lambda: (
+                client.infer("judge", [_input("INPUT0", np.array([[value]], np.float32))])
+                .as_numpy("OUTPUT0")
+                .tolist()
+            )
         )
 
     seen["judge"] = {str(v): judge(v) for v in (2.0, -1.0, 13.0)}
