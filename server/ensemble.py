@@ -104,7 +104,7 @@ def plan_ensemble(
     produced: dict[str, tuple[str, TensorSpec, bool, int]] = {}
     for step in steps:
         signature = signatures[step.index]
-        for output, tensor in step.output_map.items():
+        for output, tensor in sorted(step.output_map.items()):
             spec = signature.outputs.get(output)
             if spec is None:
                 raise ConfigError(
@@ -138,14 +138,15 @@ def plan_ensemble(
                     f"'{step.model_name}' unmapped (input_map {{ key: \"{model_input}\" value: "
                     '"<ensemble tensor>" })'
                 )
-        for model_input, tensor in step.input_map.items():
-            spec = signature.inputs.get(model_input)
-            if spec is None:
+        for model_input in sorted(step.input_map):  # a map: no order of its own
+            if model_input not in signature.inputs:
                 raise ConfigError(
                     f"{where}: {step.label} input_map names '{model_input}', which is not an "
                     f"input of model '{step.model_name}' (its inputs: "
                     f"{', '.join(signature.inputs)})"
                 )
+        for model_input, spec in signature.inputs.items():  # in the model's order
+            tensor = step.input_map[model_input]
             if tensor in own_inputs:
                 source_label, source, source_batches = (
                     "ensemble input",

@@ -2,10 +2,11 @@
 
 A frame is one pickled message (protocol 5) whose numpy arrays travel out of
 band: ``<u32 header length><header: u64 payload length, u32 buffer count,
-u64 per buffer><payload><buffers...>``, written with one ``sendmsg`` of all the
-parts and read with ``recv_into`` straight into the arrays' final memory, so
-an array is copied once into the kernel and once out of it, never through
-pickle. Arrays arrive writable (backed by their own bytearray).
+u64 per buffer><payload><buffers...>`` (each buffer 64-byte aligned in the
+body), written with one ``sendmsg`` of all the parts and read with one
+``recv_into`` of the whole body, which the arrays then view: an array is
+copied once into the kernel and once out of it, never through pickle, and a
+batch of 64 small requests costs two reads, not 66. Arrays arrive writable.
 
 Why a socket pair and not shared memory, as Triton's stub uses: measured
 (benchmarks/python_ipc.py, on this 2-core machine, shared with other jobs),
@@ -31,11 +32,17 @@ import pickle
 import socket
 import struct
 import threading
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 # A frame larger than this is refused (a bug or a corrupt stream, not a batch).
 MAX_FRAME_BYTES = 1 << 34
 _LENGTH = struct.Struct("<I")
+# Arrays start at multiples of this in a frame's body (cache lines; any dtype's alignment).
+ALIGNMENT = 64
+_PADDING = bytes(ALIGNMENT)
 
 
 # What a restricted reader lets a frame name: numpy arrays, dtypes and scalars.
@@ -66,6 +73,41 @@ class ChannelClosed(Exception):
     """The other side closed the socket (its process exited) or sent a broken frame."""
 
 
+# Numeric kinds whose arrays travel as (dtype, shape, raw buffer): bool, ints, floats.
+_PACKED_KINDS = frozenset("biuf")
+
+
+def pack(arrays: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Tensors by name, in the form a frame carries them cheaply.
+
+    A numeric array becomes ``(dtype, shape, PickleBuffer)``: its bytes go out
+    of band and pickling it costs a tuple, where numpy's own pickling took
+    about 3 us per array (measured: 64 one-row arrays, 170 us against 25 us).
+    Others (BYTES object arrays, bfloat16) are pickled as arrays.
+    """
+    packed: dict[str, Any] = {}
+    for name, array in arrays.items():
+        value = np.asarray(array)
+        if value.dtype.kind in _PACKED_KINDS and value.dtype.isnative:
+            value = np.ascontiguousarray(value)
+            packed[name] = (value.dtype.str, value.shape, pickle.PickleBuffer(value))
+        else:
+            packed[name] = value
+    return packed
+
+
+def unpack(packed: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The arrays of :func:`pack`, viewing the frame's buffer (writable, no copy)."""
+    arrays: dict[str, np.ndarray] = {}
+    for name, value in packed.items():
+        if isinstance(value, tuple):
+            dtype, shape, buffer = value
+            arrays[name] = np.frombuffer(buffer, dtype=np.dtype(dtype)).reshape(shape)
+        else:
+            arrays[name] = value
+    return arrays
+
+
 class Channel:
     """One end of the socket pair: ``send(message)`` and ``receive()``, thread-safe sends."""
 
@@ -84,7 +126,14 @@ class Channel:
         header = struct.pack(
             f"<QI{len(raws)}Q", len(payload), len(raws), *(raw.nbytes for raw in raws)
         )
-        parts: list[bytes | memoryview] = [_LENGTH.pack(len(header)), header, payload, *raws]
+        parts: list[bytes | memoryview] = [_LENGTH.pack(len(header)), header, payload]
+        offset = len(payload)
+        for raw in raws:  # each array starts ALIGNMENT-aligned in the frame's body
+            padding = -offset % ALIGNMENT
+            if padding:
+                parts.append(_PADDING[:padding])
+            parts.append(raw)
+            offset += padding + raw.nbytes
         with self._send_lock:
             try:
                 self._send_all(parts)
@@ -132,8 +181,19 @@ class Channel:
         lengths = struct.unpack_from(f"<{count}Q", header, 12)
         if payload_length + sum(lengths) > MAX_FRAME_BYTES:
             raise ChannelClosed("the other process sent a frame larger than any batch")
-        payload = self._receive(payload_length)
-        buffers = [self._receive(length) for length in lengths]
+        # The payload and every array in one read, into one buffer the arrays then view.
+        starts = []
+        offset = payload_length
+        for length in lengths:
+            offset += -offset % ALIGNMENT
+            starts.append(offset)
+            offset += length
+        body = self._receive(offset)
+        view = memoryview(body)
+        payload = view[:payload_length]
+        buffers = [
+            view[start : start + length] for start, length in zip(starts, lengths, strict=True)
+        ]
         try:
             if self._restricted:
                 return _RestrictedUnpickler(io.BytesIO(payload), buffers=buffers).load()

@@ -44,7 +44,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 
@@ -56,6 +55,7 @@ from onnxserve.server.config import check_declared_tensors, complete_defaults, t
 from onnxserve.server.errors import ConfigError, ModelExecutionError, ModelUnavailable, ServerError
 from onnxserve.server.inference import DecodedRequest, ModelSignature
 from onnxserve.server.input_ranges import declared_ranges
+from onnxserve.server.python_models.ipc import pack, unpack
 from onnxserve.server.python_models.process import BlsHandler, StubCrashed, StubProcess
 from onnxserve.server.statistics import ExecutionTiming, VersionStatistics
 from onnxserve.server.triton_errors import error_for_code
@@ -335,7 +335,7 @@ class PythonBatchExecutor(BatchExecutor):
             {
                 "id": r.id,
                 "model_name": model.name,
-                "inputs": r.inputs,
+                "inputs": pack(r.inputs),
                 "outputs": list(r.output_names),
                 "parameters": {},
             }
@@ -383,7 +383,7 @@ class PythonBatchExecutor(BatchExecutor):
         if outcome[0] == "error":
             _, message, code = outcome
             return error_for_code(int(code), str(message))
-        produced: dict[str, np.ndarray] = outcome[1]
+        produced = unpack(outcome[1])
         outputs = {}
         for output in request.output_names:
             array = produced.get(output)

@@ -153,9 +153,9 @@ class Tensor:
         return f"Tensor({self._name!r}, shape={self.shape()}, dtype={self._array.dtype})"
 
 
-# The stub installs the function that sends a BLS call to the server and
-# returns a concurrent.futures.Future of (outputs by name, error message, code).
-_bls_sender: Callable[[InferenceRequest], Any] | None = None
+# The stub installs the function that sends a BLS call to the server: given
+# wait=True it returns the InferenceResponse, else a concurrent.futures.Future of it.
+_bls_sender: Callable[[InferenceRequest, bool], Any] | None = None
 
 
 class InferenceRequest:
@@ -223,22 +223,23 @@ class InferenceRequest:
             "return one InferenceResponse per request from execute"
         )
 
-    def _send(self, decoupled: bool) -> Any:
+    def _send(self, decoupled: bool, wait: bool) -> Any:
         if decoupled:
             raise TritonModelException("decoupled BLS calls are not served by onnxserve")
         if _bls_sender is None:
             raise TritonModelException("BLS calls can only be made while the model runs")
-        return _bls_sender(self)
+        return _bls_sender(self, wait)
 
     def exec(self, decoupled: bool = False) -> InferenceResponse:
         """Call ``model_name`` through the server's scheduler and wait for its answer."""
-        return self._send(decoupled).result()
+        response: InferenceResponse = self._send(decoupled, True)
+        return response
 
     def async_exec(self, decoupled: bool = False) -> Any:
         """The same, as an awaitable (for ``async def execute``)."""
         import asyncio
 
-        return asyncio.wrap_future(self._send(decoupled))
+        return asyncio.wrap_future(self._send(decoupled, False))
 
 
 class InferenceResponse:

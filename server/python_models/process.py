@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from onnxserve.server.python_models.ipc import Channel, ChannelClosed
+from onnxserve.server.python_models.ipc import Channel, ChannelClosed, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,14 @@ class StubProcess:
             if message[0] != "bls":
                 return tuple(message)
             _, call, fields = message
+            fields["inputs"] = unpack(fields["inputs"])
             bls(call, fields, self._bls_replier(call))
 
     def _bls_replier(self, call: int) -> Callable[[Any, Any, int], None]:
         def reply(outputs: Any, error: Any, code: int) -> None:
             with contextlib.suppress(ChannelClosed):  # the process died meanwhile
-                self._channel.send(("bls_response", call, outputs, error, code))
+                packed = pack(outputs) if outputs is not None else None
+                self._channel.send(("bls_response", call, packed, error, code))
 
         return reply
 

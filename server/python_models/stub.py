@@ -11,10 +11,12 @@ importable (this package's :mod:`.pb_utils`), then serves the server's frames
 - ``("finalize",)`` -> ``("finalized", message or None)``, then the process exits.
 
 While ``execute`` runs, a BLS call sends ``("bls", call, request)`` and the
-server answers ``("bls_response", call, outputs, message, code)``; a reader
-thread takes every frame off the socket, so ``async_exec`` calls may be in
-flight together. When the server goes away the socket closes and this
-process exits: it never outlives the server.
+server answers ``("bls_response", call, outputs, message, code)``. The main
+thread reads the socket itself between batches and while ``exec()`` waits (a
+hand-off to a reader thread cost a thread switch per batch); a helper thread
+reads only while ``async_exec`` calls are in flight, so several may be out at
+once. When the server goes away the socket closes and this process exits: it
+never outlives the server.
 """
 
 from __future__ import annotations
@@ -38,44 +40,76 @@ from typing import Any
 import numpy as np
 
 from onnxserve.server.python_models import pb_utils
-from onnxserve.server.python_models.ipc import Channel, ChannelClosed
+from onnxserve.server.python_models.ipc import Channel, ChannelClosed, pack, unpack
 
 log = logging.getLogger("onnxserve.python_model")
 MODULE_NAME = "triton_python_backend_utils"
 
 
 class _Stub:
+    """The model's process. Whoever waits for a frame reads the socket (see read_frame)."""
+
     def __init__(self, channel: Channel) -> None:
         self._channel = channel
         self._commands: queue.Queue[Any] = queue.Queue()
         self._calls: dict[int, concurrent.futures.Future[pb_utils.InferenceResponse]] = {}
         self._call_ids = itertools.count(1)
         self._lock = threading.Lock()
+        # Held by the thread reading the socket: the main thread between batches and
+        # during exec(); the helper thread while async_exec calls are in flight.
+        self._reading = threading.Lock()
+        self._helping = False
         self._model: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- frames ---------------------------------------------------------------------------
 
-    def read_frames(self) -> None:
-        """The reader thread: BLS answers resolve their futures, the rest is a command."""
+    def _read_one(self) -> None:
+        """Read one frame (holding ``_reading``): resolve a BLS call, or queue a command."""
         try:
-            while True:
-                message = self._channel.receive()
-                if message[0] == "bls_response":
-                    _, call, outputs, error, code = message
-                    with self._lock:
-                        future = self._calls.pop(call, None)
-                    if future is not None:
-                        future.set_result(_bls_response(outputs, error, code))
-                else:
-                    self._commands.put(message)
+            message = self._channel.receive()
         except ChannelClosed:
             os._exit(0)  # the server is gone: so is its model
+        if message[0] == "bls_response":
+            _, call, outputs, error, code = message
+            with self._lock:
+                future = self._calls.pop(call, None)
+            if future is not None:
+                future.set_result(_bls_response(outputs, error, code))
+        else:
+            self._commands.put(message)
 
-    def send_bls(self, request: pb_utils.InferenceRequest) -> concurrent.futures.Future[Any]:
+    def _read_until(self, done: Any) -> None:
+        """Read frames in this thread until ``done()``; another reader may hold the socket."""
+        while not done():
+            if self._reading.acquire(timeout=0.01):
+                try:
+                    if not done():
+                        self._read_one()
+                finally:
+                    self._reading.release()
+
+    def next_command(self) -> Any:
+        """The main thread between batches: read the socket itself (no thread hand-off)."""
+        self._read_until(lambda: not self._commands.empty())
+        return self._commands.get_nowait()
+
+    def _help(self) -> None:
+        """The helper thread: read while async_exec calls are in flight, then stop."""
+        while True:
+            with self._lock:
+                if not self._calls:
+                    self._helping = False
+                    return
+            self._read_until(lambda: not self._calls or self._commands.qsize() > 0)
+            if self._commands.qsize() > 0 and self._calls:
+                time.sleep(0.001)  # the main thread takes its command; the calls go on
+
+    def send_bls(self, request: pb_utils.InferenceRequest, wait: bool) -> Any:
+        """Send a BLS call; its response (``wait``: exec) or a future of it (async_exec)."""
         future: concurrent.futures.Future[pb_utils.InferenceResponse] = concurrent.futures.Future()
         call = next(self._call_ids)
-        inputs = {tensor.name(): tensor.as_numpy() for tensor in request.inputs()}
+        inputs = pack({tensor.name(): tensor.as_numpy() for tensor in request.inputs()})
         with self._lock:
             self._calls[call] = future
         self._channel.send(
@@ -92,13 +126,21 @@ class _Stub:
                 },
             )
         )
+        if wait:
+            self._read_until(future.done)
+            return future.result()
+        with self._lock:
+            start = not self._helping
+            self._helping = True
+        if start:
+            threading.Thread(target=self._help, name="bls-reader", daemon=True).start()
         return future
 
     # -- commands -------------------------------------------------------------------------
 
     def serve(self) -> None:
         while True:
-            message = self._commands.get()
+            message = self.next_command()
             kind = message[0]
             if kind == "initialize":
                 self._channel.send(self._initialize(Path(message[1]), message[2]))
@@ -143,7 +185,9 @@ class _Stub:
         batch = [
             pb_utils.InferenceRequest(
                 model_name=r["model_name"],
-                inputs=[pb_utils.Tensor(name, array) for name, array in r["inputs"].items()],
+                inputs=[
+                    pb_utils.Tensor(name, array) for name, array in unpack(r["inputs"]).items()
+                ],
                 requested_output_names=r["outputs"],
                 request_id=r["id"],
                 parameters=r["parameters"],
@@ -192,8 +236,8 @@ def _outcome(response: Any) -> tuple[Any, ...]:
     for tensor in response.output_tensors():
         if not isinstance(tensor, pb_utils.Tensor):
             return ("error", f"an output is {type(tensor).__name__}, not a pb_utils.Tensor", 1)
-        outputs[tensor.name()] = np.ascontiguousarray(tensor.as_numpy())
-    return ("ok", outputs)
+        outputs[tensor.name()] = tensor.as_numpy()
+    return ("ok", pack(outputs))
 
 
 def _bls_response(
@@ -202,7 +246,7 @@ def _bls_response(
     if error is not None:
         return pb_utils.InferenceResponse(error=pb_utils.TritonError(error, code))
     return pb_utils.InferenceResponse(
-        [pb_utils.Tensor(name, array) for name, array in (outputs or {}).items()]
+        [pb_utils.Tensor(name, array) for name, array in unpack(outputs or {}).items()]
     )
 
 
@@ -218,7 +262,6 @@ def main() -> None:
     stub = _Stub(channel)
     pb_utils._bls_sender = stub.send_bls
     sys.modules[MODULE_NAME] = pb_utils
-    threading.Thread(target=stub.read_frames, name="frames", daemon=True).start()
     stub.serve()
 
 
