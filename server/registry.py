@@ -232,7 +232,7 @@ class ModelRegistry:
         """Start the model's instance processes (each runs its initialize) off the event loop."""
         loop = asyncio.get_running_loop()
         config = complete_python_config(source.config, source.name)
-        check_requirements(path.parent.parent, source.name)
+        check_requirements(path.parent.parent, source.name, self.repository.resolve())
         model = PythonModel(source.name, version, config, path, self.caller.bls_handler(loop))
         await loop.run_in_executor(None, model.start)
 

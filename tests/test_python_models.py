@@ -288,6 +288,17 @@ def test_bad_ensembles_and_python_models_are_refused_by_name(tmp_path: Path) -> 
         "class TritonPythonModel:\n    def initialize(self, args):\n"
         "        raise ImportError('no module named tokenizers')\n"
     )
+    # Packages the operator installed into the model's folder (pip install --target).
+    own = python_model(tmp_path, "own_packages", "judge", JUDGE_CONFIG)
+    (own / "requirements.txt").write_text("fakedist>=1.0\n")
+    packages = own / "site-packages"
+    (packages / "fakedist-1.2.dist-info").mkdir(parents=True)
+    (packages / "fakedist-1.2.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fakedist\nVersion: 1.2\n"
+    )
+    (packages / "fakedist.py").write_text("ANSWER = 42\n")
+    source = (own / "1" / "model.py").read_text()
+    (own / "1" / "model.py").write_text("import fakedist\n" + source)
     expected["no_tensors"] = "must declare its inputs and outputs in config.pbtxt"
     expected["needs_packages"] = "no-such-distribution-here>=1.0 (not installed)"
     expected["broken"] = "initialize raised ImportError: no module named tokenizers"
@@ -301,6 +312,9 @@ def test_bad_ensembles_and_python_models_are_refused_by_name(tmp_path: Path) -> 
             assert fragment in index[name].reason, (name, index[name].reason)
             assert str(tmp_path) not in index[name].reason
         assert index["adder"].state == index["tokenizer"].state == "READY"
+        assert index["own_packages"].state == "READY", index["own_packages"].reason
+        answer = client.infer("own_packages", {"INPUT0": np.array([[2.0]], np.float32)})
+        assert float(answer["OUTPUT0"][0, 0]) == 4.0
 
 
 def test_explicit_mode_loads_python_models_only_when_the_operator_allows(tmp_path: Path) -> None:

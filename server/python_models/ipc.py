@@ -140,8 +140,8 @@ class Channel:
             except OSError as exc:
                 raise ChannelClosed(f"the other process went away ({exc.strerror})") from None
             finally:
-                for buffer in buffers:
-                    buffer.release()
+                for raw in raws:  # our views; the PickleBuffers belong to the message
+                    raw.release()
 
     def _send_all(self, parts: list[bytes | memoryview]) -> None:
         total = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)

@@ -3,27 +3,47 @@
 The server never installs anything (no network at load time, and a model
 repository must not be able to change the server's environment). A model that
 needs packages lists them, pip's format, in ``requirements.txt`` beside its
-config.pbtxt; the operator installs them into the server's environment when
-building the image (``pip install -r <repo>/<model>/requirements.txt``). At
-load, every listed distribution must be installed at a version the line
-allows, else the model is UNAVAILABLE with the missing ones named, instead of
-failing later inside ``initialize`` with an ImportError.
+config.pbtxt, and the operator installs them where the model finds them,
+before the server loads it, either
+
+- into the model's own folder: ``pip install --target <repo>/<model>/site-packages
+  -r <repo>/<model>/requirements.txt`` (the model's process puts that folder
+  first on ``sys.path``; the server image has no pip and needs none), or
+- into the server's environment, when building a derived image.
+
+At load, every listed distribution must be installed (in either place) at a
+version the line allows, else the model is UNAVAILABLE with the missing ones
+named, instead of failing later inside ``initialize`` with an ImportError.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
 from packaging.requirements import InvalidRequirement, Requirement
 
 from onnxserve.server.errors import ConfigError
+from onnxserve.server.model_files import resolve_inside
 
 REQUIREMENTS_FILENAME = "requirements.txt"
+#: A model's own packages (``pip install --target``), first on its process's sys.path.
+PACKAGES_FOLDER = "site-packages"
 
 
-def unmet_requirements(text: str) -> list[str]:
-    """The lines of a requirements file that the installed distributions do not satisfy."""
+def _installed(name: str, paths: Sequence[str]) -> str | None:
+    for distribution in metadata.distributions(name=name, path=[*paths, *sys.path]):
+        return str(distribution.version)
+    return None
+
+
+def unmet_requirements(text: str, paths: Sequence[str] = ()) -> list[str]:
+    """The lines of a requirements file that the installed distributions do not satisfy.
+
+    ``paths``: folders searched before the server's own (a model's site-packages).
+    """
     unmet = []
     for raw in text.splitlines():
         line = raw.split("#", 1)[0].strip()
@@ -39,9 +59,8 @@ def unmet_requirements(text: str) -> list[str]:
             continue
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
-        try:
-            installed = metadata.version(requirement.name)
-        except metadata.PackageNotFoundError:
+        installed = _installed(requirement.name, paths)
+        if installed is None:
             unmet.append(f"{line} (not installed)")
             continue
         if requirement.specifier and not requirement.specifier.contains(
@@ -51,16 +70,27 @@ def unmet_requirements(text: str) -> list[str]:
     return unmet
 
 
-def check_requirements(model_folder: Path, model_name: str) -> None:
-    """Raise ConfigError naming what ``<model>/requirements.txt`` asks for and is missing."""
+def check_requirements(model_folder: Path, model_name: str, root: Path) -> None:
+    """Raise ConfigError naming what ``<model>/requirements.txt`` asks for and is missing.
+
+    A ``site-packages`` folder of the model must stay inside the repository ``root``.
+    """
+    packages = model_folder / PACKAGES_FOLDER
+    paths = []
+    if packages.exists():
+        if resolve_inside(packages, root) is None:
+            raise ConfigError(
+                f"model '{model_name}': {PACKAGES_FOLDER} leads outside the repository"
+            )
+        paths.append(str(packages))
     listing = model_folder / REQUIREMENTS_FILENAME
     if not listing.is_file():
         return
-    unmet = unmet_requirements(listing.read_text(encoding="utf-8", errors="replace"))
+    unmet = unmet_requirements(listing.read_text(encoding="utf-8", errors="replace"), paths)
     if unmet:
         raise ConfigError(
-            f"model '{model_name}': {REQUIREMENTS_FILENAME} asks for packages this server's "
-            f"environment lacks: {'; '.join(unmet)}. The server installs nothing; install them "
-            f"into its environment (pip install -r {model_name}/{REQUIREMENTS_FILENAME}) and "
-            "load the model again"
+            f"model '{model_name}': {REQUIREMENTS_FILENAME} asks for packages that are not "
+            f"installed: {'; '.join(unmet)}. The server installs nothing; install them "
+            f"(pip install --target {model_name}/{PACKAGES_FOLDER} -r "
+            f"{model_name}/{REQUIREMENTS_FILENAME}) and load the model again"
         )

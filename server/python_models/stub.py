@@ -41,6 +41,7 @@ import numpy as np
 
 from onnxserve.server.python_models import pb_utils
 from onnxserve.server.python_models.ipc import Channel, ChannelClosed, pack, unpack
+from onnxserve.server.python_models.requirements import PACKAGES_FOLDER
 
 log = logging.getLogger("onnxserve.python_model")
 MODULE_NAME = "triton_python_backend_utils"
@@ -153,6 +154,9 @@ class _Stub:
     def _initialize(self, model_file: Path, args: dict[str, str]) -> tuple[Any, ...]:
         try:
             sys.path.insert(0, str(model_file.parent))
+            packages = model_file.parent.parent / PACKAGES_FOLDER
+            if packages.is_dir():  # the model's own packages (pip install --target)
+                sys.path.insert(0, str(packages))
             spec = importlib.util.spec_from_file_location("model", model_file)
             if spec is None or spec.loader is None:
                 return ("error", f"{model_file.name} cannot be imported")
