@@ -334,3 +334,7 @@ def test_explicit_mode_loads_python_models_only_when_the_operator_allows(tmp_pat
         assert client.infer("add_sub", {"INPUT0": a, "INPUT1": a})["OUTPUT0"].tolist() == [2.0] * 4
         client.unload_model("add_sub")
         assert not client.is_model_ready("add_sub")
+        deadline = time.monotonic() + 10
+        while "Cleaning up..." not in running.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "Cleaning up..." in running.log()  # add_sub's finalize() ran at unload
