@@ -22,7 +22,7 @@ import numpy as np
 
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.config import TensorSpec
-from onnxserve.server.errors import ConfigError, InvalidInput
+from onnxserve.server.errors import ConfigError
 from onnxserve.server.inference import DecodedRequest, ModelSignature
 from onnxserve.server.model_files import resolve_inside
 
@@ -48,24 +48,6 @@ def read_labels(
             raise ConfigError(f"{where}: label_filename '{name}' is missing from the model folder")
         labels[output.name] = tuple(path.read_text(encoding="utf-8", errors="replace").splitlines())
     return labels
-
-
-def check_request(signature: ModelSignature, counts: Mapping[str, int]) -> None:
-    """Refuse a classification a model cannot answer (raised as InvalidInput)."""
-    for name, count in counts.items():
-        spec = signature.outputs.get(name)
-        if spec is None:
-            raise InvalidInput(
-                f"unknown output '{name}' requested from model '{signature.name}'; "
-                f"its outputs are {', '.join(signature.outputs)}"
-            )
-        if spec.datatype in ("BYTES", "BOOL"):
-            raise InvalidInput(
-                f"output '{name}' of model '{signature.name}' is {spec.datatype}: only numeric "
-                "outputs can be classified"
-            )
-        if count < 1:
-            raise InvalidInput(f"output '{name}': classification must be a positive count")
 
 
 def _value(number: float) -> str:

@@ -39,6 +39,7 @@ from onnxserve.server.caller import ModelCaller
 from onnxserve.server.config import TensorSpec, check_declared_tensors, tensor_specs
 from onnxserve.server.errors import ConfigError, ModelNotFound, ModelUnavailable, ServerError
 from onnxserve.server.inference import DecodedRequest, ModelSignature
+from onnxserve.server.model import metadata_of, signature_of
 from onnxserve.server.statistics import ExecutionTiming, VersionStatistics
 
 ENSEMBLE_PLATFORM = "ensemble"
@@ -255,24 +256,10 @@ class EnsembleModel:
         self.config = config
         self.steps = steps
         self.statistics = VersionStatistics()
-        self.signature = ModelSignature(
-            name=name,
-            inputs={t.name: t for t in tensor_specs(config.input)},
-            outputs={t.name: t for t in tensor_specs(config.output)},
-            max_batch_size=config.max_batch_size,
-            bytes_as_text=False,
-        )
+        self.signature = signature_of(name, config, bytes_as_text=False)
 
     def metadata(self, versions: Sequence[str]) -> pb.ModelMetadataResponse:
-        lead = [-1] if self.signature.batchable else []
-        response = pb.ModelMetadataResponse(
-            name=self.name, versions=list(versions), platform=ENSEMBLE_PLATFORM
-        )
-        for spec in self.signature.inputs.values():
-            response.inputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
-        for spec in self.signature.outputs.values():
-            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
-        return response
+        return metadata_of(self.signature, versions, ENSEMBLE_PLATFORM)
 
 
 class EnsembleScheduler:

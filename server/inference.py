@@ -267,6 +267,30 @@ def _as_text(array: np.ndarray, name: str) -> np.ndarray:
     return out.reshape(array.shape)
 
 
+def _checked_values(array: np.ndarray, spec: TensorSpec, model: ModelSignature) -> np.ndarray:
+    """BYTES elements as the model takes them (str or bytes), integers within their range."""
+    if spec.datatype == "BYTES":
+        array = _as_text(array, spec.name) if model.bytes_as_text else _as_bytes(array)
+    bounds = model.input_ranges.get(spec.name)
+    if bounds is not None:
+        _check_range(array, spec.name, bounds, model)
+    return array
+
+
+def _check_complete(
+    model: ModelSignature, inputs: Mapping[str, np.ndarray], batch_sizes: Mapping[str, int]
+) -> None:
+    """Every input given, all with one batch size."""
+    missing = [name for name in model.inputs if name not in inputs]
+    if missing:
+        raise InvalidInput(
+            f"model '{model.name}' needs input(s) {', '.join(missing)} which the request lacks"
+        )
+    if len(set(batch_sizes.values())) > 1:
+        sizes = ", ".join(f"{n}: {b}" for n, b in batch_sizes.items())
+        raise InvalidInput(f"inputs disagree on the batch size ({sizes}); they must share it")
+
+
 def decode_request(
     request: pb.ModelInferRequest, model: ModelSignature, version: str
 ) -> DecodedRequest:
@@ -313,20 +337,8 @@ def decode_parsed(request: ParsedRequest, model: ModelSignature, version: str) -
                 )
         except codec.CodecError as exc:
             raise InvalidInput(f"input '{name}': {exc}") from None
-        if spec.datatype == "BYTES" and model.bytes_as_text:
-            array = _as_text(array, name)
-        bounds = model.input_ranges.get(name)
-        if bounds is not None:
-            _check_range(array, name, bounds, model)
-        inputs[name] = array
-    missing = [name for name in model.inputs if name not in inputs]
-    if missing:
-        raise InvalidInput(
-            f"model '{model.name}' needs input(s) {', '.join(missing)} which the request lacks"
-        )
-    if len(set(batch_sizes.values())) > 1:
-        sizes = ", ".join(f"{n}: {b}" for n, b in batch_sizes.items())
-        raise InvalidInput(f"inputs disagree on the batch size ({sizes}); they must share it")
+        inputs[name] = _checked_values(array, spec, model)
+    _check_complete(model, inputs, batch_sizes)
     if request.output_names:
         output_names = []
         for requested in request.output_names:
@@ -384,6 +396,8 @@ def _classification(asked: Mapping[str, Parameter], model: ModelSignature) -> di
 def _as_bytes(array: np.ndarray) -> np.ndarray:
     """BYTES elements as bytes (str elements encoded as UTF-8), for Python models."""
     flat = array.reshape(-1)
+    if array.dtype == object and all(isinstance(element, bytes) for element in flat):
+        return array
     out = np.empty(flat.shape, dtype=object)
     for index, element in enumerate(flat):
         out[index] = element if isinstance(element, bytes) else str(element).encode("utf-8")
@@ -425,18 +439,8 @@ def decode_arrays(
                 f"{spec.datatype}"
             )
         batch_sizes[name] = _check_shape(spec, array.shape, model)
-        if spec.datatype == "BYTES":
-            array = _as_text(array, name) if model.bytes_as_text else _as_bytes(array)
-        bounds = model.input_ranges.get(name)
-        if bounds is not None:
-            _check_range(array, name, bounds, model)
-        checked[name] = array
-    missing = [name for name in model.inputs if name not in checked]
-    if missing:
-        raise InvalidInput(f"model '{model.name}' needs input(s) {', '.join(missing)}")
-    if len(set(batch_sizes.values())) > 1:
-        sizes = ", ".join(f"{n}: {b}" for n, b in batch_sizes.items())
-        raise InvalidInput(f"inputs disagree on the batch size ({sizes}); they must share it")
+        checked[name] = _checked_values(array, spec, model)
+    _check_complete(model, checked, batch_sizes)
     for requested in output_names:
         if requested not in model.outputs:
             raise InvalidInput(

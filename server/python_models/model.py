@@ -51,10 +51,10 @@ from onnxserve.protocol import codec
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.batching.executor import BatchExecutor, ExecutedBatch, Outcome
-from onnxserve.server.config import check_declared_tensors, complete_defaults, tensor_specs
+from onnxserve.server.config import check_declared_tensors, complete_defaults
 from onnxserve.server.errors import ConfigError, ModelExecutionError, ModelUnavailable, ServerError
-from onnxserve.server.inference import DecodedRequest, ModelSignature
-from onnxserve.server.input_ranges import declared_ranges
+from onnxserve.server.inference import DecodedRequest
+from onnxserve.server.model import metadata_of, signature_of
 from onnxserve.server.python_models.ipc import pack, unpack
 from onnxserve.server.python_models.process import BlsHandler, StubCrashed, StubProcess
 from onnxserve.server.statistics import ExecutionTiming, VersionStatistics
@@ -148,14 +148,7 @@ class PythonModel:
         self.config = config
         self.model_file = model_file
         self.statistics = VersionStatistics()
-        self.signature = ModelSignature(
-            name=name,
-            inputs={t.name: t for t in tensor_specs(config.input)},
-            outputs={t.name: t for t in tensor_specs(config.output)},
-            max_batch_size=config.max_batch_size,
-            input_ranges=declared_ranges(config),
-            bytes_as_text=False,
-        )
+        self.signature = signature_of(name, config, bytes_as_text=False)
         self.instance_names = [
             f"{group.name}_{index}"
             for group in config.instance_group
@@ -273,15 +266,7 @@ class PythonModel:
     # -- what the servicer and schedulers ask ------------------------------------------
 
     def metadata(self, versions: Sequence[str]) -> pb.ModelMetadataResponse:
-        lead = [-1] if self.signature.batchable else []
-        response = pb.ModelMetadataResponse(
-            name=self.name, versions=list(versions), platform=BACKEND
-        )
-        for spec in self.signature.inputs.values():
-            response.inputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
-        for spec in self.signature.outputs.values():
-            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
-        return response
+        return metadata_of(self.signature, versions, BACKEND)
 
     def create_executor(self, padded_rows: Callable[[int], int]) -> BatchExecutor:
         return PythonBatchExecutor(self)

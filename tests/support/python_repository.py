@@ -122,6 +122,12 @@ def ensemble(root: Path, name: str, head: str, steps: list[str]) -> Path:
     return folder
 
 
+TOKENIZER_CONFIG = """
+max_batch_size: 8
+input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "TOKENS" data_type: TYPE_INT64 dims: [ 8 ] } ]
+"""
+
 SENTIMENT_HEAD = """
 max_batch_size: 8
 input [ { name: "SENTENCE" data_type: TYPE_STRING dims: [ 1 ] } ]
@@ -155,15 +161,7 @@ parameters { key: "mode" value { string_value: "%s" } }
     python_model(root, "bls_sync", "bls", bls_config % ("adder", "sync"))
     python_model(root, "bls_missing", "bls", bls_config % ("no_such_model", "sync"))
     tokenizer = python_model(
-        root,
-        "tokenizer",
-        "tokenizer",
-        """
-max_batch_size: 8
-input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
-output [ { name: "TOKENS" data_type: TYPE_INT64 dims: [ 8 ] } ]
-dynamic_batching { }
-""",
+        root, "tokenizer", "tokenizer", TOKENIZER_CONFIG + "dynamic_batching { }"
     )
     (tokenizer / "vocab.txt").write_text("\n".join(VOCABULARY) + "\n")
     token_scorer_model(root / "scorer" / "1" / "model.onnx")
@@ -183,16 +181,7 @@ dynamic_batching { }
 def build_bad_ensembles(root: Path) -> dict[str, str]:
     """Ensembles that must be refused at load, by name; returns name -> expected reason part."""
     add_sub_model(root / "adder" / "1" / "model.onnx", width=1)
-    tokenizer = python_model(
-        root,
-        "tokenizer",
-        "tokenizer",
-        """
-max_batch_size: 8
-input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
-output [ { name: "TOKENS" data_type: TYPE_INT64 dims: [ 8 ] } ]
-""",
-    )
+    tokenizer = python_model(root, "tokenizer", "tokenizer", TOKENIZER_CONFIG)
     (tokenizer / "vocab.txt").write_text("good\n")
     head = """
 max_batch_size: 8
