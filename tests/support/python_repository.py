@@ -65,8 +65,24 @@ instance_group [{ kind: KIND_CPU }]
 
 
 def build_triton_comparable(root: Path) -> Path:
-    """add_sub (Triton's example), judge (errors by value) and labelled (classification)."""
+    """add_sub (Triton's example), judge (errors by value), labelled (classification) and
+    twice, an ensemble of add_sub twice: (a + b) + (a - b) = 2a, (a + b) - (a - b) = 2b."""
     python_model(root, "add_sub", "add_sub", ADD_SUB_CONFIG)
+    tensor = "data_type: TYPE_FP32 dims: [ 4 ] }"
+    ensemble(
+        root,
+        "twice",
+        f'input [ {{ name: "A" {tensor}, {{ name: "B" {tensor} ]\n'
+        f'output [ {{ name: "TWICE_A" {tensor}, {{ name: "TWICE_B" {tensor} ]',
+        [
+            _step("add_sub", {"INPUT0": "A", "INPUT1": "B"}, {"OUTPUT0": "sum", "OUTPUT1": "diff"}),
+            _step(
+                "add_sub",
+                {"INPUT0": "sum", "INPUT1": "diff"},
+                {"OUTPUT0": "TWICE_A", "OUTPUT1": "TWICE_B"},
+            ),
+        ],
+    )
     python_model(root, "judge", "judge", JUDGE_CONFIG)
     labelled = python_model(root, "labelled", "identity", LABELLED_CONFIG)
     (labelled / "labels.txt").write_text("\n".join(LABELS) + "\n")

@@ -43,6 +43,12 @@ def main() -> None:
         "OUTPUT0": result.as_numpy("OUTPUT0").tolist(),
         "OUTPUT1": result.as_numpy("OUTPUT1").tolist(),
     }
+    twice = client.infer("twice", [_input("A", a), _input("B", b)])
+    seen["twice"] = {
+        "TWICE_A": twice.as_numpy("TWICE_A").tolist(),
+        "TWICE_B": twice.as_numpy("TWICE_B").tolist(),
+        "platform": client.get_model_metadata("twice", as_json=True).get("platform", ""),
+    }
     metadata = client.get_model_metadata("add_sub", as_json=True)
     seen["add_sub_metadata"] = {
         "platform": metadata.get("platform", ""),
