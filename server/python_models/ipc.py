@@ -8,15 +8,19 @@ body), written with one ``sendmsg`` of all the parts and read with one
 copied once into the kernel and once out of it, never through pickle, and a
 batch of 64 small requests costs two reads, not 66. Arrays arrive writable.
 
-Why a socket pair and not shared memory, as Triton's stub uses: measured
-(benchmarks/python_ipc.py, on this 2-core machine, shared with other jobs),
-a round trip of one batch costs about 60-90 us of CPU for the small
-tensors a pre- or post-processing step passes (a 64-row batch of 50 tokens),
-which is the cost of the two system calls and the pickling of the message,
-not of the bytes; shared memory saves the copy only, which starts to matter
-from a few MiB per batch, and needs a region manager, growth and cleanup
-after a crash, where a socket closes by itself when either side dies (which is
-also how a crash is noticed). The figures are in the README.
+Why a socket pair and not shared memory, as Triton's stub uses: measured with
+benchmarks/python_models.py (2026-12-01, on this 2-core machine while other
+jobs kept its load average at 9 to 16, so CPU time of the server process, the
+median of 300 batches of 64 one-row requests, round trip minus ``execute``):
+200 us at 4 bytes a row, 250 us at 200 bytes, 315 us at 4 KiB (256 KiB each
+way), 2.7 ms at 64 KiB (4 MiB each way), 63 ms at 1 MiB (64 MiB each way).
+Up to a few MiB per batch (what pre- and post-processing steps pass) the cost
+is the framing of 64 requests (their dicts, pickling, the array headers), not
+the bytes, and shared memory would save only the copies; it would need a
+region manager, growth and cleanup after a crash, where a socket closes by
+itself when either side dies (which is also how a crash is noticed). Batches
+of tens of MiB would gain from shared memory (about 1 GB/s here through the
+socket): that is the case to build it for.
 
 Messages are plain tuples and dicts of str, int, float, bytes and numpy
 arrays. The server reads frames with ``restricted=True``: only numpy's own
