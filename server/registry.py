@@ -40,7 +40,7 @@ from onnxserve.server.lifecycle import ModelEntry, ServingVersion, VersionSlot, 
 from onnxserve.server.model import LoadOptions, ModelVersion, load_model_version
 from onnxserve.server.model_files import check_model_files
 from onnxserve.server.peers import VersionReport
-from onnxserve.server.python_models.model import PythonModel, complete_python_config
+from onnxserve.server.python_models.model import PythonModel, auto_complete
 from onnxserve.server.python_models.requirements import check_requirements
 from onnxserve.server.repository import (
     ModelSource,
@@ -231,10 +231,12 @@ class ModelRegistry:
     async def _load_python(self, source: ModelSource, version: int, path: Path) -> ServingVersion:
         """Start the model's instance processes (each runs its initialize) off the event loop."""
         loop = asyncio.get_running_loop()
-        config = complete_python_config(source.config, source.name)
         check_requirements(path.parent.parent, source.name, self.repository.resolve())
+        config, first = await loop.run_in_executor(
+            None, auto_complete, source.config, source.name, path
+        )
         model = PythonModel(source.name, version, config, path, self.caller.bls_handler(loop))
-        await loop.run_in_executor(None, model.start)
+        await loop.run_in_executor(None, model.start, first)
 
         def failed(reason: str) -> None:  # on an instance thread
             loop.call_soon_threadsafe(self._python_failed, source.name, version, model, reason)

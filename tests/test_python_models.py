@@ -73,6 +73,11 @@ def _statistics(client: Client, name: str) -> ModelStatistics:
 def test_triton_add_sub_example_answers_tritonclient(seen: dict[str, Any]) -> None:
     assert seen["add_sub"] == {"OUTPUT0": [1.5, 2.5, 3.5, 4.5], "OUTPUT1": [0.5, 1.5, 2.5, 3.5]}
     assert seen["add_sub_metadata"]["platform"] == "python"
+    assert seen["add_sub_auto"] == {  # its tensors from its own auto_complete_config
+        "OUTPUT0": [1.5, 2.5, 3.5, 4.5],
+        "inputs": [["INPUT0", "TYPE_FP32", ["4"]], ["INPUT1", "TYPE_FP32", ["4"]]],
+        "max_batch_size": 0,
+    }
     assert seen["twice"] == {
         "TWICE_A": [2.0, 4.0, 6.0, 8.0],
         "TWICE_B": [1.0, 1.0, 1.0, 1.0],
@@ -233,7 +238,8 @@ def test_the_same_model_py_files_on_real_triton(tmp_path: Path, seen: dict[str, 
             triton = _triton_client_view(address)
     except PeerUnavailable as exc:
         pytest.skip(f"Triton cannot run here: {exc}")
-    for key in ("add_sub", "add_sub_metadata", "add_sub_config", "classification", "twice"):
+    compared = ("add_sub", "add_sub_metadata", "add_sub_config", "classification", "twice")
+    for key in (*compared, "add_sub_auto"):
         assert seen[key] == triton[key], key
     for key in ("judge", "judge_concurrent"):
         ours = [(v["status"], v.get("outputs")) for v in _values(seen[key])]

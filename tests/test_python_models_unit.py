@@ -84,6 +84,29 @@ def test_pb_utils_speaks_triton() -> None:
         request.get_response_sender()
 
 
+def test_auto_complete_config_fills_in_and_refuses_conflicts() -> None:
+    declared = {
+        "name": "m",
+        "max_batch_size": 0,
+        "input": [{"name": "A", "data_type": "TYPE_INVALID", "dims": []}],
+    }
+    config = pb_utils.ModelConfig(json.dumps(declared))
+    config.add_input({"name": "A", "data_type": "TYPE_FP32", "dims": [4]})
+    config.add_output({"name": "B", "data_type": "TYPE_FP32", "dims": [4]})
+    config.set_max_batch_size(8)
+    config.set_dynamic_batching()
+    done = config.as_dict()
+    assert done["input"] == [{"name": "A", "data_type": "TYPE_FP32", "dims": [4]}]
+    assert done["output"][0]["name"] == "B" and done["max_batch_size"] == 8
+    assert done["dynamic_batching"] == {}
+    with pytest.raises(ValueError, match="declares input 'A' as TYPE_FP32"):
+        config.add_input({"name": "A", "data_type": "TYPE_INT64", "dims": [4]})
+    with pytest.raises(ValueError, match="missing 'dims'"):
+        config.add_output({"name": "C", "data_type": "TYPE_FP32"})
+    with pytest.raises(ValueError, match="max_batch_size 8, but auto_complete_config"):
+        config.set_max_batch_size(4)
+
+
 def test_model_config_json_has_every_field_and_numbers_for_int64() -> None:
     config = complete_python_config(
         parse_config_text(

@@ -44,14 +44,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, text_format
 from google.protobuf.descriptor import FieldDescriptor
 
 from onnxserve.protocol import codec
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.batching.executor import BatchExecutor, ExecutedBatch, Outcome
-from onnxserve.server.config import check_declared_tensors, complete_defaults
+from onnxserve.server.config import check_declared_tensors, complete_defaults, parse_config_text
 from onnxserve.server.errors import ConfigError, ModelExecutionError, ModelUnavailable, ServerError
 from onnxserve.server.inference import DecodedRequest
 from onnxserve.server.model import metadata_of, signature_of
@@ -118,7 +118,9 @@ def complete_python_config(declared: mc.ModelConfig, name: str) -> mc.ModelConfi
     done.CopyFrom(declared)
     done.name = name
     done.backend = BACKEND
-    check_declared_tensors(done, name, "backend python")
+    check_declared_tensors(
+        done, name, "backend python; or declare them in TritonPythonModel.auto_complete_config"
+    )
     if any(g.kind == mc.ModelInstanceGroup.KIND_GPU for g in done.instance_group):
         raise ConfigError(
             f"model '{name}': a Python model runs on the CPU (its code may use a GPU itself); "
@@ -126,6 +128,52 @@ def complete_python_config(declared: mc.ModelConfig, name: str) -> mc.ModelConfi
         )
     complete_defaults(done, name)
     return done
+
+
+def spawn(model_name: str, instance_name: str) -> StubProcess:
+    try:
+        return StubProcess(model_name, instance_name)
+    except OSError as exc:
+        raise ConfigError(
+            f"model '{model_name}': its process could not start ({exc.strerror})"
+        ) from None
+
+
+def auto_complete(
+    declared: mc.ModelConfig, name: str, model_file: Path
+) -> tuple[mc.ModelConfig, StubProcess]:
+    """The config after the model's own ``auto_complete_config`` (Triton runs it at load).
+
+    The model runs in the process that becomes its first instance. What it
+    returns is checked as config.pbtxt is (fields, kinds), then completed; a
+    model without ``auto_complete_config`` keeps the declared config.
+    """
+    start = mc.ModelConfig()
+    start.CopyFrom(declared)
+    start.name = name
+    start.backend = BACKEND
+    process = spawn(name, f"{name}_0_0")
+    try:
+        answer = process.auto_complete(model_file, model_config_json(start))
+        if answer is None:
+            return complete_python_config(start, name), process
+        try:
+            changed = json_format.ParseDict(json.loads(answer), mc.ModelConfig())
+        except (json_format.ParseError, ValueError) as exc:
+            raise ConfigError(
+                f"model '{name}': auto_complete_config returned a config that does not parse: {exc}"
+            ) from None
+        checked = parse_config_text(text_format.MessageToString(changed), name)
+        return complete_python_config(checked, name), process
+    except StubCrashed as exc:
+        process.kill()
+        raise ConfigError(f"model '{name}': {exc} during auto_complete_config") from None
+    except ValueError as exc:  # the model's auto_complete_config raised
+        process.kill()
+        raise ConfigError(f"model '{name}': {exc}") from None
+    except ConfigError:
+        process.kill()
+        raise
 
 
 class PythonModel:
@@ -177,14 +225,10 @@ class PythonModel:
             "model_name": self.name,
         }
 
-    def _start(self, instance_name: str) -> StubProcess:
-        """Start and initialize one instance process; raises ConfigError with the reason."""
-        try:
-            process = StubProcess(self.name, instance_name)
-        except OSError as exc:
-            raise ConfigError(
-                f"model '{self.name}': its process could not start ({exc.strerror})"
-            ) from None
+    def _start(self, instance_name: str, process: StubProcess | None = None) -> StubProcess:
+        """Start (unless given) and initialize one instance process; ConfigError says why."""
+        if process is None:
+            process = spawn(self.name, instance_name)
         try:
             error = process.initialize(self.model_file, self._args(instance_name))
         except StubCrashed as exc:
@@ -197,12 +241,16 @@ class PythonModel:
             self._all.append(process)
         return process
 
-    def start(self) -> None:
-        """Start every instance (on a worker thread, at load time)."""
+    def start(self, first: StubProcess | None = None) -> None:
+        """Start every instance (on a worker thread, at load time); ``first``: a process
+        already started (the one auto_complete_config ran in) for the first instance."""
         try:
-            for instance_name in self.instance_names:
-                self._free.put((instance_name, self._start(instance_name)))
+            for index, instance_name in enumerate(self.instance_names):
+                given = first if index == 0 else None
+                self._free.put((instance_name, self._start(instance_name, given)))
         except ConfigError:
+            if first is not None:
+                first.kill()
             self.close()
             raise
         log.info(

@@ -15,9 +15,9 @@ here is Triton's API for the common case, with Triton's names and meanings:
   ``triton_string_to_numpy``, ``numpy_to_triton_type``, ``triton_to_numpy_type``,
   ``serialize_byte_tensor``, ``deserialize_bytes_tensor``, and ``Logger``.
 
-Not offered (raise :class:`TritonModelException` saying so): decoupled
-response senders, GPU tensors, ``auto_complete_config`` changes to a config
-(a model's inputs and outputs come from its config.pbtxt).
+:class:`ModelConfig` is what ``auto_complete_config`` gets, so a model may
+declare its own inputs and outputs. Not offered (raise saying so): decoupled
+response senders and GPU tensors.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = [
     "InferenceRequest",
     "InferenceResponse",
     "Logger",
+    "ModelConfig",
     "Tensor",
     "TritonError",
     "TritonModelException",
@@ -336,6 +337,89 @@ def deserialize_bytes_tensor(encoded_tensor: bytes) -> np.ndarray:
         elements.append(bytes(encoded_tensor[offset : offset + length]))
         offset += length
     return np.array(elements, dtype=np.object_)
+
+
+class ModelConfig:
+    """What ``TritonPythonModel.auto_complete_config(config)`` receives and returns.
+
+    Built from the config as JSON; a model may set ``max_batch_size`` and dynamic
+    batching and add the inputs and outputs config.pbtxt leaves out, with
+    Triton's rules: a tensor config.pbtxt declares must agree with the one the
+    model adds (its data_type and dims fill in what the declaration left out).
+    The server checks the result as it checks any config.
+    """
+
+    def __init__(self, model_config: str | dict[str, Any]) -> None:
+        if isinstance(model_config, str):
+            model_config = json.loads(model_config)
+        self._model_config: dict[str, Any] = dict(model_config)
+        self._model_config.setdefault("input", [])
+        self._model_config.setdefault("output", [])
+        self._model_config.setdefault("max_batch_size", 0)
+        self._name = str(self._model_config.get("name", ""))
+
+    def as_dict(self) -> dict[str, Any]:
+        return self._model_config
+
+    def set_max_batch_size(self, max_batch_size: int) -> None:
+        if self._model_config["max_batch_size"] > max_batch_size:
+            raise ValueError(
+                f"configuration specified max_batch_size {self._model_config['max_batch_size']}, "
+                f"but auto_complete_config of model '{self._name}' specified {max_batch_size}"
+            )
+        self._model_config["max_batch_size"] = max_batch_size
+
+    def set_dynamic_batching(self) -> None:
+        for other in ("sequence_batching", "ensemble_scheduling"):
+            if self._model_config.get(other):
+                raise ValueError(
+                    f"configuration of model '{self._name}' sets {other}; auto_complete_config "
+                    "cannot set dynamic_batching"
+                )
+        self._model_config.setdefault("dynamic_batching", {})
+
+    def _add(self, kind: str, tensor: dict[str, Any]) -> None:
+        extra = set(tensor) - {"name", "data_type", "dims", "optional"}
+        if extra:
+            raise ValueError(
+                f"{kind} '{tensor.get('name')}' of auto_complete_config of model '{self._name}' "
+                f"has properties other than name, data_type, dims and optional: {sorted(extra)}"
+            )
+        for needed in ("name", "data_type", "dims"):
+            if needed not in tensor:
+                raise ValueError(
+                    f"{kind} '{tensor.get('name', '')}' of auto_complete_config of model "
+                    f"'{self._name}' is missing '{needed}'"
+                )
+        for current in self._model_config[kind]:
+            if current.get("name") != tensor["name"]:
+                continue
+            declared_type = current.get("data_type", "TYPE_INVALID")
+            if declared_type not in ("TYPE_INVALID", tensor["data_type"]):
+                raise ValueError(
+                    f"model '{self._name}': config.pbtxt declares {kind} '{tensor['name']}' as "
+                    f"{declared_type}, the model provides {tensor['data_type']}"
+                )
+            declared_dims = [int(d) for d in current.get("dims", [])]
+            if declared_dims and declared_dims != [int(d) for d in tensor["dims"]]:
+                raise ValueError(
+                    f"model '{self._name}': config.pbtxt declares {kind} '{tensor['name']}' with "
+                    f"dims {declared_dims}, the model provides {list(tensor['dims'])}"
+                )
+            current["data_type"] = tensor["data_type"]
+            current["dims"] = list(tensor["dims"])
+            return
+        self._model_config[kind].append(dict(tensor))
+
+    def add_input(self, input: dict[str, Any]) -> None:
+        self._add("input", input)
+
+    def add_output(self, output: dict[str, Any]) -> None:
+        self._add("output", output)
+
+    def set_model_transaction_policy(self, transaction_policy_dict: dict[str, Any]) -> None:
+        if transaction_policy_dict.get("decoupled"):
+            raise ValueError("decoupled models (several responses per request) are not served")
 
 
 class Logger:

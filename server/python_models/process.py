@@ -95,6 +95,17 @@ class StubProcess:
         except ChannelClosed:
             raise StubCrashed(f"its process {self._ended()}") from None
 
+    def auto_complete(self, model_file: Path, config_json: str) -> str | None:
+        """The config (JSON) the model's ``auto_complete_config`` returns; None without one.
+
+        Raises StubCrashed, or ValueError with the model's error message.
+        """
+        self._send(("auto_complete", str(model_file), config_json))
+        reply = self._receive()
+        if reply[0] == "error":
+            raise ValueError(str(reply[1]))
+        return None if reply[1] is None else str(reply[1])
+
     def initialize(self, model_file: Path, args: dict[str, str]) -> str | None:
         """Import model.py and run ``initialize(args)``; the error message, or None."""
         self._send(("initialize", str(model_file), args))

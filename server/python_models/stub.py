@@ -4,6 +4,8 @@ It imports the version's model.py with ``triton_python_backend_utils``
 importable (this package's :mod:`.pb_utils`), then serves the server's frames
 (:mod:`.ipc`) on the socket it inherited as ``<fd>``:
 
+- ``("auto_complete", model_file, config_json)`` -> ``("config", json or None)``:
+  ``TritonPythonModel.auto_complete_config`` run on the declared config, if defined;
 - ``("initialize", model_file, args)`` -> ``("ok",)`` or ``("error", message)``;
 - ``("execute", requests)`` -> ``("result", outcomes, execute_ns)``, one outcome
   per request, ``("ok", outputs)`` or ``("error", message, code)``; a model
@@ -26,6 +28,7 @@ import concurrent.futures
 import importlib.util
 import inspect
 import itertools
+import json
 import logging
 import os
 import queue
@@ -61,6 +64,7 @@ class _Stub:
         self._reading = threading.Lock()
         self._helping = False
         self._model: Any = None
+        self._class: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- frames ---------------------------------------------------------------------------
@@ -145,28 +149,50 @@ class _Stub:
             kind = message[0]
             if kind == "initialize":
                 self._channel.send(self._initialize(Path(message[1]), message[2]))
+            elif kind == "auto_complete":
+                self._channel.send(self._auto_complete(Path(message[1]), message[2]))
             elif kind == "execute":
                 self._channel.send(self._execute(message[1]))
             elif kind == "finalize":
                 self._channel.send(("finalized", self._finalize()))
                 return
 
+    def _import(self, model_file: Path) -> Any:
+        """The model's TritonPythonModel class (imported once per process)."""
+        if self._class is not None:
+            return self._class
+        sys.path.insert(0, str(model_file.parent))
+        packages = model_file.parent.parent / PACKAGES_FOLDER
+        if packages.is_dir():  # the model's own packages (pip install --target)
+            sys.path.insert(0, str(packages))
+        spec = importlib.util.spec_from_file_location("model", model_file)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"{model_file.name} cannot be imported")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["model"] = module
+        spec.loader.exec_module(module)
+        model_class = getattr(module, "TritonPythonModel", None)
+        if model_class is None:
+            raise AttributeError(f"{model_file.name} defines no class TritonPythonModel")
+        self._class = model_class
+        return model_class
+
+    def _auto_complete(self, model_file: Path, config: str) -> tuple[Any, ...]:
+        """Run ``auto_complete_config`` if the model has one: the config it returns, or None."""
+        try:
+            model_class = self._import(model_file)
+            complete = getattr(model_class, "auto_complete_config", None)
+            if complete is None:
+                return ("config", None)
+            result = complete(pb_utils.ModelConfig(config))
+            return ("config", json.dumps(result.as_dict()))
+        except BaseException as exc:
+            log.error("auto_complete_config failed:\n%s", traceback.format_exc())
+            return ("error", f"auto_complete_config raised {_describe(exc)}")
+
     def _initialize(self, model_file: Path, args: dict[str, str]) -> tuple[Any, ...]:
         try:
-            sys.path.insert(0, str(model_file.parent))
-            packages = model_file.parent.parent / PACKAGES_FOLDER
-            if packages.is_dir():  # the model's own packages (pip install --target)
-                sys.path.insert(0, str(packages))
-            spec = importlib.util.spec_from_file_location("model", model_file)
-            if spec is None or spec.loader is None:
-                return ("error", f"{model_file.name} cannot be imported")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["model"] = module
-            spec.loader.exec_module(module)
-            model_class = getattr(module, "TritonPythonModel", None)
-            if model_class is None:
-                return ("error", f"{model_file.name} defines no class TritonPythonModel")
-            self._model = model_class()
+            self._model = self._import(model_file)()
             initialize = getattr(self._model, "initialize", None)
             if initialize is not None:
                 self._call(initialize, args)

@@ -68,6 +68,7 @@ def build_triton_comparable(root: Path) -> Path:
     """add_sub (Triton's example), judge (errors by value), labelled (classification) and
     twice, an ensemble of add_sub twice: (a + b) + (a - b) = 2a, (a + b) - (a - b) = 2b."""
     python_model(root, "add_sub", "add_sub", ADD_SUB_CONFIG)
+    python_model(root, "add_sub_auto", "add_sub_auto", "")
     tensor = "data_type: TYPE_FP32 dims: [ 4 ] }"
     ensemble(
         root,

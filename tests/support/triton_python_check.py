@@ -43,6 +43,13 @@ def main() -> None:
         "OUTPUT0": result.as_numpy("OUTPUT0").tolist(),
         "OUTPUT1": result.as_numpy("OUTPUT1").tolist(),
     }
+    auto = client.infer("add_sub_auto", [_input("INPUT0", a), _input("INPUT1", b)])
+    auto_config = client.get_model_config("add_sub_auto", as_json=True)["config"]
+    seen["add_sub_auto"] = {
+        "OUTPUT0": auto.as_numpy("OUTPUT0").tolist(),
+        "inputs": [(i["name"], i["data_type"], i["dims"]) for i in auto_config["input"]],
+        "max_batch_size": auto_config.get("max_batch_size", 0),
+    }
     twice = client.infer("twice", [_input("A", a), _input("B", b)])
     seen["twice"] = {
         "TWICE_A": twice.as_numpy("TWICE_A").tolist(),
