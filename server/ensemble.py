@@ -27,20 +27,27 @@ status and a message naming the step.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.caller import ModelCaller
-from onnxserve.server.config import TensorSpec, check_declared_tensors, tensor_specs
+from onnxserve.server.config import TensorSpec, check_declared_tensors, model_kind, tensor_specs
 from onnxserve.server.errors import ConfigError, ModelNotFound, ModelUnavailable, ServerError
 from onnxserve.server.inference import DecodedRequest, ModelSignature
 from onnxserve.server.model import metadata_of, signature_of
 from onnxserve.server.statistics import ExecutionTiming, VersionStatistics
+
+if TYPE_CHECKING:
+    from onnxserve.server.repository import ModelSource
+
+log = logging.getLogger(__name__)
 
 ENSEMBLE_PLATFORM = "ensemble"
 
@@ -327,3 +334,29 @@ class EnsembleScheduler:
 
     async def close(self) -> None:
         """Nothing of its own to release: the steps' schedulers belong to their models."""
+
+
+def open_ensemble(
+    name: str,
+    version: int,
+    declared: mc.ModelConfig,
+    lookup: SignatureLookup,
+    caller: ModelCaller,
+) -> tuple[EnsembleModel, EnsembleScheduler]:
+    """A servable ensemble version, its steps checked against the models serving now."""
+    config = complete_ensemble_config(declared, name)
+    steps = plan_ensemble(name, config, lookup)
+    model = EnsembleModel(name, version, config, steps)
+    log.info(
+        "loaded ensemble '%s' version %d: %d step(s) (%s)",
+        name,
+        version,
+        len(steps),
+        ", ".join(step.model_name for step in steps),
+    )
+    return model, EnsembleScheduler(model, caller)
+
+
+def ensembles_last(sources: list[ModelSource]) -> list[ModelSource]:
+    """Models in load order: an ensemble loads once the models of its steps have."""
+    return sorted(sources, key=lambda source: model_kind(source.config) == "ensemble")

@@ -22,20 +22,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.caller import ModelCaller
 from onnxserve.server.classification import read_labels
 from onnxserve.server.config import model_kind
-from onnxserve.server.ensemble import (
-    EnsembleModel,
-    EnsembleScheduler,
-    complete_ensemble_config,
-    plan_ensemble,
-)
+from onnxserve.server.ensemble import ensembles_last, open_ensemble
 from onnxserve.server.errors import ConfigError, ModelLoadRefused, ModelNotFound, ModelUnavailable
-from onnxserve.server.inference import DecodedRequest, ModelSignature
 from onnxserve.server.lifecycle import ModelEntry, ServingVersion, VersionSlot, VersionState
 from onnxserve.server.model import LoadOptions, ModelVersion, load_model_version
 from onnxserve.server.model_files import check_model_files
@@ -51,7 +44,7 @@ from onnxserve.server.repository import (
     scan_repository,
 )
 from onnxserve.server.runtime import CUDA, nvidia_gpu_visible
-from onnxserve.server.scheduler import Scheduler, create_scheduler
+from onnxserve.server.scheduler import ClosingScheduler, create_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -256,21 +249,13 @@ class ModelRegistry:
 
     def _load_ensemble(self, source: ModelSource, version: int) -> ServingVersion:
         """Check the steps against the models serving now (on the event loop: no I/O)."""
-        config = complete_ensemble_config(source.config, source.name)
-
-        def signature(name: str, wanted: str) -> ModelSignature:
-            return self.get(name, wanted).model.signature
-
-        steps = plan_ensemble(source.name, config, signature)
-        model = EnsembleModel(source.name, version, config, steps)
-        log.info(
-            "loaded ensemble '%s' version %d: %d step(s) (%s)",
+        model, scheduler = open_ensemble(
             source.name,
             version,
-            len(steps),
-            ", ".join(step.model_name for step in steps),
+            source.config,
+            lambda name, wanted: self.get(name, wanted).model.signature,
+            self.caller,
         )
-        scheduler = EnsembleScheduler(model, self.caller)
         return ServingVersion(model, scheduler, source.fingerprints.get(version, ()))  # type: ignore[arg-type]
 
     def _load_checked(
@@ -454,26 +439,6 @@ class ModelRegistry:
             for entry in self._models.values():
                 self._drain_versions(entry, list(entry.versions))
         await self.wait_drained()
-
-
-def ensembles_last(sources: list[ModelSource]) -> list[ModelSource]:
-    """Models in load order: an ensemble loads once the models of its steps have."""
-    return sorted(sources, key=lambda source: model_kind(source.config) == "ensemble")
-
-
-class ClosingScheduler:
-    """A scheduler that releases its model's own resources once closed (Python processes)."""
-
-    def __init__(self, inner: Scheduler, release: Callable[[], None]) -> None:
-        self._inner = inner
-        self._release = release
-
-    async def infer(self, request: DecodedRequest, deadline_ns: int | None) -> Any:
-        return await self._inner.infer(request, deadline_ns)
-
-    async def close(self) -> None:
-        await self._inner.close()
-        await asyncio.get_running_loop().run_in_executor(None, self._release)
 
 
 def _signature(source: ModelSource) -> tuple[object, ...]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -75,6 +76,23 @@ class DirectScheduler:
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown, True)
+
+
+class ClosingScheduler:
+    """A scheduler that releases its model's own resources once closed (Python processes)."""
+
+    def __init__(self, inner: Scheduler, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    async def infer(
+        self, request: DecodedRequest, deadline_ns: int | None
+    ) -> dict[str, np.ndarray]:
+        return await self._inner.infer(request, deadline_ns)
+
+    async def close(self) -> None:
+        await self._inner.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._release)
 
 
 def create_scheduler(model: ModelVersion) -> Scheduler:
