@@ -262,9 +262,20 @@ def _index(client: Client) -> dict[str, Any]:
 def test_a_crashing_model_fails_its_batch_restarts_then_gives_up(tmp_path: Path) -> None:
     python_model(tmp_path, "judge", "judge", JUDGE_CONFIG)
     python_model(tmp_path, "steady", "judge", JUDGE_CONFIG)
-    with RunningServer(tmp_path) as running, Client(running.address) as client:
+    with (
+        RunningServer(tmp_path, ["--log-format", "json"]) as running,
+        Client(running.address) as client,
+    ):
         one = {"INPUT0": np.array([[1.0]], np.float32)}
         crash = {"INPUT0": np.array([[666.0]], np.float32)}
+        with pytest.raises(InferenceServerError):
+            client.infer("judge", {"INPUT0": np.array([[13.0]], np.float32)})
+        # The model's process logs as the server does: one JSON object per line, its traceback
+        # inside, the instance named.
+        events = [json.loads(line) for line in running.log().splitlines() if line.startswith("{")]
+        raised = [e for e in events if "execute raised" in e["message"]]
+        assert raised and raised[0]["worker"] == "judge_0_0"
+        assert "thirteen is unlucky" in raised[0]["message"]
         with pytest.raises(InferenceServerError) as info:
             client.infer("judge", crash)
         assert info.value.code == grpc.StatusCode.INTERNAL

@@ -39,6 +39,18 @@ FINALIZE_TIMEOUT_S = 10.0
 BlsHandler = Callable[[int, dict[str, Any], Callable[[Any, Any, int], None]], None]
 
 
+# How the model's process writes its log lines: as the server's own handler does.
+LOG_FORMAT_VARIABLE = "ONNXSERVE_PYTHON_MODEL_LOG_FORMAT"
+
+
+def _log_format() -> str:
+    from onnxserve.server.logs import JsonFormatter
+
+    handlers = logging.getLogger().handlers
+    json_log = any(isinstance(h.formatter, JsonFormatter) for h in handlers)
+    return "json" if json_log else "text"
+
+
 class StubCrashed(Exception):
     """The model's process ended while it was asked something; the message says how."""
 
@@ -52,7 +64,12 @@ class StubProcess:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # No bytecode written into the (read-only) repository, where it would also
         # change the version's fingerprint and make a polling server reload it.
-        env = {**os.environ, "ONNXSERVE_MODEL": instance_name, "PYTHONDONTWRITEBYTECODE": "1"}
+        env = {
+            **os.environ,
+            "ONNXSERVE_MODEL": instance_name,
+            "PYTHONDONTWRITEBYTECODE": "1",
+            LOG_FORMAT_VARIABLE: _log_format(),
+        }
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", STUB_MODULE, str(theirs.fileno())],

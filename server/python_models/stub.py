@@ -44,6 +44,7 @@ import numpy as np
 
 from onnxserve.server.python_models import pb_utils
 from onnxserve.server.python_models.ipc import Channel, ChannelClosed, pack, unpack
+from onnxserve.server.python_models.process import LOG_FORMAT_VARIABLE
 from onnxserve.server.python_models.requirements import PACKAGES_FOLDER
 
 log = logging.getLogger("onnxserve.python_model")
@@ -282,11 +283,10 @@ def _bls_response(
 
 def main() -> None:
     sys.dont_write_bytecode = True  # never into the model repository
-    logging.basicConfig(
-        level=logging.INFO,
-        format=f"%(asctime)s %(levelname)s python model {os.environ.get('ONNXSERVE_MODEL', '')}: "
-        "%(message)s",
-    )
+    from onnxserve.server.logs import configure_logging
+
+    log_format = "json" if os.environ.get(LOG_FORMAT_VARIABLE) == "json" else "text"
+    configure_logging("INFO", log_format, worker=os.environ.get("ONNXSERVE_MODEL", ""))
     sock = socket.socket(fileno=int(sys.argv[1]))
     channel = Channel(sock)
     stub = _Stub(channel)
