@@ -7,6 +7,7 @@ import os
 import pickle
 import socket
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +179,12 @@ def test_restricted_frames_still_carry_numpy_scalars_and_dtypes() -> None:
     assert scalar == np.float32(1.5) and dtype == np.dtype("int64")
     assert raw == bytearray(b"x") and number == mc.TYPE_FP32
     assert pickle.HIGHEST_PROTOCOL >= 5
+
+
+def test_allow_python_load_needs_explicit_mode(tmp_path: Path) -> None:
+    from onnxserve.server.settings import ServerSettings
+    from onnxserve.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="needs --model-control-mode explicit"):
+        ServerSettings(model_repository=tmp_path, allow_python_load=True)
+    ServerSettings(model_repository=tmp_path, allow_python_load=True, model_control_mode="explicit")
