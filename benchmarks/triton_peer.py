@@ -274,11 +274,23 @@ def running_triton(
     model_file: Path, served: mc.ModelConfig, settings: TritonSettings, log: Path
 ) -> Iterator[tuple[str, int]]:
     """Triton serving ``model_file`` on loopback ports: (gRPC address, process id)."""
+    with tempfile.TemporaryDirectory(prefix="onnxserve-triton-") as scratch:
+        folder = Path(scratch)
+        repository = write_repository(folder, model_file, triton_config(served, settings))
+        with serving_repository(repository, log) as running:
+            yield running
+
+
+@contextlib.contextmanager
+def serving_repository(repository: Path, log: Path) -> Iterator[tuple[str, int]]:
+    """Triton serving a model repository of python-backend models: (gRPC address, pid).
+
+    Raises PeerUnavailable where Triton cannot run here.
+    """
     python = ensure_environment()
     found = layout(python)
     with tempfile.TemporaryDirectory(prefix="onnxserve-triton-") as scratch:
         folder = Path(scratch)
-        repository = write_repository(folder, model_file, triton_config(served, settings))
         grpc_port = free_port()
         command = [
             str(found.tritonserver),

@@ -4,7 +4,10 @@
 
 Trains the seed's sentiment LSTM and the digits CNN, converts both with
 onnxserve's converter into ``--repository`` (default: the checkout's
-``build/model_repository``) and prints their held-out accuracies.
+``build/model_repository``) and prints their held-out accuracies. The digits
+model gets its post-processing too (examples/digits/labelled.py): labels for
+the classification extension, the Python model ``digits_label`` and the
+ensemble ``digits_labelled`` that answers a label and its probability.
 
 The marker file ``.complete`` is written last, once both entries are complete,
 and records what the build was made from: a fingerprint of the training code
@@ -35,7 +38,7 @@ from onnxserve.examples.common import Say, example_repository, write_json
 __all__ = ["MARKER", "TRAINING_SOURCES", "build_repository", "main", "stale_reason"]
 
 MARKER = ".complete"
-ENTRIES = ("sentiment", "digits")
+ENTRIES = ("sentiment", "digits", "digits_label", "digits_labelled")
 # What the models are made from, relative to this package: a change rebuilds them.
 TRAINING_SOURCES = (
     "build_repository.py",
@@ -45,6 +48,8 @@ TRAINING_SOURCES = (
     "sentiment/fallback_sentences.tsv",
     "digits/data.py",
     "digits/train.py",
+    "digits/labelled.py",
+    "digits/label_model.py",
 )
 
 
@@ -126,6 +131,7 @@ def build_repository(
     Returns ``{"built": bool, "sentiment": metrics, "digits": metrics}``
     (metrics read back from the entries when nothing was built).
     """
+    from onnxserve.examples.digits.labelled import write_labelled_entries
     from onnxserve.examples.digits.train import DigitsOptions, train_digits
     from onnxserve.examples.sentiment.data import ENVIRONMENT_VARIABLE, find_dataset
     from onnxserve.examples.sentiment.train import SentimentOptions, train_sentiment
@@ -159,6 +165,7 @@ def build_repository(
         repository, dataset, SentimentOptions(quick=quick, threads=threads), say=say
     )
     digits = train_digits(repository, DigitsOptions(quick=quick, threads=threads), say=say)
+    write_labelled_entries(repository)
     seconds = time.monotonic() - started
     described = dataset.describe()
     write_json(

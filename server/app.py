@@ -131,7 +131,9 @@ class InferenceServer:
         self.peer_server = (
             PeerServer(peers.own_address, self.registry.reports) if peers is not None else None
         )
-        self.control = ModelControl(self.registry, settings.model_control_mode)
+        self.control = ModelControl(
+            self.registry, settings.model_control_mode, settings.allow_python_load
+        )
         self.service = InferenceService(self.registry, self.control, self.peer_client)
         self.health = health.aio.HealthServicer()
         self.tokens = TokenFile(settings.auth_token_file) if settings.auth_token_file else None

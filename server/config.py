@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from google.protobuf import text_format
 from google.protobuf.message import Message
@@ -30,6 +31,10 @@ from onnxserve.server.errors import ConfigError
 # Model parameters under this prefix are onnxserve's own: only the known ones are accepted,
 # so that a misspelt one is refused instead of silently doing nothing.
 _OWN_PARAMETER_PREFIX = "onnxserve."
+
+# The other kinds of model a config may declare (Triton's names).
+PYTHON_BACKEND = "python"
+ENSEMBLE_PLATFORM = "ensemble"
 
 # max_batch_size given to a batchable model whose config does not say.
 DEFAULT_MAX_BATCH_SIZE = 64
@@ -57,6 +62,17 @@ SUPPORTED_FIELDS = frozenset(
         "output.name",
         "output.data_type",
         "output.dims",
+        "output.label_filename",  # the classification extension (onnxserve.server.classification)
+        "ensemble_scheduling",
+        "ensemble_scheduling.step",
+        "ensemble_scheduling.step.model_name",
+        "ensemble_scheduling.step.model_version",
+        "ensemble_scheduling.step.input_map",
+        "ensemble_scheduling.step.input_map.key",
+        "ensemble_scheduling.step.input_map.value",
+        "ensemble_scheduling.step.output_map",
+        "ensemble_scheduling.step.output_map.key",
+        "ensemble_scheduling.step.output_map.value",
         "optimization",
         "optimization.graph",
         "optimization.graph.level",
@@ -125,10 +141,6 @@ SUPPORTED_FIELDS = frozenset(
 # (every other unsupported field is refused by its name alone).
 REFUSAL_REASONS = {
     "runtime": "onnxserve runs every model on its own onnxruntime; there is no backend library",
-    "output.label_filename": (
-        "the classification extension is not implemented; outputs are returned as tensors "
-        "(map class indices to labels in the client)"
-    ),
     "metric_tags": "per-model metric labels are not implemented",
     "optimization.input_pinned_memory.enable": (
         "onnxserve does not stage tensors in pinned memory; remove it or set enable: false"
@@ -141,7 +153,10 @@ REFUSAL_REASONS = {
     ),
     "response_cache.enable": "response caching is not implemented",
     "sequence_batching": "stateful models are not served; use dynamic_batching",
-    "ensemble_scheduling": "ensembles are not served; chain the calls in the client",
+    "ensemble_scheduling.step.model_namespace": "model namespaces are not implemented",
+    "ensemble_scheduling.max_inflight_responses": (
+        "decoupled steps are not served, so there are no responses in flight to bound"
+    ),
     "input.reshape": "reshape is not implemented; give the ONNX graph's own dims",
     "output.reshape": "reshape is not implemented; give the ONNX graph's own dims",
     "input.optional": "every input of the ONNX graph is required",
@@ -246,22 +261,61 @@ def parse_config_text(text: str, model_name: str) -> mc.ModelConfig:
             f"config.pbtxt names the model '{config.name}' but its folder is '{model_name}'; "
             "they must match"
         )
-    if config.platform not in ("", PLATFORM):
+    if config.platform not in ("", PLATFORM, ENSEMBLE_PLATFORM):
         raise ConfigError(
             f"model '{model_name}': platform '{config.platform}' is not served here; "
-            f"onnxserve serves '{PLATFORM}'"
+            f"onnxserve serves '{PLATFORM}' and '{ENSEMBLE_PLATFORM}'"
         )
-    if config.backend not in ("", BACKEND):
+    if config.backend not in ("", BACKEND, PYTHON_BACKEND):
         raise ConfigError(
             f"model '{model_name}': backend '{config.backend}' is not served here; "
-            f"onnxserve serves '{BACKEND}'"
+            f"onnxserve serves '{BACKEND}' and '{PYTHON_BACKEND}'"
         )
+    _check_kind(config, model_name)
     if config.max_batch_size < 0:
         raise ConfigError(f"model '{model_name}': max_batch_size must not be negative")
     filename = config.default_model_filename
     if filename and (Path(filename).name != filename or filename.startswith(".")):
         raise ConfigError(f"model '{model_name}': default_model_filename must be a plain file name")
     return config
+
+
+ModelKind = Literal["onnx", "python", "ensemble"]
+
+
+def model_kind(config: mc.ModelConfig) -> ModelKind:
+    """What serves a model: onnxruntime, a Python model's process, or an ensemble of steps."""
+    if config.platform == ENSEMBLE_PLATFORM:
+        return "ensemble"
+    if config.backend == PYTHON_BACKEND:
+        return "python"
+    return "onnx"
+
+
+def _check_kind(config: mc.ModelConfig, model_name: str) -> None:
+    """The fields that go with each kind of model, and only with it."""
+    kind = model_kind(config)
+    scheduled = config.HasField("ensemble_scheduling")
+    if kind == "ensemble" and config.backend:
+        raise ConfigError(
+            f"model '{model_name}': an ensemble has no backend ('{config.backend}' given)"
+        )
+    if kind == "python" and config.platform:
+        raise ConfigError(
+            f"model '{model_name}': backend python takes no platform ('{config.platform}' given)"
+        )
+    if scheduled and kind != "ensemble":
+        raise ConfigError(
+            f"model '{model_name}': ensemble_scheduling needs platform: \"{ENSEMBLE_PLATFORM}\""
+        )
+    if kind == "ensemble" and not scheduled:
+        raise ConfigError(
+            f"model '{model_name}': platform ensemble needs ensemble_scheduling {{ step [...] }}"
+        )
+    if kind != "onnx" and (config.model_warmup or config.optimization.ListFields()):
+        raise ConfigError(
+            f"model '{model_name}': model_warmup and optimization apply to ONNX models only"
+        )
 
 
 def load_config_file(path: Path, model_name: str) -> mc.ModelConfig:
@@ -321,6 +375,12 @@ def complete_config(
                 f"{mc.ModelInput.Format.Name(tensor.format)}, which needs 3 dims "
                 f"(excluding the batch dimension), not {list(tensor.dims)}"
             )
+    complete_defaults(done, model_name)
+    return done
+
+
+def complete_defaults(done: mc.ModelConfig, model_name: str) -> None:
+    """What every completed config holds: a version policy and named instance groups."""
     if not done.HasField("version_policy"):
         done.version_policy.latest.num_versions = 1
     if not done.instance_group:
@@ -331,7 +391,34 @@ def complete_config(
             group.count = 1
         if not group.name:
             group.name = f"{model_name}_{index}"
-    return done
+
+
+def check_declared_tensors(config: mc.ModelConfig, model_name: str, why: str) -> None:
+    """A model without a graph (Python, ensemble) must declare every tensor in full.
+
+    ``why`` says what the model is, for the message.
+    """
+    if not config.input or not config.output:
+        raise ConfigError(
+            f"model '{model_name}' ({why}) must declare its inputs and outputs in "
+            "config.pbtxt (name, data_type, dims): there is no graph to complete them from"
+        )
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        names = [t.name for t in tensors]
+        for tensor in tensors:
+            if not tensor.name:
+                raise ConfigError(f"model '{model_name}': an {kind} has no name")
+            if names.count(tensor.name) > 1:
+                raise ConfigError(f"model '{model_name}': {kind} '{tensor.name}' is declared twice")
+            if config_to_protocol(tensor.data_type) is None:
+                raise ConfigError(
+                    f"model '{model_name}': {kind} '{tensor.name}' needs a data_type "
+                    "(TYPE_FP32, TYPE_STRING, ...)"
+                )
+            if not tensor.dims and config.max_batch_size == 0:
+                raise ConfigError(
+                    f"model '{model_name}': {kind} '{tensor.name}' needs dims (-1 for any size)"
+                )
 
 
 def _complete_tensors(

@@ -14,7 +14,10 @@ Triton's model-control CVEs and TorchServe's ShellTorch came from load calls
 that fetched from URLs or wrote files sent over the wire. A load here names a
 model folder of the repository and nothing else: no URL is ever fetched and
 every parameter (Triton's ``config`` override and ``file:`` contents) is
-refused, so this API can only choose among files the operator put there.
+refused, so this API can only choose among files the operator put there. A
+Python model (whose model.py is code) is refused by name unless the server was
+started with ``--allow-python-load``; ``--load-model`` (the operator's own
+choice at start-up) loads one regardless.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from onnxserve.server.errors import (
     ModelLoadFailed,
     ModelNotFound,
 )
-from onnxserve.server.registry import ModelRegistry
+from onnxserve.server.registry import ModelRegistry, ensembles_last
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ class RepositoryPoller:
         registry = self._registry
         scan = await registry.scan()
         present = {source.name for source in scan.models}
-        for source in scan.models:
+        for source in ensembles_last(scan.models):
             if registry.changed(source):
                 await registry.apply(source)
         for name in registry.model_names():
@@ -95,9 +98,11 @@ def _check_parameters(parameters: Mapping[str, pb.ModelRepositoryParameter], rpc
 class ModelControl:
     """RepositoryModelLoad / RepositoryModelUnload, served only in ``explicit`` mode."""
 
-    def __init__(self, registry: ModelRegistry, mode: str) -> None:
+    def __init__(self, registry: ModelRegistry, mode: str, allow_python_load: bool = False) -> None:
         self._registry = registry
         self.mode = mode
+        # Python models run their model.py: loaded on a network call only when allowed.
+        self.allow_python_load = allow_python_load
 
     @property
     def explicit(self) -> bool:
@@ -126,7 +131,9 @@ class ModelControl:
         log.info("%s: loading model '%s'", rpc, request.model_name)
         # Shielded: a caller whose deadline passes leaves a load that goes on to its end
         # (RepositoryIndex shows how it ended), never one stopped half-way.
-        entry = await asyncio.shield(self._registry.load(request.model_name))
+        entry = await asyncio.shield(
+            self._registry.load(request.model_name, allow_python=self.allow_python_load)
+        )
         if entry.error is not None:
             raise ModelLoadFailed(f"model '{entry.name}' failed to load: {entry.error}")
         failed = [f"version {v}: {s.reason}" for v, s in entry.versions.items() if s.reason]

@@ -148,3 +148,9 @@ def failure_reason(error: BaseException | None) -> FailureReason:
         if isinstance(error, kind):
             return reason
     return "internal"
+
+
+class ModelLoadRefused(ServerError):
+    """A load the server's settings do not allow for this model (PERMISSION_DENIED)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED

@@ -37,6 +37,8 @@ from onnxserve.server.errors import InvalidInput
 
 # Request parameters the protocol reserves (Triton's clients send these).
 _RESERVED_PARAMETERS = frozenset({"priority", "timeout", "binary_data_output", "headers"})
+# The output parameter of Triton's classification extension (a count of classes).
+CLASSIFICATION = "classification"
 # Datatypes that have no typed contents field: always answered raw.
 _RAW_ONLY = frozenset({"FP16", "BF16"})
 # What a typed request's tensor without a ``contents`` field holds: nothing.
@@ -53,6 +55,8 @@ class ModelSignature:
     max_batch_size: int
     # Inclusive bounds of integer inputs' values (None: open on that side), by input name.
     input_ranges: Mapping[str, tuple[int | None, int | None]] = field(default_factory=dict)
+    # BYTES inputs as str (what onnxruntime needs) or as the bytes sent (Python models).
+    bytes_as_text: bool = True
 
     @property
     def batchable(self) -> bool:
@@ -78,6 +82,11 @@ class DecodedRequest:
     priority: int = 0
     timeout_us: int = 0
     arrival_ns: int = field(default_factory=time.monotonic_ns)
+    # Outputs answered as their top classes (onnxserve.server.classification): name -> count.
+    classification: dict[str, int] = field(default_factory=dict)
+    # Set by the batch executor once the request is answered: (queue ns, its batch's
+    # ExecutionTiming), for an ensemble to add up its steps' durations.
+    report: tuple[int, Any] | None = None
 
 
 # A request parameter as (the InferParameter's oneof field name or None when
@@ -103,6 +112,7 @@ class ParsedRequest:
     """
 
     __slots__ = (
+        "classification",
         "id",
         "inputs",
         "model_name",
@@ -121,8 +131,11 @@ class ParsedRequest:
         inputs: list[ParsedInput],
         output_names: list[str],
         raw_input_contents: Sequence[bytes | memoryview],
+        classification: dict[str, Parameter] | None = None,
     ) -> None:
         self.model_name = model_name
+        # Outputs asked for as classes (Triton's classification extension): output -> count.
+        self.classification = classification or {}
         self.model_version = model_version
         self.id = id
         self.parameters = parameters
@@ -155,6 +168,11 @@ def parse_message(request: pb.ModelInferRequest) -> ParsedRequest:
         ],
         [output.name for output in request.outputs],
         list(request.raw_input_contents),
+        {
+            output.name: parameter_of(output.parameters[CLASSIFICATION])
+            for output in request.outputs
+            if CLASSIFICATION in output.parameters
+        },
     )
 
 
@@ -249,6 +267,30 @@ def _as_text(array: np.ndarray, name: str) -> np.ndarray:
     return out.reshape(array.shape)
 
 
+def _checked_values(array: np.ndarray, spec: TensorSpec, model: ModelSignature) -> np.ndarray:
+    """BYTES elements as the model takes them (str or bytes), integers within their range."""
+    if spec.datatype == "BYTES":
+        array = _as_text(array, spec.name) if model.bytes_as_text else _as_bytes(array)
+    bounds = model.input_ranges.get(spec.name)
+    if bounds is not None:
+        _check_range(array, spec.name, bounds, model)
+    return array
+
+
+def _check_complete(
+    model: ModelSignature, inputs: Mapping[str, np.ndarray], batch_sizes: Mapping[str, int]
+) -> None:
+    """Every input given, all with one batch size."""
+    missing = [name for name in model.inputs if name not in inputs]
+    if missing:
+        raise InvalidInput(
+            f"model '{model.name}' needs input(s) {', '.join(missing)} which the request lacks"
+        )
+    if len(set(batch_sizes.values())) > 1:
+        sizes = ", ".join(f"{n}: {b}" for n, b in batch_sizes.items())
+        raise InvalidInput(f"inputs disagree on the batch size ({sizes}); they must share it")
+
+
 def decode_request(
     request: pb.ModelInferRequest, model: ModelSignature, version: str
 ) -> DecodedRequest:
@@ -295,20 +337,8 @@ def decode_parsed(request: ParsedRequest, model: ModelSignature, version: str) -
                 )
         except codec.CodecError as exc:
             raise InvalidInput(f"input '{name}': {exc}") from None
-        if spec.datatype == "BYTES":
-            array = _as_text(array, name)
-        bounds = model.input_ranges.get(name)
-        if bounds is not None:
-            _check_range(array, name, bounds, model)
-        inputs[name] = array
-    missing = [name for name in model.inputs if name not in inputs]
-    if missing:
-        raise InvalidInput(
-            f"model '{model.name}' needs input(s) {', '.join(missing)} which the request lacks"
-        )
-    if len(set(batch_sizes.values())) > 1:
-        sizes = ", ".join(f"{n}: {b}" for n, b in batch_sizes.items())
-        raise InvalidInput(f"inputs disagree on the batch size ({sizes}); they must share it")
+        inputs[name] = _checked_values(array, spec, model)
+    _check_complete(model, inputs, batch_sizes)
     if request.output_names:
         output_names = []
         for requested in request.output_names:
@@ -323,6 +353,9 @@ def decode_parsed(request: ParsedRequest, model: ModelSignature, version: str) -
     else:
         names = tuple(model.outputs)
     parameters = request.parameters
+    classification = (
+        _classification(request.classification, model) if request.classification else {}
+    )
     return DecodedRequest(
         model_name=model.name,
         model_version=version,
@@ -333,6 +366,97 @@ def decode_parsed(request: ParsedRequest, model: ModelSignature, version: str) -
         raw_output=use_raw or not request.inputs,
         priority=_request_int_parameter(parameters, "priority") if parameters else 0,
         timeout_us=_request_int_parameter(parameters, "timeout") if parameters else 0,
+        classification=classification,
+    )
+
+
+def _classification(asked: Mapping[str, Parameter], model: ModelSignature) -> dict[str, int]:
+    """The classification extension's counts, checked: numeric outputs, positive counts."""
+    counts = {}
+    for name, (kind, value) in asked.items():
+        spec = model.outputs.get(name)
+        if spec is None:
+            raise InvalidInput(
+                f"unknown output '{name}' requested from model '{model.name}'; "
+                f"its outputs are {', '.join(model.outputs)}"
+            )
+        if kind not in ("int64_param", "uint64_param") or value < 1:
+            raise InvalidInput(
+                f"output '{name}': parameter '{CLASSIFICATION}' must be a positive integer count"
+            )
+        if spec.datatype in ("BYTES", "BOOL"):
+            raise InvalidInput(
+                f"output '{name}' of model '{model.name}' is {spec.datatype}; only numeric "
+                "outputs can be classified"
+            )
+        counts[name] = int(value)
+    return counts
+
+
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    """BYTES elements as bytes (str elements encoded as UTF-8), for Python models."""
+    flat = array.reshape(-1)
+    if array.dtype == object and all(isinstance(element, bytes) for element in flat):
+        return array
+    out = np.empty(flat.shape, dtype=object)
+    for index, element in enumerate(flat):
+        out[index] = element if isinstance(element, bytes) else str(element).encode("utf-8")
+    return out.reshape(array.shape)
+
+
+def decode_arrays(
+    model: ModelSignature,
+    version: str,
+    inputs: Mapping[str, np.ndarray],
+    output_names: Sequence[str],
+    *,
+    request_id: str = "",
+    priority: int = 0,
+    timeout_us: int = 0,
+) -> DecodedRequest:
+    """Validate numpy inputs for a call made inside the server (an ensemble step, a BLS call).
+
+    The same checks as a request from the network (names, datatypes, shapes,
+    batch sizes, ranges, outputs), raising InvalidInput naming what is wrong.
+    """
+    checked: dict[str, np.ndarray] = {}
+    batch_sizes: dict[str, int] = {}
+    for name, value in inputs.items():
+        spec = model.inputs.get(name)
+        if spec is None:
+            raise InvalidInput(
+                f"unknown input '{name}' for model '{model.name}'; its inputs are "
+                f"{', '.join(model.inputs)}"
+            )
+        array = np.asarray(value)
+        try:
+            datatype = codec.datatype_of(array)
+        except codec.CodecError as exc:
+            raise InvalidInput(f"input '{name}': {exc}") from None
+        if datatype != spec.datatype:
+            raise InvalidInput(
+                f"input '{name}' has datatype {datatype} but model '{model.name}' expects "
+                f"{spec.datatype}"
+            )
+        batch_sizes[name] = _check_shape(spec, array.shape, model)
+        checked[name] = _checked_values(array, spec, model)
+    _check_complete(model, checked, batch_sizes)
+    for requested in output_names:
+        if requested not in model.outputs:
+            raise InvalidInput(
+                f"unknown output '{requested}' requested from model '{model.name}'; "
+                f"its outputs are {', '.join(model.outputs)}"
+            )
+    return DecodedRequest(
+        model_name=model.name,
+        model_version=version,
+        id=request_id,
+        inputs=checked,
+        output_names=tuple(dict.fromkeys(output_names)) or tuple(model.outputs),
+        batch_size=next(iter(batch_sizes.values()), 1),
+        raw_output=True,
+        priority=priority,
+        timeout_us=timeout_us,
     )
 
 

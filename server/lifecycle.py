@@ -60,12 +60,22 @@ _INDEX_STATES = {
 class ServingVersion:
     """A loaded model version with its scheduler: what a request runs on."""
 
-    __slots__ = ("_drained", "accepting", "fingerprint", "in_flight", "model", "scheduler")
+    __slots__ = (
+        "_drained",
+        "accepting",
+        "fingerprint",
+        "in_flight",
+        "labels",
+        "model",
+        "scheduler",
+    )
 
     def __init__(self, model: ModelVersion, scheduler: Scheduler, fingerprint: Fingerprint) -> None:
         self.model = model
         self.scheduler = scheduler
         self.fingerprint = fingerprint
+        # Class labels by output (label_filename), for the classification extension.
+        self.labels: dict[str, tuple[str, ...]] = {}
         self.in_flight = 0  # requests accepted and not yet answered
         self.accepting = True
         self._drained: asyncio.Event | None = None

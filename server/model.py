@@ -33,6 +33,38 @@ class LoadOptions:
     cache_dir: Path | None = None  # TensorRT engines; None: a temporary directory
 
 
+def signature_of(
+    name: str, config: mc.ModelConfig, *, bytes_as_text: bool = True
+) -> ModelSignature:
+    """What requests to a model are checked against, from its completed config.
+
+    ``bytes_as_text``: BYTES inputs as str (onnxruntime), else as bytes (Python models).
+    """
+    return ModelSignature(
+        name=name,
+        inputs={t.name: t for t in tensor_specs(config.input)},
+        outputs={t.name: t for t in tensor_specs(config.output)},
+        max_batch_size=config.max_batch_size,
+        input_ranges=declared_ranges(config),
+        bytes_as_text=bytes_as_text,
+    )
+
+
+def metadata_of(
+    signature: ModelSignature, versions: Sequence[str], platform: str
+) -> pb.ModelMetadataResponse:
+    """ModelMetadata with a leading -1 on batchable models, as perf_analyzer expects."""
+    lead = [-1] if signature.batchable else []
+    response = pb.ModelMetadataResponse(
+        name=signature.name, versions=list(versions), platform=platform
+    )
+    for spec in signature.inputs.values():
+        response.inputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
+    for spec in signature.outputs.values():
+        response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
+    return response
+
+
 class ModelVersion:
     """A servable model version. ``execute`` runs on a worker thread."""
 
@@ -51,13 +83,7 @@ class ModelVersion:
         self.session = session
         self.cuda_requested = cuda_requested
         self.statistics = VersionStatistics()
-        self.signature = ModelSignature(
-            name=name,
-            inputs={t.name: t for t in tensor_specs(config.input)},
-            outputs={t.name: t for t in tensor_specs(config.output)},
-            max_batch_size=config.max_batch_size,
-            input_ranges=declared_ranges(config),
-        )
+        self.signature = signature_of(name, config)
         self.instance_count = sum(max(g.count, 1) for g in config.instance_group) or 1
 
     @property
@@ -65,16 +91,7 @@ class ModelVersion:
         return self.session.providers
 
     def metadata(self, versions: Sequence[str]) -> pb.ModelMetadataResponse:
-        """ModelMetadata with a leading -1 on batchable models, as perf_analyzer expects."""
-        lead = [-1] if self.signature.batchable else []
-        response = pb.ModelMetadataResponse(
-            name=self.name, versions=list(versions), platform=self.config.platform
-        )
-        for spec in self.signature.inputs.values():
-            response.inputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
-        for spec in self.signature.outputs.values():
-            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=[*lead, *spec.dims])
-        return response
+        return metadata_of(self.signature, versions, self.config.platform)
 
     def execute(
         self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str]

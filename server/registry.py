@@ -24,11 +24,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 from onnxserve.protocol import grpc_service_pb2 as pb
-from onnxserve.server.errors import ConfigError, ModelNotFound, ModelUnavailable
+from onnxserve.server.caller import ModelCaller
+from onnxserve.server.classification import read_labels
+from onnxserve.server.config import model_kind
+from onnxserve.server.ensemble import ensembles_last, open_ensemble
+from onnxserve.server.errors import ConfigError, ModelLoadRefused, ModelNotFound, ModelUnavailable
 from onnxserve.server.lifecycle import ModelEntry, ServingVersion, VersionSlot, VersionState
 from onnxserve.server.model import LoadOptions, ModelVersion, load_model_version
 from onnxserve.server.model_files import check_model_files
 from onnxserve.server.peers import VersionReport
+from onnxserve.server.python_models.model import PythonModel, auto_complete
+from onnxserve.server.python_models.requirements import check_requirements
 from onnxserve.server.repository import (
     ModelSource,
     RepositoryScan,
@@ -38,7 +44,7 @@ from onnxserve.server.repository import (
     scan_repository,
 )
 from onnxserve.server.runtime import CUDA, nvidia_gpu_visible
-from onnxserve.server.scheduler import create_scheduler
+from onnxserve.server.scheduler import ClosingScheduler, create_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +74,8 @@ class ModelRegistry:
         # The scan each model was last brought in line with (see changed()).
         self._applied: dict[str, tuple[object, ...]] = {}
         self.loaded = False
+        # Ensemble steps and BLS calls reach served models through this.
+        self.caller = ModelCaller(self.get)
 
     # -- driving the lifecycle -----------------------------------------------------------
 
@@ -117,7 +125,7 @@ class ModelRegistry:
                     entry.versions = {v: VersionSlot(VersionState.LOADING) for v in source.versions}
                 else:
                     entry.loaded = False
-            for source in chosen:
+            for source in ensembles_last(chosen):
                 await self._apply(source)
             missing = sorted(set(only or ()) - {s.name for s in scan.models})
             for name in missing:
@@ -181,12 +189,18 @@ class ModelRegistry:
     async def _load(
         self, source: ModelSource, version: int, path: Path, entry: ModelEntry, others_serve: bool
     ) -> ServingVersion | None:
-        loop = asyncio.get_running_loop()
-        options = LoadOptions(self._device, self._cpu_budget, self._cuda_usable, self._cache_dir)
         try:
-            model = await loop.run_in_executor(
-                None, self._load_checked, source, version, path, options
-            )
+            root = self.repository.resolve()
+            labels = read_labels(source.config, root / source.name, root)
+            kind = model_kind(source.config)
+            if kind == "ensemble":
+                serving = self._load_ensemble(source, version)
+            elif kind == "python":
+                serving = await self._load_python(source, version, path)
+            else:
+                serving = await self._load_onnx(source, version, path)
+            serving.labels = labels
+            return serving
         except ConfigError as exc:
             reason = relative_reason(str(exc), self.repository)
             log.error("model '%s' version %d is unavailable: %s", source.name, version, reason)
@@ -197,10 +211,52 @@ class ModelRegistry:
                     VersionState.FAILED, reason=reason, blocks_readiness=not others_serve
                 )
             return None
+
+    async def _load_onnx(self, source: ModelSource, version: int, path: Path) -> ServingVersion:
+        loop = asyncio.get_running_loop()
+        options = LoadOptions(self._device, self._cpu_budget, self._cuda_usable, self._cache_dir)
+        model = await loop.run_in_executor(None, self._load_checked, source, version, path, options)
         if model.cuda_requested and self._cuda_usable is None:
             # Settle once whether CUDA works, so later models skip a doomed attempt.
             self._cuda_usable = CUDA in model.providers
         return ServingVersion(model, create_scheduler(model), source.fingerprints.get(version, ()))
+
+    async def _load_python(self, source: ModelSource, version: int, path: Path) -> ServingVersion:
+        """Start the model's instance processes (each runs its initialize) off the event loop."""
+        loop = asyncio.get_running_loop()
+        check_requirements(path.parent.parent, source.name, self.repository.resolve())
+        config, first = await loop.run_in_executor(
+            None, auto_complete, source.config, source.name, path
+        )
+        model = PythonModel(source.name, version, config, path, self.caller.bls_handler(loop))
+        await loop.run_in_executor(None, model.start, first)
+
+        def failed(reason: str) -> None:  # on an instance thread
+            loop.call_soon_threadsafe(self._python_failed, source.name, version, model, reason)
+
+        model.on_failure = failed
+        scheduler = ClosingScheduler(create_scheduler(model), model.close)  # type: ignore[arg-type]
+        return ServingVersion(model, scheduler, source.fingerprints.get(version, ()))  # type: ignore[arg-type]
+
+    def _python_failed(self, name: str, version: int, model: PythonModel, reason: str) -> None:
+        """A Python model version gave up (its process kept crashing): UNAVAILABLE, with why."""
+        entry = self._models.get(name)
+        slot = entry.versions.get(version) if entry is not None else None
+        if slot is None or slot.serving is None or slot.serving.model is not model:
+            return
+        entry.versions[version] = VersionSlot(VersionState.FAILED, reason=reason)  # type: ignore[union-attr]
+        self._start_drain(slot.serving)
+
+    def _load_ensemble(self, source: ModelSource, version: int) -> ServingVersion:
+        """Check the steps against the models serving now (on the event loop: no I/O)."""
+        model, scheduler = open_ensemble(
+            source.name,
+            version,
+            source.config,
+            lambda name, wanted: self.get(name, wanted).model.signature,
+            self.caller,
+        )
+        return ServingVersion(model, scheduler, source.fingerprints.get(version, ()))  # type: ignore[arg-type]
 
     def _load_checked(
         self, source: ModelSource, version: int, path: Path, options: LoadOptions
@@ -257,12 +313,23 @@ class ModelRegistry:
         self._models.pop(name, None)
         self._applied.pop(name, None)
 
-    async def load(self, name: str) -> ModelEntry:
-        """(Re)load one model from its folder now (RepositoryModelLoad)."""
+    async def load(self, name: str, allow_python: bool = True) -> ModelEntry:
+        """(Re)load one model from its folder now (RepositoryModelLoad).
+
+        ``allow_python`` False refuses a Python model (its model.py is code the
+        server would run on a name the network chose).
+        """
         scan = await self.scan(name)
         if not scan.models:
             raise ModelNotFound(f"model '{name}' is not in the model repository")
-        return await self.apply(scan.models[0])
+        source = scan.models[0]
+        if not allow_python and model_kind(source.config) == "python":
+            raise ModelLoadRefused(
+                f"model '{name}' is a Python model (backend python): its model.py runs code, "
+                "and this server loads Python models only at start-up (--load-model) unless "
+                "started with --allow-python-load"
+            )
+        return await self.apply(source)
 
     async def wait_drained(self) -> None:
         while self._drains:

@@ -28,9 +28,12 @@ from onnxserve.layout import (
     version_folders,
 )
 from onnxserve.protocol import model_config_pb2 as mc
-from onnxserve.server.config import load_config_file
+from onnxserve.server.config import load_config_file, model_kind
 from onnxserve.server.errors import ConfigError
 from onnxserve.server.model_files import resolve_inside
+
+# A Python model's file in its version folder (Triton's name).
+PYTHON_MODEL_FILENAME = "model.py"
 
 Fingerprint = tuple[tuple[str, int, int], ...]
 
@@ -119,11 +122,16 @@ def scan_model(root: Path, name: str, skipped: list[Skipped] | None = None) -> M
             if not _inside(config_path, root):
                 raise ConfigError(f"config.pbtxt of model '{name}' leads outside the repository")
             source.config = load_config_file(config_path, name)
-        filename = source.config.default_model_filename or MODEL_FILENAME
+        kind = model_kind(source.config)
+        default = PYTHON_MODEL_FILENAME if kind == "python" else MODEL_FILENAME
+        filename = source.config.default_model_filename or default
         available: dict[int, Path] = {}
         versions = version_folders(folder)
         _skip_non_versions(folder, set(versions.values()), filename, skipped)
         for version, entry in versions.items():
+            if kind == "ensemble":  # an ensemble's version folder is empty, as in Triton
+                available[version] = entry
+                continue
             model_file = entry / filename
             if not model_file.is_file():
                 skipped.append(Skipped(f"{name}/{version}", f"it has no {filename}"))
@@ -131,6 +139,11 @@ def scan_model(root: Path, name: str, skipped: list[Skipped] | None = None) -> M
             if not _inside(model_file, root):
                 raise ConfigError(f"model '{name}' version {version} leads outside the repository")
             available[version] = model_file
+        if not available and kind == "ensemble":
+            raise ConfigError(
+                f"ensemble '{name}' has no version folder; create an empty {name}/1/ "
+                "(Triton's layout)"
+            )
         if not available:
             raise ConfigError(
                 f"model '{name}' has no version folder with a {filename} "
@@ -144,7 +157,10 @@ def scan_model(root: Path, name: str, skipped: list[Skipped] | None = None) -> M
             )
         source.versions = {v: available[v] for v in chosen}
         source.fingerprints = {
-            v: _fingerprint(available[v].parent, config_path, root) for v in chosen
+            v: _fingerprint(
+                available[v] if kind == "ensemble" else available[v].parent, config_path, root
+            )
+            for v in chosen
         }
     except ConfigError as exc:
         source.error = str(exc)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import numpy as np
 
-from onnxserve.server.batching.executor import BatchExecutor, ExecutedBatch
+from onnxserve.server.batching.executor import ExecutedBatch, executor_for
 from onnxserve.server.errors import RequestTimeout
 from onnxserve.server.inference import DecodedRequest
 from onnxserve.server.model import ModelVersion
@@ -42,7 +43,7 @@ class DirectScheduler:
 
     def __init__(self, model: ModelVersion) -> None:
         self._model = model
-        self._executor = BatchExecutor(model)
+        self._executor = executor_for(model)
         self._threads = ThreadPoolExecutor(
             max_workers=model.instance_count, thread_name_prefix=f"ort-{model.name}"
         )
@@ -75,6 +76,23 @@ class DirectScheduler:
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self._threads.shutdown, True)
+
+
+class ClosingScheduler:
+    """A scheduler that releases its model's own resources once closed (Python processes)."""
+
+    def __init__(self, inner: Scheduler, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release = release
+
+    async def infer(
+        self, request: DecodedRequest, deadline_ns: int | None
+    ) -> dict[str, np.ndarray]:
+        return await self._inner.infer(request, deadline_ns)
+
+    async def close(self) -> None:
+        await self._inner.close()
+        await asyncio.get_running_loop().run_in_executor(None, self._release)
 
 
 def create_scheduler(model: ModelVersion) -> Scheduler:

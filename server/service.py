@@ -25,6 +25,7 @@ from onnxserve import __version__
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol.parameters import with_stream_status
+from onnxserve.server.classification import classify
 from onnxserve.server.control import ModelControl
 from onnxserve.server.errors import (
     InvalidInput,
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "onnxserve"
 # Triton extension names this server fully provides (model_repository: explicit mode only).
-EXTENSIONS = ("model_configuration", "statistics", "schedule_policy")
+EXTENSIONS = ("classification", "model_configuration", "statistics", "schedule_policy")
 
 Request = TypeVar("Request")
 Response = TypeVar("Response")
@@ -136,6 +137,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 raise
             # The scheduler records the request's success or failure from here on.
             outputs = await serving.scheduler.infer(decoded, deadline_ns)
+            if decoded.classification:
+                return decoded, *classify(decoded, outputs, model.signature, serving.labels)
             return decoded, outputs, model.signature
         finally:
             serving.leave()

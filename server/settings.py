@@ -157,6 +157,15 @@ class ServerSettings:
             "metavar": "NAMES",
         },
     )
+    allow_python_load: bool = field(
+        default=False,
+        metadata={
+            "help": "With --model-control-mode explicit: let RepositoryModelLoad load Python "
+            "models (backend python), whose model.py runs code in the server's name; without "
+            "it such a call is refused (PERMISSION_DENIED) and Python models load only at "
+            "start-up (--load-model) or by polling"
+        },
+    )
     max_concurrent_rpcs: int = field(
         default=0,
         metadata={
@@ -233,6 +242,8 @@ class ServerSettings:
             raise SettingsError("--repository-poll-secs must be positive")
         if self.load_model and self.model_control_mode != "explicit":
             raise SettingsError("--load-model needs --model-control-mode explicit")
+        if self.allow_python_load and self.model_control_mode != "explicit":
+            raise SettingsError("--allow-python-load needs --model-control-mode explicit")
         if self.model_control_mode == "explicit" and self.workers > 1:
             raise SettingsError(
                 "--model-control-mode explicit needs --workers 1: a load or unload call reaches "

@@ -397,6 +397,36 @@ def test_digits_classified_through_the_server(repository: Path, client: Client) 
     np.testing.assert_allclose(single[0], result.probabilities[3], atol=1e-5)
 
 
+def test_digits_ensemble_returns_labels_and_classes(server: RunningServer, client: Client) -> None:
+    """digits_labelled (digits, then the Python step digits_label) and the classification
+    extension on digits itself (its label_filename), against the plain model's answers."""
+    from onnxserve.examples.digits.labelled import LABELS
+    from onnxserve.examples.digits.predict import classify, label
+    from onnxserve.protocol import grpc_service_pb2 as pb
+    from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+    from onnxserve.protocol.codec import array_to_raw, deserialize_bytes_tensor
+
+    images = held_out_split().test_images[:70]  # two requests: 64 + 6
+    probabilities = classify(client, images)
+    names, chosen = label(client, images)
+    assert names == [LABELS[i] for i in probabilities.argmax(axis=1)]
+    np.testing.assert_allclose(chosen, probabilities.max(axis=1), atol=1e-6)
+    request = pb.ModelInferRequest(model_name="digits")
+    request.inputs.add(name="image", datatype="FP32", shape=[2, 8, 8])
+    request.raw_input_contents.append(array_to_raw(images[:2].astype(np.float32)))
+    wanted = request.outputs.add(name="probabilities")
+    wanted.parameters["classification"].int64_param = 3
+    with server.channel() as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30)
+    assert answer.outputs[0].datatype == "BYTES"
+    assert list(answer.outputs[0].shape) == [2, 3]
+    classes = deserialize_bytes_tensor(answer.raw_output_contents[0]).reshape(2, 3)
+    for row, expected in zip(classes, probabilities[:2], strict=True):
+        value, index, name = row[0].decode().split(":")
+        assert int(index) == int(expected.argmax()) and name == LABELS[int(index)]
+        assert float(value) == pytest.approx(float(expected.max()), abs=1e-6)
+
+
 def test_predict_commands(
     repository: Path, server: RunningServer, client: Client, capsys: pytest.CaptureFixture[str]
 ) -> None:

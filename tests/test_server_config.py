@@ -63,7 +63,10 @@ def test_supported_triton_config_parses() -> None:
     [
         ('name: "other"', "folder is 'm'"),
         ('platform: "tensorflow_savedmodel"', "platform 'tensorflow_savedmodel'"),
-        ('backend: "python"', "backend 'python'"),
+        ('backend: "tensorflow"', "backend 'tensorflow'"),
+        ('platform: "ensemble"', "needs ensemble_scheduling"),
+        ('backend: "python" platform: "onnxruntime_onnx"', "takes no platform"),
+        ('ensemble_scheduling { step [ { model_name: "a" } ] }', "needs platform"),
         ("max_batch_size: -1", "must not be negative"),
         ('default_model_filename: "../escape.onnx"', "plain file name"),
         ("max_batch_size: eight", "does not parse"),
@@ -258,7 +261,10 @@ def test_supported_fields_all_exist() -> None:
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ('output [ { name: "y" label_filename: "labels.txt" } ]', "classification extension"),
+        (
+            'platform: "ensemble" ensemble_scheduling { step [ { model_namespace: "n" } ] }',
+            "namespaces",
+        ),
         ('metric_tags { key: "team" value: "a" }', "metric_tags"),
         ("optimization { input_pinned_memory { enable: true } }", "pinned memory"),
         ("instance_group [ { gpus: [0] }, { gpus: [1] } ]", "one GPU"),

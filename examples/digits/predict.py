@@ -20,7 +20,7 @@ import numpy as np
 from onnxserve.client import Client
 from onnxserve.examples.digits.data import held_out_split
 
-__all__ = ["Classified", "classify", "classify_held_out", "main"]
+__all__ = ["Classified", "classify", "classify_held_out", "label", "main"]
 
 MODEL_NAME = "digits"
 INPUT_NAME = "image"
@@ -55,6 +55,22 @@ def classify(client: Client, images: np.ndarray, *, model: str = MODEL_NAME) -> 
         for i in range(0, len(images), MAX_BATCH)
     ]
     return np.concatenate(parts) if parts else np.zeros((0, 10), np.float32)
+
+
+def label(
+    client: Client, images: np.ndarray, *, model: str = "digits_labelled"
+) -> tuple[list[str], np.ndarray]:
+    """Each image's label and its probability, from the ensemble (model, then post-processing)."""
+    images = np.asarray(images, dtype=np.float32)
+    if images.ndim == 2:
+        images = images[None]
+    names: list[str] = []
+    chosen = []
+    for i in range(0, len(images), MAX_BATCH):
+        answer = client.infer(model, {INPUT_NAME: images[i : i + MAX_BATCH]})
+        names.extend(element.decode() for element in answer["label"].reshape(-1))
+        chosen.append(np.asarray(answer["probability"]).reshape(-1))
+    return names, np.concatenate(chosen) if chosen else np.zeros(0, np.float32)
 
 
 def classify_held_out(client: Client, *, model: str = MODEL_NAME) -> Classified:

@@ -35,7 +35,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from onnxserve.server.batching.executor import BatchExecutor, ExecutedBatch, Outputs
+from onnxserve.server.batching.executor import ExecutedBatch, Outputs, executor_for
 from onnxserve.server.batching.load import LoadEstimator
 from onnxserve.server.batching.queue import (
     FINISHED,
@@ -80,7 +80,7 @@ class DynamicBatcher:
         self._threads = ThreadPoolExecutor(
             max_workers=self._instances, thread_name_prefix=f"ort-{model.name}"
         )
-        self._executor = BatchExecutor(model, self._config.padded_rows)
+        self._executor = executor_for(model, self._config.padded_rows)
         self._queue = RequestQueue(
             self._config, model.name, tuple(model.signature.inputs), self._finish
         )
@@ -246,7 +246,8 @@ class DynamicBatcher:
         requests while the model computes.
         """
         return (
-            len(entries) == 1
+            self._executor.may_run_inline
+            and len(entries) == 1
             and self._free == self._instances - 1
             and not self._queue.count
             and self._load.inline_allowed()

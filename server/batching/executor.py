@@ -66,6 +66,9 @@ def _same_rows(rows: int) -> int:
 class BatchExecutor:
     """Runs batches of one model version; safe to use from several instance threads."""
 
+    #: Whether the batcher may run a lone short request on the event loop's thread.
+    may_run_inline = True
+
     def __init__(self, model: ModelVersion, padded_rows: Callable[[int], int] = _same_rows) -> None:
         self._model = model
         self._padded_rows = padded_rows
@@ -176,6 +179,7 @@ class BatchExecutor:
                     timing=timing,
                     total_ns=now - arrival,
                 )
+                request.report = (dispatched_ns - arrival, timing)
 
     def _execute(self, requests: Sequence[DecodedRequest]) -> tuple[list[Outputs], ExecutionTiming]:
         started = time.perf_counter_ns()
@@ -220,6 +224,17 @@ class BatchExecutor:
             return first
         wanted = {name for r in requests for name in r.output_names}
         return tuple(name for name in self._output_order if name in wanted)
+
+
+def executor_for(
+    model: ModelVersion, padded_rows: Callable[[int], int] = _same_rows
+) -> BatchExecutor:
+    """The executor of a model: its own where it has one (Python models), else the ONNX one."""
+    own = getattr(model, "create_executor", None)
+    if own is not None:
+        executor: BatchExecutor = own(padded_rows)
+        return executor
+    return BatchExecutor(model, padded_rows)
 
 
 def _merge(arrays: list[np.ndarray], pad_rows: int) -> np.ndarray:

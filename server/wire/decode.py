@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 
-from onnxserve.server.inference import Parameter, ParsedInput, ParsedRequest
+from onnxserve.server.inference import CLASSIFICATION, Parameter, ParsedInput, ParsedRequest
 
 __all__ = ["parse_infer_request"]
 
@@ -243,7 +243,9 @@ def _output(data: bytes, pos: int, end: int) -> str:
         if field == 1:
             name = data[start:pos].decode()
         elif field == 2:
-            _map_entry(data, start, pos)  # output parameters: checked, not used
+            key, _ = _map_entry(data, start, pos)
+            if key == CLASSIFICATION:  # the generated class's parse reads it
+                raise _Unusual
     if pos > end:
         raise _Unusual
     return name
