@@ -211,7 +211,8 @@ def loop_warnings(loops: Sequence[str], causes: Sequence[LoopCause]) -> list[str
         if cause.layer in owners and not cause.recurrent:
             warnings.append(_time_distributed_warning(cause, len(owners[cause.layer])))
     if "" in owners:
-        scopes = sorted({_layer_of(_layer_of(node)) for node in owners[""]})
+        # 'model_1/<layer>_N/...': the model's layer the Loop sits in.
+        scopes = sorted({"/".join(node.split("/")[:2]) for node in owners[""]})
         warnings.append(loop_warning([], len(owners[""]), scopes))
     return warnings
 
