@@ -17,9 +17,6 @@ each get their own answer.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from onnxserve.layout import input_range_key
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
+from tests import converter_fixtures as fx
 from tests.converter_matrix import MATRIX, VOCABULARY, Case, keras_outputs, make_inputs
 from tests.support.server import RunningServer
 from tests.test_converter_serving import SERVING_ATOL, infer
@@ -45,17 +43,10 @@ QUEUE_DELAY_US = 50_000
 
 
 def _cli_convert(model_file: Path, repository: Path, name: str) -> str:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "onnxserve", "convert", str(model_file)]
-    command += ["--repository", str(repository), "--name", name]
-    done = subprocess.run(
-        [*command, "--max-batch-size", str(MAX_BATCH_SIZE)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-        check=False,
-    )
+    done = fx.run_convert_cli(
+        str(model_file), "--repository", str(repository), "--name", name,
+        "--max-batch-size", str(MAX_BATCH_SIZE),
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     # Only the converter's own lines: no TensorFlow/onnxruntime C++ log lines, no colours.
     for noise in ("\x1b[", "I0000", "E0000", "W0000", "[E:onnxruntime", "single_machine.cc"):

@@ -10,12 +10,12 @@ shell does, so TensorFlow's start-up and grappler lines are really written.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests import converter_fixtures as fx
 from tests.converter_models import _keras
 
 pytestmark = pytest.mark.slow
@@ -34,17 +34,7 @@ def _argmax_model(path: Path) -> Path:
     return path
 
 
-def _convert(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    return subprocess.run(
-        [sys.executable, "-m", "onnxserve", "convert", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-        check=False,
-    )
+_convert = fx.run_convert_cli
 
 
 def test_failure_output_holds_only_the_converters_lines(tmp_path: Path) -> None:
