@@ -26,8 +26,9 @@ a meaning. What each such consumer accepts:
   the table's default instead), so the check inputs keep to known keys there.
 - A keras_hub ``TokenAndPositionEmbedding`` (any layer whose ``token_embedding``
   is an Embedding): that embedding's ids, as for the Embedding itself.
-- A tensor passed as ``padding_mask=`` or ``attention_mask=`` (keras_hub's
-  transformer layers take the backbone's ``padding_mask`` input so): ``0..1``.
+- A tensor passed as ``padding_mask=``, ``decoder_padding_mask=`` or
+  ``attention_mask=`` (keras_hub's transformer layers take the backbone's
+  ``padding_mask`` input so): ``0..1``.
   Keras reads any non-zero value as 1, so other values never meant anything
   else; declaring 0..1 lets the server refuse what is surely a mistake (ids
   sent as the mask).
@@ -116,9 +117,10 @@ _PASS_THROUGH = frozenset(
 )
 
 Range = tuple[int | None, int | None]
-# Keywords under which a layer takes a 0/1 mask (keras_hub's transformer layers take the
-# backbone's padding_mask input as padding_mask=, Keras' attention layers attention_mask=).
-_MASK_KEYWORDS = frozenset({"padding_mask", "attention_mask"})
+# Keywords under which a layer takes a 0/1 mask (keras_hub's transformer encoders take the
+# backbone's padding_mask input as padding_mask=, its decoders (GPT-2) as
+# decoder_padding_mask=, Keras' attention layers attention_mask=).
+_MASK_KEYWORDS = frozenset({"padding_mask", "decoder_padding_mask", "attention_mask"})
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class Case:
     kind: str  # "image", "tokens" (keras_hub text backbone), "features", "tagger"
     cli: bool = False
     hub: bool = False
+    segments: bool = False  # a segment_ids input (BERT)
 
 
 def _application(name: str, **kwargs: Any) -> Callable[[], Any]:
@@ -106,7 +107,7 @@ MATRIX: dict[str, Case] = {
     "densenet121": Case(_application("DenseNet121"), "image"),
     "distilbert": Case(_hub("DistilBertBackbone", **_SMALL_TRANSFORMER), "tokens", True, True),
     "roberta": Case(_hub("RobertaBackbone", **_SMALL_TRANSFORMER), "tokens", True, True),
-    "bert": Case(_hub("BertBackbone", **_SMALL_TRANSFORMER), "tokens", hub=True),
+    "bert": Case(_hub("BertBackbone", **_SMALL_TRANSFORMER), "tokens", hub=True, segments=True),
     "gpt2": Case(_hub("GPT2Backbone", **_SMALL_TRANSFORMER), "tokens", hub=True),
     "vit": Case(
         _hub(
@@ -139,7 +140,12 @@ def make_inputs(case: Case, batch: int, seed: int, length: int = 12) -> Inputs:
     for row, kept in enumerate(rng.integers(1, length + 1, size=batch)):
         mask[row, kept:] = 0
         ids[row, kept:] = 0
-    return {"token_ids": ids, "padding_mask": mask}
+    inputs = {"token_ids": ids, "padding_mask": mask}
+    if case.segments:  # BERT: the second segment starts halfway
+        segments = np.zeros((batch, length), dtype="int32")
+        segments[:, length // 2 :] = 1
+        inputs["segment_ids"] = segments * mask
+    return inputs
 
 
 def keras_outputs(model: Any, inputs: Inputs) -> dict[str, np.ndarray] | np.ndarray:

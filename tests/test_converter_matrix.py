@@ -103,6 +103,8 @@ def _check_text_backbone(
     config = text_format.Parse((repository / name / "config.pbtxt").read_text(), mc.ModelConfig())
     assert config.parameters[input_range_key("token_ids")].string_value == f"0,{VOCABULARY - 1}"
     assert config.parameters[input_range_key("padding_mask")].string_value == "0,1"
+    if case.segments:
+        assert config.parameters[input_range_key("segment_ids")].string_value == "0,1"
     bad = make_inputs(case, 1, seed=5)
     bad["token_ids"][0, 0] = VOCABULARY
     with pytest.raises(grpc.RpcError) as refused:
