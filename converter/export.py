@@ -186,14 +186,15 @@ def _owner(node_name: str, causes: Sequence[LoopCause]) -> str:
 
     Node names hold the Keras layers' name scopes, made unique by TensorFlow
     with a suffix ('time_distributed' is traced as 'time_distributed_1'); the
-    innermost matching scope wins (a TimeDistributed over a GRU: the GRU).
+    innermost matching scope wins (a TimeDistributed over a GRU: the GRU), and
+    within a scope the exact name, then the longest ('gru_2' over 'gru' + '_2').
     """
     best = ""
     layers = {cause.layer for cause in causes if cause.layer}
     for part in node_name.split("/")[:-1]:
-        for layer in layers:
-            if re.fullmatch(rf"{re.escape(layer)}(_\d+)?", part):
-                best = layer
+        matches = [layer for layer in layers if re.fullmatch(rf"{re.escape(layer)}(_\d+)?", part)]
+        if matches:
+            best = max(matches, key=lambda layer: (layer == part, len(layer)))
     return best
 
 

@@ -110,3 +110,6 @@ def test_loop_warnings_name_the_layer_behind_each_loop() -> None:
     assert loop_warnings(["m/gru_2_1/while_loop"], causes) == loop_warnings(
         ["m/gru_2_1/while_loop"], []
     )
+    both = [*causes, LoopCause("GRU layer 'gru_2'", "use an LSTM layer instead", "gru_2")]
+    (named,) = loop_warnings(["m/gru_2/while_loop"], both)
+    assert "GRU layer 'gru_2'" in named and "GRU layer 'gru';" not in named
