@@ -14,7 +14,7 @@ GRPC_PORT ?= 8001
 SENTIMENT_DATA ?= $(firstword $(wildcard ../shared/data/sentiment-labelled-sentences))
 export ONNXSERVE_SENTIMENT_DATA ?= $(SENTIMENT_DATA)
 
-.PHONY: install serve test lint examples protos bench clean kserve-env deploy-tools triton-env
+.PHONY: install serve test lint examples protos bench clean kserve-env deploy-tools triton-env keras-hub
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +45,17 @@ kserve-env: install
 deploy-tools: install
 	-$(PY) -m tests.support.deploy_tools
 
-test: install kserve-env deploy-tools
+# keras_hub (PyPI) for the converter's architecture matrix (tests/test_converter_matrix.py:
+# DistilBERT, RoBERTa, BERT, GPT-2 and ViT backbones with random weights), installed
+# without its dependencies: its tensorflow-text pins the full `tensorflow` package, which
+# would land in .venv beside tensorflow-cpu (one module, two distributions). The backbones
+# need neither tensorflow-text nor the preset downloaders; what they import is in the dev
+# extra. Without keras_hub those tests skip with that reason.
+KERAS_HUB ?= keras-hub>=0.32,<0.33
+keras-hub: install
+	$(PY) -m pip install --quiet --no-deps '$(KERAS_HUB)'
+
+test: install kserve-env deploy-tools keras-hub
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 --durations=15
 

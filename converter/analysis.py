@@ -24,6 +24,14 @@ a meaning. What each such consumer accepts:
   indices, unknown ones). With ``num_oov_indices=0`` Keras raises on unknown
   keys through an assertion that tf2onnx drops (the ONNX model maps them to
   the table's default instead), so the check inputs keep to known keys there.
+- A keras_hub ``TokenAndPositionEmbedding`` (any layer whose ``token_embedding``
+  is an Embedding): that embedding's ids, as for the Embedding itself.
+- A tensor passed as ``padding_mask=``, ``decoder_padding_mask=`` or
+  ``attention_mask=`` (keras_hub's transformer layers take the backbone's
+  ``padding_mask`` input so): ``0..1``.
+  Keras reads any non-zero value as 1, so other values never meant anything
+  else; declaring 0..1 lets the server refuse what is surely a mistake (ids
+  sent as the mask).
 - ``Discretization``: no range (every number falls in a bucket); its bin
   boundaries are kept so that the check inputs fall in every bucket.
 - Anything else (Dense, arithmetic, Lambda...): no statement, and the walk
@@ -110,6 +118,10 @@ _PASS_THROUGH = frozenset(
 )
 
 Range = tuple[int | None, int | None]
+# Keywords under which a layer takes a 0/1 mask (keras_hub's transformer encoders take the
+# backbone's padding_mask input as padding_mask=, its decoders (GPT-2) as
+# decoder_padding_mask=, Keras' attention layers attention_mask=).
+_MASK_KEYWORDS = frozenset({"padding_mask", "decoder_padding_mask", "attention_mask"})
 
 
 @dataclass(frozen=True)
@@ -134,10 +146,19 @@ class InputFacts:
 
 @dataclass(frozen=True)
 class LoopCause:
-    """A layer setting that makes tf2onnx emit an ONNX Loop, and what avoids it."""
+    """A layer setting that makes tf2onnx emit an ONNX Loop, and what avoids it.
+
+    ``layer`` is the Keras name of the layer whose Loop it explains: the ONNX
+    Loop nodes carry it in their names (``model/<layer>_N/.../while_loop``),
+    which is how the export step tells which layer produced which Loop.
+    ``recurrent`` is False for a Loop over time steps that is not a recurrent
+    layer's (a TimeDistributed that could not be folded into the batch).
+    """
 
     text: str
     remedy: str
+    layer: str = ""
+    recurrent: bool = True
 
 
 def walk_layers(layer: Any) -> Iterator[Any]:
@@ -198,8 +219,11 @@ def _consumers(model: Any) -> dict[int, list[tuple[Any, Any, int]]]:
     return consumers
 
 
-def _meaningful_consumers(tensor: Any, consumers: dict[int, list[Any]]) -> Iterator[Any]:
-    """The first layers after ``tensor`` that are not pass-through (see ``_PASS_THROUGH``)."""
+def _meaningful_consumers(
+    tensor: Any, consumers: dict[int, list[Any]]
+) -> Iterator[tuple[Any, str | None]]:
+    """The first layers after ``tensor`` that are not pass-through (see ``_PASS_THROUGH``),
+    each with the keyword the tensor was passed under (None when positional)."""
     stack, seen = [tensor], set()
     while stack:
         current = stack.pop()
@@ -216,7 +240,12 @@ def _meaningful_consumers(tensor: Any, consumers: dict[int, list[Any]]) -> Itera
             ).__module__.startswith("keras."):
                 stack.extend(getattr(node, "output_tensors", None) or [])
             else:
-                yield operation
+                yield operation, _keyword(node, current)
+
+
+def _keyword(node: Any, tensor: Any) -> str | None:
+    kwargs = getattr(getattr(node, "arguments", None), "kwargs", None) or {}
+    return next((key for key, value in kwargs.items() if value is tensor), None)
 
 
 def _intersect(ranges: Sequence[Range]) -> Range:
@@ -225,7 +254,7 @@ def _intersect(ranges: Sequence[Range]) -> Range:
     return (max(lows) if lows else None, min(highs) if highs else None)
 
 
-def _facts(consumers: Sequence[Any]) -> InputFacts:
+def _facts(consumers: Sequence[tuple[Any, str | None]]) -> InputFacts:
     import keras
 
     ranges: list[Range] = []
@@ -234,11 +263,21 @@ def _facts(consumers: Sequence[Any]) -> InputFacts:
     oov = True
     boundaries: list[float] = []
     masked = False
-    for layer in consumers:
-        if isinstance(layer, keras.layers.Embedding):
+    for layer, keyword in consumers:
+        embedding = getattr(layer, "token_embedding", None)  # keras_hub's token + position
+        if keyword in _MASK_KEYWORDS:
+            ranges.append((0, 1))
+            reasons.append(f"{keyword} of '{layer.name}'")
+        elif isinstance(layer, keras.layers.Embedding):
             ranges.append((0, int(layer.input_dim) - 1))
             reasons.append(f"Embedding '{layer.name}' (input_dim {layer.input_dim})")
             masked = masked or bool(getattr(layer, "mask_zero", False))
+        elif isinstance(embedding, keras.layers.Embedding):
+            ranges.append((0, int(embedding.input_dim) - 1))
+            reasons.append(
+                f"{type(layer).__name__} '{layer.name}' (vocabulary {embedding.input_dim})"
+            )
+            masked = masked or bool(getattr(embedding, "mask_zero", False))
         elif isinstance(layer, keras.layers.CategoryEncoding):
             ranges.append((0, int(layer.num_tokens) - 1))
             reasons.append(f"CategoryEncoding '{layer.name}' (num_tokens {layer.num_tokens})")
@@ -290,7 +329,8 @@ _UNMASK = (
 
 
 def loop_causes(model: Any) -> list[LoopCause]:
-    """Layer settings that make tf2onnx emit an ONNX Loop instead of a fused LSTM op."""
+    """Layer settings that make tf2onnx emit an ONNX Loop instead of a fused LSTM op,
+    one or more per recurrent layer (each naming it)."""
     import keras
 
     layers = list(walk_layers(model))
@@ -308,36 +348,44 @@ def loop_causes(model: Any) -> list[LoopCause]:
         for layer in layers
         if isinstance(layer, keras.layers.Masking)
     ]
-    if masks:
-        causes.append(
-            LoopCause("masking (" + ", ".join(masks) + ") feeds the recurrent layers", _UNMASK)
-        )
     for layer in rnns:
         cell = getattr(layer, "cell", layer)
+        name = layer.name
+        if masks:
+            causes.append(
+                LoopCause(
+                    "masking (" + ", ".join(masks) + f") feeds the recurrent layer '{name}'",
+                    _UNMASK,
+                    name,
+                )
+            )
         if isinstance(layer, keras.layers.GRU):
-            causes.append(LoopCause(f"GRU layer '{layer.name}'", "use an LSTM layer instead"))
+            causes.append(LoopCause(f"GRU layer '{name}'", "use an LSTM layer instead", name))
         elif isinstance(layer, keras.layers.SimpleRNN):
-            causes.append(LoopCause(f"SimpleRNN layer '{layer.name}'", "use an LSTM layer instead"))
+            causes.append(LoopCause(f"SimpleRNN layer '{name}'", "use an LSTM layer instead", name))
         elif not isinstance(layer, keras.layers.LSTM):
             causes.append(
                 LoopCause(
-                    f"recurrent layer '{layer.name}' ({type(layer).__name__})",
+                    f"recurrent layer '{name}' ({type(layer).__name__})",
                     "use a keras.layers.LSTM layer instead",
+                    name,
                 )
             )
         if float(getattr(cell, "recurrent_dropout", 0.0) or 0.0) > 0:
             causes.append(
                 LoopCause(
-                    f"recurrent_dropout={cell.recurrent_dropout} in '{layer.name}'",
+                    f"recurrent_dropout={cell.recurrent_dropout} in '{name}'",
                     "set recurrent_dropout=0 (dropout between layers works instead)",
+                    name,
                 )
             )
         activation = getattr(getattr(cell, "recurrent_activation", None), "__name__", "")
         if "hard_sigmoid" in activation:
             causes.append(
                 LoopCause(
-                    f"hard_sigmoid recurrent activation in '{layer.name}'",
+                    f"hard_sigmoid recurrent activation in '{name}'",
                     "keep the default recurrent_activation='sigmoid'",
+                    name,
                 )
             )
     return causes

@@ -46,7 +46,9 @@ def convert(
     file or a SavedModel directory. ``options`` are the fields of
     :class:`~onnxserve.converter.settings.ConvertOptions` (``version``,
     ``opset``, ``max_batch_size``, ``optimize``, ``quantize``, ``fp16``, ...),
-    with its defaults and its validation; ``unsafe_deserialization=True``
+    with its defaults and its validation (``verbose=True`` lets TensorFlow's,
+    tf2onnx's and onnxruntime's own log lines through, see
+    :mod:`onnxserve.converter.logs`); ``unsafe_deserialization=True``
     loads a model file with Keras' ``safe_mode=False``, which runs the Python
     code stored in it (Lambda layers): only for files you trust. ``progress``
     receives one line per stage (default: the 'onnxserve.converter' logger at
@@ -62,6 +64,19 @@ def convert(
     return _convert(model, Path(repository), name, ConvertOptions(**options), progress, sentences)
 
 
+def _convert(
+    model: Any,
+    repository: Path,
+    name: str,
+    options: ConvertOptions,
+    progress: Progress | None,
+) -> ConversionReport:
+    from onnxserve.converter.logs import library_output
+
+    with library_output(options.verbose):
+        return _pipeline(model, repository, name, options, progress)
+
+
 def convert_with_settings(
     settings: ConvertSettings, progress: Progress | None = None
 ) -> ConversionReport:
@@ -69,7 +84,7 @@ def convert_with_settings(
     return _convert(settings.model, settings.repository, settings.name, settings, progress)
 
 
-def _convert(
+def _pipeline(
     model: Any,
     repository: Path,
     name: str,

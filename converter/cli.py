@@ -89,9 +89,10 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         return _missing_extra(exc)
     except ConversionError as exc:
+        quiet = "" if settings.verbose else "; --verbose shows the libraries' own log lines"
         print(
             f"onnxserve convert: error: {exc}\n"
-            f"(nothing was written; failed after {time.monotonic() - started:.1f}s)",
+            f"(nothing was written; failed after {time.monotonic() - started:.1f}s{quiet})",
             file=sys.stderr,
         )
         return 1

@@ -10,6 +10,7 @@ that could not become fused LSTM ops) are found so the user can be told.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,14 @@ from onnxserve.converter.errors import ExportError, UnsupportedModelError
 from onnxserve.converter.handlers import captured_tables, custom_op_handlers
 from onnxserve.converter.trace import TracedModel
 
-__all__ = ["ExportedModel", "export_onnx", "iter_nodes", "loop_warning", "name_dimensions"]
+__all__ = [
+    "ExportedModel",
+    "export_onnx",
+    "iter_nodes",
+    "loop_warning",
+    "loop_warnings",
+    "name_dimensions",
+]
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +91,7 @@ def export_onnx(traced: TracedModel, *, opset: int = 17) -> ExportedModel:
         node.name or node.op_type for node in iter_nodes(model.graph) if node.op_type in _LOOP_OPS
     ]
     exported = ExportedModel(model=model, loop_nodes=loops)
-    if loops:
-        exported.warnings.append(loop_warning(traced.loop_causes, len(loops)))
+    exported.warnings.extend(loop_warnings(loops, traced.loop_causes))
     return exported
 
 
@@ -174,17 +181,65 @@ def _layer_of(node_name: str) -> str:
     return head or node_name
 
 
-def loop_warning(causes: Sequence[LoopCause], count: int) -> str:
-    """The plain-words warning for recurrent layers that became ONNX Loops: why, when it
-    matters, and what to change (one remedy per cause found)."""
+def _owner(node_name: str, causes: Sequence[LoopCause]) -> str:
+    """The layer, among the causes', that produced a Loop node ('' when none matches).
+
+    Node names hold the Keras layers' name scopes, made unique by TensorFlow
+    with a suffix ('time_distributed' is traced as 'time_distributed_1'); the
+    innermost matching scope wins (a TimeDistributed over a GRU: the GRU), and
+    within a scope the exact name, then the longest ('gru_2' over 'gru' + '_2').
+    """
+    best = ""
+    layers = {cause.layer for cause in causes if cause.layer}
+    for part in node_name.split("/")[:-1]:
+        matches = [layer for layer in layers if re.fullmatch(rf"{re.escape(layer)}(_\d+)?", part)]
+        if matches:
+            best = max(matches, key=lambda layer: (layer == part, len(layer)))
+    return best
+
+
+def loop_warnings(loops: Sequence[str], causes: Sequence[LoopCause]) -> list[str]:
+    """One warning per group of Loop nodes, naming the layer(s) that produced them."""
+    owners: dict[str, list[str]] = {}
+    for node in loops:
+        owners.setdefault(_owner(node, causes), []).append(node)
+    warnings: list[str] = []
+    recurrent = [c for c in causes if c.layer in owners and c.recurrent]
+    if recurrent:
+        count = sum(len(owners[layer]) for layer in {c.layer for c in recurrent})
+        warnings.append(loop_warning(recurrent, count))
+    for cause in causes:
+        if cause.layer in owners and not cause.recurrent:
+            warnings.append(_time_distributed_warning(cause, len(owners[cause.layer])))
+    if "" in owners:
+        # 'model_1/<layer>_N/...': the model's layer the Loop sits in.
+        scopes = sorted({"/".join(node.split("/")[:2]) for node in owners[""]})
+        warnings.append(loop_warning([], len(owners[""]), scopes))
+    return warnings
+
+
+def _time_distributed_warning(cause: LoopCause, count: int) -> str:
+    return (
+        f"{count} part(s) of the model became an ONNX Loop over the time steps: {cause.text}. "
+        "The answers are the same (checked against Keras), but the wrapped layer runs once "
+        "per time step instead of once per batch, which costs in proportion to the "
+        f"sequence length. To avoid it, {cause.remedy}."
+    )
+
+
+def loop_warning(causes: Sequence[LoopCause], count: int, scopes: Sequence[str] = ()) -> str:
+    """The plain-words warning for recurrent layers that became ONNX Loops: which layers,
+    why, when it matters, and what to change (one remedy per cause found). ``scopes``
+    names where Loops came from that no known cause explains."""
     if causes:
         why = "because of " + "; ".join(c.text for c in causes)
         remedies = list(dict.fromkeys(c.remedy for c in causes))
         fix = "To get the fused operator, " + "; ".join(remedies) + ", and retrain."
     else:
+        where = f"in {', '.join(repr(s) for s in scopes)} " if scopes else ""
         why = (
-            "(masking, GRU, recurrent_dropout or a non-default recurrent activation are the "
-            "usual causes)"
+            f"{where}(masking, GRU, recurrent_dropout or a non-default recurrent activation "
+            "are the usual causes)"
         )
         fix = (
             "To get the fused operator use plain LSTM layers without masking or "

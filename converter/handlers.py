@@ -1,4 +1,4 @@
-"""tf2onnx handlers for the TensorFlow ops of Keras preprocessing layers that tf2onnx 1.17 lacks.
+"""tf2onnx handlers for the TensorFlow ops of Keras layers that tf2onnx 1.17 lacks.
 
 Passed per conversion through tf2onnx's ``custom_op_handlers`` (nothing is
 registered globally):
@@ -14,6 +14,21 @@ registered globally):
   captured table before conversion (:func:`captured_tables`) and the lookup
   becomes an ``ai.onnx.ml`` LabelEncoder (int64 -> int64 or string -> int64,
   with the table's default for keys it lacks, as TensorFlow does).
+- ``Erfc`` (exact GELU: ``tf.nn.gelu(approximate=False)``, i.e. Keras'
+  ``activation="gelu"``, ConvNeXt, the DistilBERT/RoBERTa/ViT transformers):
+  ``erfc(x) = 1 - erf(x)`` with ONNX Erf (opset 9). TensorFlow writes GELU as
+  ``0.5 * x * erfc(Neg(x) * (1/sqrt(2)))``; such a negated argument is folded
+  (``erfc(-z) = 1 + erf(z)``) into the textbook form
+  ``0.5 * x * (1 + erf(x / sqrt(2)))``, which onnxruntime's optimizer
+  (extended level and up, the server's default) fuses into one Gelu kernel:
+  checked, a Dense(activation="gelu") becomes MatMul + Gelu. ONNX's own Gelu
+  operator needs opset 20, past tf2onnx 1.17's 18. Precision: ``1 - erf(x)``
+  loses erfc's relative precision where erfc is tiny (x > 3), never more than
+  float32's 6e-8 absolutely; GELU multiplies it by x, so a GELU of |x| < 100
+  stays within 1e-5 of TensorFlow.
+- ``Expm1`` (``activation="celu"``, ``keras.ops.expm1``): ``exp(x) - 1``;
+  absolutely within float32's rounding of 1 (6e-8), which is the error that
+  matters after CELU's ``max``/``min``.
 """
 
 from __future__ import annotations
@@ -66,6 +81,10 @@ def captured_tables(concrete: Any, graph_def: Any) -> Tables:
     return tables
 
 
+_SQRT2 = 2.0**0.5
+_SQRT_HALF = 0.5**0.5
+
+
 def custom_op_handlers(tables: Tables) -> dict[str, tuple[Callable[..., Any], list[Any]]]:
     """tf2onnx's ``custom_op_handlers`` argument for one conversion."""
 
@@ -75,7 +94,83 @@ def custom_op_handlers(tables: Tables) -> dict[str, tuple[Callable[..., Any], li
     def bucketize(ctx: Any, node: Any, name: str, args: list[Any]) -> None:
         _bucketize(ctx, node)
 
-    return {"LookupTableFindV2": (lookup, []), "Bucketize": (bucketize, [])}
+    def erfc(ctx: Any, node: Any, name: str, args: list[Any]) -> None:
+        _erfc(ctx, node)
+
+    def expm1(ctx: Any, node: Any, name: str, args: list[Any]) -> None:
+        _expm1(ctx, node)
+
+    return {
+        "LookupTableFindV2": (lookup, []),
+        "Bucketize": (bucketize, []),
+        "Erfc": (erfc, []),
+        "Expm1": (expm1, []),
+    }
+
+
+def _one(ctx: Any, node: Any, source: str) -> str:
+    """A scalar 1 of ``source``'s dtype, as a graph constant."""
+    from onnx import helper
+
+    dtype = helper.tensor_dtype_to_np_dtype(ctx.get_dtype(source))
+    return ctx.make_const(f"{node.name}/one", np.ones((), dtype=dtype)).output[0]
+
+
+def _replace(ctx: Any, node: Any, op_type: str, inputs: list[str]) -> None:
+    """Replace ``node`` by one ``op_type`` node with the same name, outputs, shape and dtype."""
+    outputs = node.output
+    shapes, dtypes = [ctx.get_shape(outputs[0])], [ctx.get_dtype(outputs[0])]
+    ctx.remove_node(node.name)
+    ctx.make_node(op_type, inputs, name=node.name, outputs=outputs, shapes=shapes, dtypes=dtypes)
+
+
+def _negated_product(ctx: Any, source: str) -> str | None:
+    """``z`` where ``source`` is ``-z`` written as a product: ``x * c`` with c a negative
+    constant (z = x * -c) or ``Neg(x) * c`` with c positive (z = x * c); else None.
+
+    ``z = x * (1/sqrt(2))`` (GELU's) is written ``x / sqrt(2)``: the form of
+    onnxruntime's Gelu fusion pattern.
+    """
+    producer = ctx.get_node_by_output(source)
+    if producer is None or producer.type != "Mul" or len(ctx.find_output_consumers(source)) != 1:
+        return None
+    for position, other in ((0, 1), (1, 0)):
+        factor = producer.inputs[position]
+        if not factor.is_const():
+            continue
+        value = factor.get_tensor_value(as_list=False)
+        scale = float(value.reshape(())) if value.size == 1 else 0.0
+        operand = producer.inputs[other]
+        if scale < 0:
+            x = producer.input[other]
+        elif scale > 0 and operand is not None and operand.type == "Neg":
+            x = operand.input[0]
+        else:
+            continue
+        if abs(abs(scale) - _SQRT_HALF) < 1e-6:
+            sqrt2 = ctx.make_const(f"{producer.name}/sqrt2", np.full((), _SQRT2, value.dtype))
+            return ctx.make_node("Div", [x, sqrt2.output[0]]).output[0]
+        positive = ctx.make_const(f"{producer.name}/negated", np.abs(value)).output[0]
+        return ctx.make_node("Mul", [x, positive]).output[0]
+    return None
+
+
+def _erfc(ctx: Any, node: Any) -> None:
+    source = node.input[0]
+    one = _one(ctx, node, source)
+    folded = _negated_product(ctx, source)
+    if folded is not None:  # erfc(-z) = 1 + erf(z): the form onnxruntime fuses into Gelu
+        erf = ctx.make_node("Erf", [folded]).output[0]
+        _replace(ctx, node, "Add", [one, erf])
+    else:
+        erf = ctx.make_node("Erf", [source]).output[0]
+        _replace(ctx, node, "Sub", [one, erf])
+
+
+def _expm1(ctx: Any, node: Any) -> None:
+    source = node.input[0]
+    exp = ctx.make_node("Exp", [source]).output[0]
+    _replace(ctx, node, "Sub", [exp, _one(ctx, node, source)])
 
 
 def _bucketize(ctx: Any, node: Any) -> None:

@@ -114,6 +114,14 @@ class ConvertOptions:
             "metavar": "FILE",
         },
     )
+    verbose: bool = field(
+        default=False,
+        metadata={
+            "help": "Show TensorFlow's, tf2onnx's and onnxruntime's own log lines (C++ and "
+            "Python) as they are written; by default they are kept out of the output "
+            "(logged at DEBUG) and the converter's own messages say what matters"
+        },
+    )
     unsafe_deserialization: bool = field(
         default=False,
         metadata={

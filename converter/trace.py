@@ -40,6 +40,8 @@ from onnxserve.converter.analysis import (
 from onnxserve.converter.environment import import_tensorflow
 from onnxserve.converter.errors import ExportError, UnsupportedModelError, first_line
 from onnxserve.converter.load import LoadedModel
+from onnxserve.converter.time_distributed import time_distributed_calls
+from onnxserve.converter.xla_conv import plain_grouped_convolutions
 
 __all__ = ["InputInfo", "TracedModel", "trace_model"]
 
@@ -268,9 +270,15 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         ]
 
         def call(*values: Any) -> dict[str, Any]:
-            return flatten(model(arguments(values), training=False))
+            # Only the traced graph is rewritten; Keras' eager answers stay Keras'.
+            with time_distributed_calls(model) as causes, plain_grouped_convolutions():
+                result = flatten(model(arguments(values), training=False))
+            time_distributed_causes[:] = causes
+            return result
 
         return tf.function(call, input_signature=specs, autograph=False), specs
+
+    time_distributed_causes: list[LoopCause] = []
 
     def eager(values: Sequence[Any]) -> Any:
         tensors_in = [
@@ -309,7 +317,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         inputs=inputs,
         output_names=output_names,
         reference=reference,
-        loop_causes=loop_causes(model),
+        loop_causes=loop_causes(model) + time_distributed_causes,
         source_kind="keras",
     )
 

@@ -7,6 +7,9 @@ session cache; the models are built only when a test first asks for them.
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -122,3 +125,18 @@ def make_inputs(family: str, batch: int, seed: int = 123, length: int = LENGTH) 
                 ids[:, rng.integers(2, LENGTH) :] = 0
             arrays[name] = ids.astype(dtype)
     return arrays
+
+
+def run_convert_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """``onnxserve convert`` in a subprocess, GPUs hidden, with TF_CPP_MIN_LOG_LEVEL unset
+    as in a user's shell (so that TensorFlow's C++ lines are really written)."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return subprocess.run(
+        [sys.executable, "-m", "onnxserve", "convert", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
