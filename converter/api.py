@@ -13,20 +13,27 @@ with a GPU, Keras traces LSTMs as cuDNN kernels that ONNX cannot express.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxserve.converter.environment import hide_gpus
-from onnxserve.converter.report import ConversionReport, TensorSummary
-from onnxserve.converter.settings import ConvertOptions, ConvertSettings
+from onnxserve.converter.report import ConversionReport, StepCost, TensorSummary
+from onnxserve.converter.settings import ConvertOptions, ConvertOptionsError, ConvertSettings
+from onnxserve.memory import format_bytes, measure
+
+if TYPE_CHECKING:
+    from onnxserve.converter.external import StagedModel
 
 __all__ = ["convert", "convert_with_settings"]
 
 log = logging.getLogger("onnxserve.converter")
+MIB = 1 << 20
 Progress = Callable[[str], None]
 
 
@@ -71,11 +78,10 @@ def _convert(
 ) -> ConversionReport:
     hide_gpus()
     from onnxserve.converter.export import export_onnx
+    from onnxserve.converter.external import write_staged
     from onnxserve.converter.load import from_keras_model, load_model
-    from onnxserve.converter.repository import build_config, check_target, write_entry
+    from onnxserve.converter.repository import check_target, staging_folder
     from onnxserve.converter.trace import trace_model
-    from onnxserve.converter.variants import apply_variants
-    from onnxserve.converter.verify import verify_onnx
 
     say = progress or log.info
     started = time.monotonic()
@@ -84,56 +90,112 @@ def _convert(
     variants = options.has_variants
     total = 6 if variants else 5
     numbers = iter(range(1, total + 1))
+    steps: list[StepCost] = []
 
-    def stage(text: str) -> None:
+    @contextlib.contextmanager
+    def stage(step: str, text: str) -> Iterator[None]:
         say(f"[{next(numbers)}/{total} {time.monotonic() - started:5.1f}s] {text}")
+        with measure() as span:
+            yield
+        steps.append(StepCost(step, span.seconds, span.peak_bytes))
 
     if isinstance(model, (str, os.PathLike)):
-        stage(f"loading {model}")
-        loaded = load_model(model, safe_mode=not options.unsafe_deserialization)
+        with stage("load", f"loading {model}"):
+            loaded = load_model(model, safe_mode=not options.unsafe_deserialization)
     else:
-        stage("checking the in-memory Keras model")
-        loaded = from_keras_model(model)
-    stage("tracing with an explicit input signature")
-    traced = trace_model(loaded, dynamic_sequence=options.dynamic_sequence)
+        with stage("load", "checking the in-memory Keras model"):
+            loaded = from_keras_model(model)
+    with stage("trace", "tracing with an explicit input signature"):
+        traced = trace_model(loaded, dynamic_sequence=options.dynamic_sequence)
     ranges = {i.name: i.declared_range for i in traced.inputs if i.declared_range is not None}
     for info in traced.inputs:
         if info.name in ranges:
             say(f"  input {info.name!r}: {_range_text(ranges[info.name])}, from {_reasons(info)}")
-    stage(f"exporting to ONNX (opset {options.opset}) with tf2onnx")
-    exported = export_onnx(traced, opset=options.opset)
-    for warning in exported.warnings:
-        log.warning("%s", warning)
-    _stamp(exported.model, loaded.source)
-    stage("verifying with onnx.checker and onnxruntime against Keras")
-    checks = verify_onnx(
-        exported.model,
-        traced,
-        max_batch_size=options.max_batch_size,
-        rtol=options.rtol,
-        atol=options.atol,
-        seed=options.seed,
-        progress=say,
-    )
-    final_model, variant = exported.model, None
-    if variants:
-        stage("optimizing / quantizing and judging the result against Keras")
-        final_model, variant = apply_variants(
-            exported.model,
-            checks,  # the same inputs and Keras answers as the fp32 check
-            optimize=options.optimize,
-            quantize=options.quantize,
-            fp16=options.fp16,
-            min_agreement=options.min_agreement,
-            variant_atol=options.variant_atol,
+    staging: Path | None = None
+    try:
+        with stage("export", f"exporting to ONNX (opset {options.opset}) with tf2onnx"):
+            exported = export_onnx(
+                traced,
+                opset=options.opset,
+                external_above_bytes=int(options.external_data_above_mib * MIB),
+            )
+            _stamp(exported.model, loaded.source)
+            staged = None
+            if exported.external:
+                if variants:
+                    raise ConvertOptionsError(
+                        "--optimize, --quantize and --fp16 work on models that fit in one "
+                        "file; this one keeps its weights as external data (over "
+                        "--external-data-above-mib)"
+                    )
+                staging = staging_folder(repository, name)
+                staged = write_staged(exported.model, exported.external, staging / "version")
+                say(
+                    f"  {len(exported.external)} weight(s), "
+                    f"{format_bytes(sum(w.nbytes for w in exported.external))}, written as "
+                    f"external data beside model.onnx"
+                )
+        for warning in exported.warnings:
+            log.warning("%s", warning)
+        report = _verify_and_write(
+            exported, staged, traced, loaded.source, repository, name, options, ranges, stage, say
         )
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    report.steps = steps
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _verify_and_write(
+    exported: Any,
+    staged: StagedModel | None,
+    traced: Any,
+    source: str,
+    repository: Path,
+    name: str,
+    options: ConvertOptions,
+    ranges: dict[str, tuple[int | None, int | None]],
+    stage: Callable[[str, str], contextlib.AbstractContextManager[None]],
+    say: Progress,
+) -> ConversionReport:
+    """Verify (by path where the model was staged), optionally make a variant, and write."""
+    from onnxserve.converter.repository import build_config, write_entry
+    from onnxserve.converter.variants import apply_variants
+    from onnxserve.converter.verify import verify_onnx
+
+    with stage("verify", "verifying with onnx.checker and onnxruntime against Keras"):
+        checks = verify_onnx(
+            staged.model_path if staged is not None else exported.model,
+            traced,
+            max_batch_size=options.max_batch_size,
+            rtol=options.rtol,
+            atol=options.atol,
+            seed=options.seed,
+            progress=say,
+        )
+    final_model, variant = exported.model, None
+    if options.has_variants:
+        with stage("variant", "optimizing / quantizing and judging the result against Keras"):
+            final_model, variant = apply_variants(
+                exported.model,
+                checks,  # the same inputs and Keras answers as the fp32 check
+                optimize=options.optimize,
+                quantize=options.quantize,
+                fp16=options.fp16,
+                min_agreement=options.min_agreement,
+                variant_atol=options.variant_atol,
+            )
     config = build_config(final_model, name, options.max_batch_size, input_ranges=ranges)
-    stage(f"writing to {repository / name}")
-    written = write_entry(repository, name, final_model, config, options.version)
-    report = ConversionReport(
+    with stage("write", f"writing to {repository / name}"):
+        written = write_entry(
+            repository, name, staged if staged is not None else final_model, config, options.version
+        )
+    return ConversionReport(
         name=name,
         version=written.version,
-        source=loaded.source,
+        source=source,
         model_path=written.model_path,
         config_path=written.config_path,
         config_written=written.config_written,
@@ -148,9 +210,9 @@ def _convert(
         variant=variant,
         warnings=list(exported.warnings),
         loop_nodes=list(exported.loop_nodes),
-        seconds=time.monotonic() - started,
+        files=sorted(p.name for p in written.model_path.parent.iterdir()),
+        external_bytes=sum(w.nbytes for w in exported.external),
     )
-    return report
 
 
 def _stamp(model: Any, source: str) -> None:

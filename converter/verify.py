@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -81,17 +82,24 @@ def check_batch_sizes(max_batch_size: int) -> list[int]:
     return sorted({1, max_batch_size, *([odd] if odd else [])})
 
 
-def check_onnx(model: onnx.ModelProto) -> None:
-    """onnx.checker with shape inference; VerificationError if the model is invalid."""
+def check_onnx(model: onnx.ModelProto | Path) -> None:
+    """onnx.checker with shape inference; VerificationError if the model is invalid.
+
+    A path is checked as a file (its external data is found beside it, and
+    never read into Python).
+    """
     try:
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(str(model) if isinstance(model, Path) else model, full_check=True)
     except Exception as exc:
         raise VerificationError(f"the ONNX model is invalid: {str(exc).strip()[:500]}") from exc
 
 
-def make_session(model: onnx.ModelProto | bytes) -> object:
-    """A CPU onnxruntime session (conversion is checked on the CPU, like it is traced)."""
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+def make_session(model: onnx.ModelProto | bytes | Path) -> object:
+    """A CPU onnxruntime session (conversion is checked on the CPU, like it is traced).
+
+    From a path onnxruntime loads the file itself and memory-maps its external data.
+    """
+    data = model if isinstance(model, (bytes, Path)) else model.SerializeToString()
     try:
         return create_session(data, intra_op_threads=min(4, os.cpu_count() or 1))
     except SessionError as exc:
@@ -191,7 +199,7 @@ def check_batch_axis(cases: Sequence[CaseResult]) -> None:
 
 
 def verify_onnx(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | Path,
     traced: TracedModel,
     *,
     max_batch_size: int,
@@ -200,7 +208,11 @@ def verify_onnx(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> list[CaseResult]:
-    """Check the model and compare it with the reference; VerificationError if it differs."""
+    """Check the model and compare it with the reference; VerificationError if it differs.
+
+    ``model`` is the ONNX model, or the path of a written one (a model with
+    external data: onnxruntime maps the weights, which are read once).
+    """
     check_onnx(model)
     session = make_session(model)
     cases = run_cases(traced, max_batch_size, seed)

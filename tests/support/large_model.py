@@ -1,0 +1,71 @@
+"""Build a Keras model with a given size of weights, for the large-model tests and figures.
+
+Run as a process of its own (``python -m tests.support.large_model OUT --weights-mb 2300``)
+so that the test's own process never holds the weights: it writes
+``OUT/large.keras``, and ``OUT/expected.npz`` with check inputs and Keras'
+outputs for them (the ground truth a served answer is compared with), and
+prints one JSON line: the weight bytes and this process's peak memory.
+
+The model: token ids -> Embedding (almost all of the weights) -> average ->
+Dense, trained for one step of plain SGD (no optimizer slots, which would
+triple the memory) on random data, so the weights are not an initializer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+SEQUENCE = 16
+WIDTH = 256
+CLASSES = 8
+CHECK_BATCH = 4
+
+
+def rows_for(weight_bytes: int) -> int:
+    """Embedding rows that make the model's weights about ``weight_bytes``."""
+    return max(2, weight_bytes // (WIDTH * 4))
+
+
+def build(out: Path, weight_bytes: int) -> dict[str, int]:
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    import keras
+
+    from onnxserve.memory import peak_resident_bytes
+
+    keras.utils.set_random_seed(7)
+    rows = rows_for(weight_bytes)
+    tokens = keras.Input(shape=(SEQUENCE,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(rows, WIDTH, name="table")(tokens)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    scores = keras.layers.Dense(CLASSES, name="scores")(x)
+    model = keras.Model(tokens, scores)
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    generator = np.random.default_rng(7)
+    train = generator.integers(0, rows, size=(32, SEQUENCE)).astype(np.int32)
+    model.fit(train, generator.random((32, CLASSES)).astype(np.float32), epochs=1, verbose=0)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "large.keras")
+    # Ids over the whole table, its last row included.
+    check = generator.integers(0, rows, size=(CHECK_BATCH, SEQUENCE)).astype(np.int32)
+    check[0, 0] = rows - 1
+    expected = np.asarray(model(check, training=False))
+    np.savez(out / "expected.npz", tokens=check, scores=expected)
+    weights = sum(int(np.prod(v.shape)) * 4 for v in model.weights)
+    return {"weight_bytes": weights, "rows": rows, "peak_bytes": peak_resident_bytes() or 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--weights-mb", type=float, required=True, help="weights in MB (1e6)")
+    args = parser.parse_args()
+    print(json.dumps(build(args.out, int(args.weights_mb * 1e6))))
+
+
+if __name__ == "__main__":
+    main()
