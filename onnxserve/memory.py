@@ -7,9 +7,12 @@ pages of memory-mapped files a process has touched (``RssFile``) as well as
 its own allocations (``RssAnon``), so a model whose external data
 onnxruntime maps shows the weights it has read, not the file's size.
 
-:func:`reset_peak` writes 5 to ``/proc/self/clear_refs``, which resets the
-kernel's high-water mark (``VmHWM``) to the current resident size: that is
-how one step's own peak is measured rather than the process's since start.
+:func:`measure` finds the peak of a stretch of work by sampling the
+resident size on a thread of its own (every 20 ms): resetting the kernel's
+high-water mark instead (``/proc/self/clear_refs``) would make the process's
+own peak, which ``/usr/bin/time`` and ``getrusage`` report at exit, wrong.
+Memory that is allocated and freed within one interval can go unseen; the
+large allocations that matter here take longer than that to fill.
 Light: no third-party imports, no side effects at import.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import resource
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,13 +32,11 @@ __all__ = [
     "format_bytes",
     "measure",
     "peak_resident_bytes",
-    "reset_peak",
     "resident_bytes",
 ]
 
 _STATUS = Path("/proc/self/status")
-_CLEAR_REFS = Path("/proc/self/clear_refs")
-_RESET_PEAK = "5"  # clear_refs: reset the peak resident set size (Linux 4.0 and later)
+SAMPLE_SECONDS = 0.02
 
 
 def _status_kib(field: str) -> int | None:
@@ -55,7 +57,7 @@ def resident_bytes() -> int | None:
 
 
 def peak_resident_bytes() -> int | None:
-    """The resident high-water mark (VmHWM; since start or the last :func:`reset_peak`)."""
+    """The process's resident high-water mark since it started (VmHWM)."""
     kib = _status_kib("VmHWM")
     if kib is not None:
         return kib * 1024
@@ -65,28 +67,18 @@ def peak_resident_bytes() -> int | None:
     return int(peak) if sys.platform == "darwin" else int(peak) * 1024  # bytes on macOS
 
 
-def reset_peak() -> bool:
-    """Reset the high-water mark to the current resident size; False where the kernel can't."""
-    try:
-        _CLEAR_REFS.write_text(_RESET_PEAK)
-    except OSError:
-        return False
-    return True
-
-
 @dataclass
 class MemorySpan:
     """What one measured stretch of work took: seconds, resident memory before, after, peak.
 
-    ``peak_bytes`` is the peak within the span where the high-water mark could be
-    reset at its start, else the process's peak so far (``peak_is_span`` False).
+    ``peak_bytes`` is the highest resident size sampled within the span (None
+    where /proc is missing).
     """
 
     seconds: float = 0.0
     before_bytes: int | None = None
     after_bytes: int | None = None
     peak_bytes: int | None = None
-    peak_is_span: bool = False
 
     @property
     def growth_bytes(self) -> int | None:
@@ -97,23 +89,33 @@ class MemorySpan:
 
 
 @contextmanager
-def measure(*, reset: bool = True) -> Iterator[MemorySpan]:
-    """Time the block and record resident memory around it (the peak within it with ``reset``).
-
-    Resetting the high-water mark is process-wide: a caller that also wants the
-    process's peak since start must read it before. The server's model loads
-    leave it alone (``reset=False``): loads may overlap, and the process peak
-    is what an operator sizes a pod by.
-    """
+def measure() -> Iterator[MemorySpan]:
+    """Time the block and record resident memory around it and its sampled peak within it."""
     span = MemorySpan(before_bytes=resident_bytes())
-    span.peak_is_span = reset and reset_peak()
+    done = threading.Event()
+    peak = [span.before_bytes]
+
+    def sample() -> None:
+        while not done.wait(SAMPLE_SECONDS):
+            now = resident_bytes()
+            if now is not None and (peak[0] is None or now > peak[0]):
+                peak[0] = now
+
+    sampler = None
+    if span.before_bytes is not None:
+        sampler = threading.Thread(target=sample, name="onnxserve-memory", daemon=True)
+        sampler.start()
     started = time.monotonic()
     try:
         yield span
     finally:
         span.seconds = time.monotonic() - started
+        done.set()
+        if sampler is not None:
+            sampler.join()
         span.after_bytes = resident_bytes()
-        span.peak_bytes = peak_resident_bytes()
+        values = [v for v in (peak[0], span.after_bytes) if v is not None]
+        span.peak_bytes = max(values) if values else None
 
 
 def format_bytes(n: int | None) -> str:

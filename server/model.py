@@ -15,7 +15,7 @@ from onnxserve.layout import (
     MODEL_BYTES_PARAMETER,
     PROVIDERS_PARAMETER,
 )
-from onnxserve.memory import format_bytes, measure
+from onnxserve.memory import format_bytes, measure, peak_resident_bytes
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.config import complete_config, tensor_specs
@@ -107,7 +107,7 @@ def load_model_version(
     next to it): ModelStatistics has no field for them. The resident growth is
     the load's own only while no other load runs at the same time.
     """
-    with measure(reset=False) as span:
+    with measure() as span:
         loaded = _load(name, version, path, declared, options)
     file_bytes = model_files_bytes(path)
     parameters = loaded.config.parameters  # the completed config ModelConfig reports
@@ -119,7 +119,7 @@ def load_model_version(
     config = loaded.config
     log.info(
         "loaded model '%s' version %d in %.2fs: max_batch_size %d, providers %s, intra-op "
-        "threads %d; model files %s, resident memory +%s (server %s now, peak %s)",
+        "threads %d; model files %s, resident memory +%s (server %s now, %s at most)",
         name,
         version,
         span.seconds,
@@ -129,7 +129,7 @@ def load_model_version(
         format_bytes(file_bytes),
         format_bytes(None if growth is None else max(growth, 0)),
         format_bytes(span.after_bytes),
-        format_bytes(span.peak_bytes),
+        format_bytes(peak_resident_bytes()),
     )
     return loaded
 
