@@ -6,9 +6,10 @@ model and the threshold lowered to 0 (every weight of 1 KiB or more goes to
 can afford many times. The real thing, a Keras model with 2.3 GB of weights
 converted by ``onnxserve convert`` and served, with the converter's and the
 server's peak resident memory measured against the weights, runs with
-``ONNXSERVE_TEST_LARGE_MODEL=1`` (about 3 minutes and 7 GiB of memory at
-its peak, see README "Models over 2 GB"); it skips, saying why, where the
-machine has too little memory free.
+``ONNXSERVE_TEST_LARGE_MODEL=1`` (195 s and 6.2 GB at the converter's peak,
+measured on a shared 2-core machine; see README "Models over 2 GB"): too long
+for every CI run next to the 5-minute suite. It skips, saying why, where the
+machine has less than 8 GiB available.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def _server_peak(server: RunningServer) -> int:
 
 @pytest.mark.skipif(
     os.environ.get(LARGE_FLAG) != "1",
-    reason=f"a 2.3 GB model takes minutes and 7 GiB: set {LARGE_FLAG}=1 to run it",
+    reason=f"a 2.3 GB model takes minutes and 6 GB: set {LARGE_FLAG}=1 to run it",
 )
 def test_a_keras_model_over_2_gib_converts_serves_and_stays_within_memory(
     tmp_path: Path,

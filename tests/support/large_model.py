@@ -38,12 +38,10 @@ def rows_for(weight_bytes: int) -> int:
 def build(out: Path, weight_bytes: int) -> dict[str, int]:
     os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
     import keras
-
-    from onnxserve.memory import peak_resident_bytes
-
     import tensorflow as tf
 
     from onnxserve.converter.lean_load import lean_loading
+    from onnxserve.memory import peak_resident_bytes
 
     keras.utils.set_random_seed(7)
     rows = rows_for(weight_bytes)
