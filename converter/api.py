@@ -2,9 +2,16 @@
 
 load -> trace -> export -> verify -> (optimize / int8 / fp16) -> write. Each
 step is a function of its own module with plain inputs and outputs; this module
-only strings them together, reports progress and builds the report. Every
-check runs before anything is written, so a failure leaves the repository as
-it was.
+only strings them together, reports progress, times each step and samples its
+peak memory (:mod:`onnxserve.memory`) and builds the report. Every check runs
+before anything is written, so a failure leaves the repository as it was.
+
+A model whose weights exceed ``external_data_above_mib`` keeps them as ONNX
+external data (:mod:`onnxserve.converter.external`): export writes
+model.onnx and model.onnx.data into a hidden staging folder inside the
+repository, verification opens that model.onnx by path (onnxruntime maps the
+weights: read once, never held twice), and the write step links the staged
+files into the new version folder; the staging folder is removed either way.
 
 Conversion runs with GPUs hidden from TensorFlow (``CUDA_VISIBLE_DEVICES=""``
 set before TensorFlow is imported, see :mod:`onnxserve.converter.environment`):
