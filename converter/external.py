@@ -19,6 +19,11 @@ of copying it (it maps page-aligned offsets on Linux, 64 KiB-aligned ones on
 Windows). The SHA-256 of each file is computed while it is written, for the
 version folder's ``sha256sums``.
 
+Measured cost (500 MB table, resident growth over the step, in multiples of
+the weights): tracing 0.0x, ``tf_loader.from_function`` 0.87x (with only a
+Dense bias captured as a variable; the cause inside TensorFlow's freezing or
+grappler was not found), writing the data file 0.06x.
+
 Which variables: when the model's weights total more than the threshold,
 every variable of at least :data:`EXTERNAL_MIN_BYTES` (onnx's own default for
 external data); below the threshold the model stays one self-contained file.

@@ -272,8 +272,7 @@ def test_a_keras_model_over_2_gib_converts_serves_and_stays_within_memory(
         ],
         root,
     )
-    shutil.rmtree(tmp_path / "keras" / "large.keras", ignore_errors=True)
-    (tmp_path / "keras" / "large.keras").unlink(missing_ok=True)
+    (tmp_path / "keras" / "large.keras").unlink()  # 2.3 GB of disk back before serving
     assert "as external data in model.onnx.data" in output, output[-3000:]
     expected = np.load(tmp_path / "keras" / "expected.npz")
     with (
