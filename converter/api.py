@@ -2,9 +2,19 @@
 
 load -> trace -> export -> verify -> (optimize / int8 / fp16) -> write. Each
 step is a function of its own module with plain inputs and outputs; this module
-only strings them together, reports progress and builds the report. Every
-check runs before anything is written, so a failure leaves the repository as
-it was.
+only strings them together, reports progress, times each step and samples its
+peak memory (:mod:`onnxserve.memory`) and builds the report. A model whose
+first layer is a TextVectorization has its network converted as usual and the
+preprocessing rebuilt in ONNX string operators in front of it
+(:mod:`onnxserve.converter.text`), then checked on sentences. Every check runs
+before anything is written, so a failure leaves the repository as it was.
+
+A model whose weights exceed ``external_data_above_mib`` keeps them as ONNX
+external data (:mod:`onnxserve.converter.external`): export writes
+model.onnx and model.onnx.data into a hidden staging folder inside the
+repository, verification opens that model.onnx by path (onnxruntime maps the
+weights: read once, never held twice), and the write step links the staged
+files into the new version folder; the staging folder is removed either way.
 
 Conversion runs with GPUs hidden from TensorFlow (``CUDA_VISIBLE_DEVICES=""``
 set before TensorFlow is imported, see :mod:`onnxserve.converter.environment`):
@@ -13,22 +23,32 @@ with a GPU, Keras traces LSTMs as cuDNN kernels that ONNX cannot express.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onnxserve.converter.environment import hide_gpus
 from onnxserve.converter.errors import ConversionError
-from onnxserve.converter.report import ConversionReport, TensorSummary
+from onnxserve.converter.report import ConversionReport, StepCost, TensorSummary
 from onnxserve.converter.settings import ConvertOptions, ConvertOptionsError, ConvertSettings
+from onnxserve.memory import format_bytes, measure
+
+if TYPE_CHECKING:
+    from onnxserve.converter.external import StagedModel
+    from onnxserve.converter.text import TextFront
 
 __all__ = ["convert", "convert_with_settings"]
 
 log = logging.getLogger("onnxserve.converter")
+MIB = 1 << 20
 Progress = Callable[[str], None]
+Stage = Callable[[str, str], contextlib.AbstractContextManager[None]]
 
 
 def convert(
@@ -70,11 +90,12 @@ def _convert(
     name: str,
     options: ConvertOptions,
     progress: Progress | None,
+    sentences: Sequence[str] | None = None,
 ) -> ConversionReport:
     from onnxserve.converter.logs import library_output
 
     with library_output(options.verbose):
-        return _pipeline(model, repository, name, options, progress)
+        return _pipeline(model, repository, name, options, progress, sentences)
 
 
 def convert_with_settings(
@@ -82,6 +103,18 @@ def convert_with_settings(
 ) -> ConversionReport:
     """``convert`` driven by a resolved :class:`ConvertSettings` (what the CLI does)."""
     return _convert(settings.model, settings.repository, settings.name, settings, progress)
+
+
+@dataclass(frozen=True)
+class _TextModel:
+    """A text model's parts: its TextVectorization front, the whole model traced (Keras'
+    reference answers on sentences), and the names of the ids and the text inputs."""
+
+    front: TextFront
+    whole: Any
+    ids_name: str
+    text_name: str
+    sentences: list[str]
 
 
 def _pipeline(
@@ -94,13 +127,11 @@ def _pipeline(
 ) -> ConversionReport:
     hide_gpus()
     from onnxserve.converter.export import export_onnx
+    from onnxserve.converter.external import write_staged
     from onnxserve.converter.load import LoadedModel, from_keras_model, load_model
-    from onnxserve.converter.repository import build_config, check_target, write_entry
-    from onnxserve.converter.text import MIN_TEXT_OPSET, attach_front
-    from onnxserve.converter.text_check import check_text
+    from onnxserve.converter.repository import check_target, staging_folder
+    from onnxserve.converter.text import MIN_TEXT_OPSET
     from onnxserve.converter.trace import trace_model
-    from onnxserve.converter.variants import apply_variants
-    from onnxserve.converter.verify import check_onnx, verify_onnx
 
     say = progress or log.info
     started = time.monotonic()
@@ -113,18 +144,23 @@ def _pipeline(
     total += counted
     text_sentences = _sentences(sentences, options.sentences_file)
     done = 0
+    steps: list[StepCost] = []
 
-    def stage(text: str) -> None:
+    @contextlib.contextmanager
+    def stage(step: str, text: str) -> Iterator[None]:
         nonlocal done
         done += 1
         say(f"[{done}/{total} {time.monotonic() - started:5.1f}s] {text}")
+        with measure() as span:
+            yield
+        steps.append(StepCost(step, span.seconds, span.peak_bytes))
 
     if isinstance(model, (str, os.PathLike)):
-        stage(f"loading {model}")
-        loaded = load_model(model, safe_mode=not options.unsafe_deserialization)
+        with stage("load", f"loading {model}"):
+            loaded = load_model(model, safe_mode=not options.unsafe_deserialization)
     else:
-        stage("checking the in-memory Keras model")
-        loaded = from_keras_model(model)
+        with stage("load", "checking the in-memory Keras model"):
+            loaded = from_keras_model(model)
     front = loaded.text_front
     if front is not None:
         total += not counted
@@ -134,75 +170,139 @@ def _pipeline(
                 f"{MIN_TEXT_OPSET} or more (ScatterElements with reduction)"
             )
         say(f"  {front.describe()} becomes ONNX string operators in front of the network")
-    stage("tracing with an explicit input signature")
-    if front is not None:
-        whole = trace_model(loaded, dynamic_sequence=False)  # Keras with the text layer
-        network = LoadedModel(source=loaded.source, keras_model=front.network)
-        traced = trace_model(network, dynamic_sequence=False)
-        ids_name = traced.inputs[front.input_index].name
-        text_name = whole.inputs[front.input_index].name
-    else:
-        traced = trace_model(loaded, dynamic_sequence=options.dynamic_sequence)
+    text: _TextModel | None = None
+    with stage("trace", "tracing with an explicit input signature"):
+        if front is not None:
+            whole = trace_model(loaded, dynamic_sequence=False)  # Keras with the text layer
+            network = LoadedModel(source=loaded.source, keras_model=front.network)
+            traced = trace_model(network, dynamic_sequence=False)
+            text = _TextModel(
+                front,
+                whole,
+                traced.inputs[front.input_index].name,
+                whole.inputs[front.input_index].name,
+                text_sentences,
+            )
+        else:
+            traced = trace_model(loaded, dynamic_sequence=options.dynamic_sequence)
     ranges = {
         i.name: i.declared_range
         for i in traced.inputs
-        if i.declared_range is not None and (front is None or i.name != ids_name)
+        if i.declared_range is not None and (text is None or i.name != text.ids_name)
     }
     for info in traced.inputs:
         if info.name in ranges:
             say(f"  input {info.name!r}: {_range_text(ranges[info.name])}, from {_reasons(info)}")
-    stage(f"exporting to ONNX (opset {options.opset}) with tf2onnx")
-    exported = export_onnx(traced, opset=options.opset)
-    for warning in exported.warnings:
-        log.warning("%s", warning)
-    _stamp(exported.model, loaded.source)
-    stage("verifying with onnx.checker and onnxruntime against Keras")
-    checks = verify_onnx(
-        exported.model,
-        traced,
-        max_batch_size=options.max_batch_size,
-        rtol=options.rtol,
-        atol=options.atol,
-        seed=options.seed,
-        progress=say,
-    )
-    final_model, variant = exported.model, None
-    if variants:
-        stage("optimizing / quantizing and judging the result against Keras")
-        final_model, variant = apply_variants(
-            exported.model,
-            checks,  # the same inputs and Keras answers as the fp32 check
-            optimize=options.optimize,
-            quantize=options.quantize,
-            fp16=options.fp16,
-            min_agreement=options.min_agreement,
-            variant_atol=options.variant_atol,
-        )
-    text_check = None
-    if front is not None:
-        stage("checking the text preprocessing and the whole model against Keras on sentences")
-        final_model = attach_front(final_model, front, ids_name, text_name)
-        check_onnx(final_model, full_check=False)
-        text_check = check_text(
-            final_model,
-            front,
-            whole.reference,
-            text_name,
-            _other_inputs(whole, text_name, options.seed),
-            text_sentences,
-            opset=options.opset,
+    staging: Path | None = None
+    try:
+        with stage("export", f"exporting to ONNX (opset {options.opset}) with tf2onnx"):
+            exported = export_onnx(
+                traced,
+                opset=options.opset,
+                external_above_bytes=int(options.external_data_above_mib * MIB),
+            )
+            _stamp(exported.model, loaded.source)
+            staged = None
+            if exported.external:
+                if variants or text is not None:
+                    raise ConvertOptionsError(
+                        "--optimize, --quantize, --fp16 and text models work on models that "
+                        "fit in one file; this one keeps its weights as external data (over "
+                        "--external-data-above-mib)"
+                    )
+                staging = staging_folder(repository, name)
+                staged = write_staged(exported.model, exported.external, staging / "version")
+                say(
+                    f"  {len(exported.external)} weight(s), "
+                    f"{format_bytes(sum(w.nbytes for w in exported.external))}, written as "
+                    f"external data beside model.onnx"
+                )
+        for warning in exported.warnings:
+            log.warning("%s", warning)
+        report = _verify_and_write(
+            exported, staged, traced, loaded.source, repository, name, options, ranges, stage, say,
+            text,
+        )  # fmt: skip
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    report.steps = steps
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _verify_and_write(
+    exported: Any,
+    staged: StagedModel | None,
+    traced: Any,
+    source: str,
+    repository: Path,
+    name: str,
+    options: ConvertOptions,
+    ranges: dict[str, tuple[int | None, int | None]],
+    stage: Stage,
+    say: Progress,
+    text: _TextModel | None,
+) -> ConversionReport:
+    """Verify (by path where the model was staged), optionally make a variant, put a text
+    model's preprocessing in front and check it on sentences, and write."""
+    from onnxserve.converter.repository import build_config, write_entry
+    from onnxserve.converter.text import attach_front
+    from onnxserve.converter.text_check import check_text
+    from onnxserve.converter.variants import apply_variants
+    from onnxserve.converter.verify import check_onnx, verify_onnx
+
+    with stage("verify", "verifying with onnx.checker and onnxruntime against Keras"):
+        checks = verify_onnx(
+            staged.model_path if staged is not None else exported.model,
+            traced,
             max_batch_size=options.max_batch_size,
             rtol=options.rtol,
             atol=options.atol,
+            seed=options.seed,
             progress=say,
         )
+    final_model, variant = exported.model, None
+    if options.has_variants:
+        with stage("variant", "optimizing / quantizing and judging the result against Keras"):
+            final_model, variant = apply_variants(
+                exported.model,
+                checks,  # the same inputs and Keras answers as the fp32 check
+                optimize=options.optimize,
+                quantize=options.quantize,
+                fp16=options.fp16,
+                min_agreement=options.min_agreement,
+                variant_atol=options.variant_atol,
+            )
+    text_check = None
+    if text is not None:
+        with stage(
+            "text", "checking the text preprocessing and the whole model against Keras on sentences"
+        ):
+            final_model = attach_front(final_model, text.front, text.ids_name, text.text_name)
+            check_onnx(final_model, full_check=False)
+            text_check = check_text(
+                final_model,
+                text.front,
+                text.whole.reference,
+                text.text_name,
+                _other_inputs(text.whole, text.text_name, options.seed),
+                text.sentences,
+                opset=options.opset,
+                max_batch_size=options.max_batch_size,
+                rtol=options.rtol,
+                atol=options.atol,
+                progress=say,
+            )
     config = build_config(final_model, name, options.max_batch_size, input_ranges=ranges)
-    stage(f"writing to {repository / name}")
-    written = write_entry(repository, name, final_model, config, options.version)
-    report = ConversionReport(
+    with stage("write", f"writing to {repository / name}"):
+        written = write_entry(
+            repository, name, staged if staged is not None else final_model, config, options.version
+        )
+    return ConversionReport(
         name=name,
         version=written.version,
-        source=loaded.source,
+        source=source,
         model_path=written.model_path,
         config_path=written.config_path,
         config_written=written.config_written,
@@ -217,10 +317,10 @@ def _pipeline(
         variant=variant,
         warnings=list(exported.warnings),
         loop_nodes=list(exported.loop_nodes),
-        seconds=time.monotonic() - started,
         text_check=text_check,
+        files=sorted(p.name for p in written.model_path.parent.iterdir()),
+        external_bytes=sum(w.nbytes for w in exported.external),
     )
-    return report
 
 
 def _has_text_layer(model: Any) -> bool:

@@ -19,6 +19,13 @@ import onnx
 
 from onnxserve.converter.analysis import UNCONVERTIBLE_LAYERS, LoopCause
 from onnxserve.converter.errors import ExportError, UnsupportedModelError
+from onnxserve.converter.external import (
+    DEFAULT_THRESHOLD_BYTES,
+    ExternalWeight,
+    attach_external,
+    plan_external,
+    stateless_function,
+)
 from onnxserve.converter.handlers import captured_tables, custom_op_handlers
 from onnxserve.converter.trace import TracedModel
 
@@ -49,11 +56,18 @@ _OP_LAYERS = {
 
 @dataclass
 class ExportedModel:
-    """The ONNX model and what was noticed while making it."""
+    """The ONNX model and what was noticed while making it.
+
+    ``external``: the weights kept out of the graph (see
+    :mod:`onnxserve.converter.external`); ``model`` then names them as
+    external data, which :func:`~onnxserve.converter.external.write_staged`
+    writes. Empty for a model that is one self-contained file.
+    """
 
     model: onnx.ModelProto
     loop_nodes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    external: list[ExternalWeight] = field(default_factory=list)
 
 
 def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
@@ -68,11 +82,21 @@ def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                     yield from iter_nodes(sub)
 
 
-def export_onnx(traced: TracedModel, *, opset: int = 17) -> ExportedModel:
+def export_onnx(
+    traced: TracedModel, *, opset: int = 17, external_above_bytes: int = DEFAULT_THRESHOLD_BYTES
+) -> ExportedModel:
     """Convert the traced function with tf2onnx and tidy the result (``opset`` as
-    :class:`~onnxserve.converter.settings.ConvertOptions` checked it)."""
+    :class:`~onnxserve.converter.settings.ConvertOptions` checked it).
+
+    Weights totalling more than ``external_above_bytes`` are kept out of the
+    graph as external data (:mod:`onnxserve.converter.external`).
+    """
+    external = plan_external(traced.variables, external_above_bytes)
+    function = traced.function
+    if external:
+        function = stateless_function(function, traced.input_signature, external)
     try:
-        model = _convert_function(traced.function, opset)
+        model = _convert_function(function, opset)
     except Exception as exc:
         text = str(exc)
         if "Cudnn" in text:
@@ -80,6 +104,16 @@ def export_onnx(traced: TracedModel, *, opset: int = 17) -> ExportedModel:
                 "the graph uses cuDNN kernels (CudnnRNN), which ONNX cannot express. A "
                 "SavedModel exported on a machine with a GPU has them baked in: convert the "
                 '.keras file instead, or export with CUDA_VISIBLE_DEVICES="" set'
+            ) from exc
+        if "larger than 2GB" in text:
+            raise ExportError(
+                "the graph holds more than 2 GiB of constants, the limit of a protobuf file: "
+                + (
+                    "lower --external-data-above-mib so that more weights go to external data"
+                    if traced.source_kind == "keras"
+                    else "a SavedModel's weights cannot be kept out of the graph; convert the "
+                    ".keras file (or the keras.Model) instead, which writes them as external data"
+                )
             ) from exc
         raise ExportError(
             f"tf2onnx failed: {text.strip().splitlines()[0][:500] if text else exc!r}"
@@ -91,6 +125,8 @@ def export_onnx(traced: TracedModel, *, opset: int = 17) -> ExportedModel:
         node.name or node.op_type for node in iter_nodes(model.graph) if node.op_type in _LOOP_OPS
     ]
     exported = ExportedModel(model=model, loop_nodes=loops)
+    if external:
+        exported.external = attach_external(model, external)
     exported.warnings.extend(loop_warnings(loops, traced.loop_causes))
     return exported
 

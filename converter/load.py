@@ -8,6 +8,7 @@ converted through its ``serving_default`` signature.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,12 @@ def load_model(path: str | Path, *, safe_mode: bool = True) -> LoadedModel:
     import_tensorflow()
     import keras
 
+    from onnxserve.converter.lean_load import LEAN_ABOVE_BYTES, lean_loading, weights_member_bytes
+
+    lean = weights_member_bytes(path) > LEAN_ABOVE_BYTES
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+        with lean_loading() if lean else contextlib.nullcontext():
+            model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
     except Exception as exc:  # Keras raises many types for unreadable files
         if safe_mode and "safe_mode" in str(exc):
             raise ModelLoadError(_unsafe_advice(path, exc)) from exc

@@ -8,8 +8,19 @@ from pathlib import Path
 from onnxserve.converter.text_check import TextCheck
 from onnxserve.converter.variants import VariantResult
 from onnxserve.converter.verify import CaseResult
+from onnxserve.memory import format_bytes
 
-__all__ = ["ConversionReport", "TensorSummary"]
+__all__ = ["ConversionReport", "StepCost", "TensorSummary"]
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """One step of the conversion: how long it took and the converter's peak resident memory
+    during it (bytes; None where the platform cannot tell)."""
+
+    name: str
+    seconds: float
+    peak_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,18 @@ class ConversionReport:
     seconds: float = 0.0
     #: For a text model: the check of its token ids and outputs on sentences.
     text_check: TextCheck | None = None
+    #: Time and peak memory of each step (load, trace, export, verify, write ...).
+    steps: list[StepCost] = field(default_factory=list)
+    #: The files of the version folder besides config.pbtxt (model.onnx, its data, sha256sums).
+    files: list[str] = field(default_factory=list)
+    #: Bytes of weights kept as ONNX external data (0: model.onnx holds everything).
+    external_bytes: int = 0
+
+    @property
+    def peak_bytes(self) -> int | None:
+        """The converter's peak resident memory over all steps."""
+        peaks = [s.peak_bytes for s in self.steps if s.peak_bytes is not None]
+        return max(peaks) if peaks else None
 
     @property
     def max_abs_difference(self) -> float:
@@ -68,6 +91,14 @@ class ConversionReport:
         lines = [
             f"Converted {self.source}",
             f"  wrote     {self.model_path} ({_size(self.size_bytes)}), opset {self.opset}",
+            *(
+                [
+                    f"  weights   {_size(self.external_bytes)} as external data in "
+                    f"{', '.join(f for f in self.files if f != self.model_path.name)}"
+                ]
+                if self.external_bytes
+                else []
+            ),
             f"  config    {self.config_path}"
             + ("" if self.config_written else " (existing, kept: same inputs and outputs)"),
             f"  model     {self.name!r} version {self.version}, "
@@ -101,13 +132,12 @@ class ConversionReport:
             lines.append(text + f" (needs {v.criterion}: passed)")
         for warning in self.warnings:
             lines.append(f"  WARNING: {warning}")
+        for step in self.steps:
+            peak = "" if step.peak_bytes is None else f", peak memory {_size(step.peak_bytes)}"
+            lines.append(f"  step      {step.name:<8} {step.seconds:6.1f}s{peak}")
         lines.append(f"  took {self.seconds:.1f}s")
         return "\n".join(lines)
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB"):
-        if n < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n:.1f} GiB"
+    return format_bytes(n)

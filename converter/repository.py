@@ -12,6 +12,7 @@ declares, or the conversion fails before anything is written.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import tempfile
@@ -23,8 +24,10 @@ import onnx
 from google.protobuf import text_format
 
 from onnxserve.converter.errors import RepositoryError
+from onnxserve.converter.external import StagedModel
 from onnxserve.layout import (
     BACKEND,
+    CHECKSUMS_FILENAME,
     CONFIG_FILENAME,
     CUSTOM_OPS_EXTENSIONS,
     CUSTOM_OPS_PARAMETER,
@@ -46,6 +49,7 @@ __all__ = [
     "build_config",
     "check_target",
     "existing_versions",
+    "staging_folder",
     "validate_name",
     "write_entry",
 ]
@@ -217,15 +221,51 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _VersionFiles:
+    """What goes into a version folder: model.onnx (and its data file) plus ``sha256sums``.
+
+    From an in-memory model: its bytes, serialized once. From a
+    :class:`StagedModel` (written inside the repository before verification):
+    its files, hard-linked in (the same file system, so no copy; copied where
+    the file system has no hard links), with the digests taken while writing.
+    """
+
+    def __init__(self, model: onnx.ModelProto | StagedModel) -> None:
+        self.staged = model if isinstance(model, StagedModel) else None
+        self.data = b"" if self.staged is not None else model.SerializeToString()
+        if self.staged is not None:
+            self.digests = dict(self.staged.files)
+            self.size = self.staged.size_bytes
+        else:
+            self.digests = {MODEL_FILENAME: hashlib.sha256(self.data).hexdigest()}
+            self.size = len(self.data)
+
+    def write(self, folder: Path) -> None:
+        if self.staged is None:
+            _write_file(folder / MODEL_FILENAME, self.data)
+        else:
+            for file_name in self.digests:
+                source, target = self.staged.folder / file_name, folder / file_name
+                try:
+                    os.link(source, target)
+                except OSError:
+                    shutil.copyfile(source, target)
+        listing = "".join(f"{digest}  {file}\n" for file, digest in sorted(self.digests.items()))
+        _write_file(folder / CHECKSUMS_FILENAME, listing.encode())
+
+
 def write_entry(
     repository: Path,
     name: str,
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | StagedModel,
     config: mc.ModelConfig,
     version: int | None = None,
 ) -> WrittenEntry:
     """Write the entry atomically; never overwrite a version or a config.pbtxt.
 
+    ``model`` is an in-memory model, or one already written to a staging folder
+    inside ``repository`` (a model with external data). The version folder
+    gets ``sha256sums`` listing every file, which the server checks at load.
     Without ``version`` the next free number is taken; if another writer takes
     it at the same moment, the next one after that is tried.
     """
@@ -238,7 +278,7 @@ def write_entry(
         repository.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise RepositoryError(f"cannot create the repository {repository}: {exc}") from exc
-    model_bytes = model.SerializeToString()
+    files = _VersionFiles(model)
     config_text = text_format.MessageToString(config).encode()
 
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.converting-", dir=repository))
@@ -253,7 +293,7 @@ def write_entry(
                 # A new model: build the whole folder and move it into place at once.
                 entry = staging / "entry"
                 (entry / str(number)).mkdir(parents=True)
-                _write_file(entry / str(number) / MODEL_FILENAME, model_bytes)
+                files.write(entry / str(number))
                 _write_file(entry / CONFIG_FILENAME, config_text)
                 try:
                     os.rename(entry, folder)
@@ -264,7 +304,7 @@ def write_entry(
                     raise
                 _fsync_dir(repository)
                 done = True
-                return _written(folder, name, number, config_written=True, size=len(model_bytes))
+                return _written(folder, name, number, config_written=True, size=files.size)
             # An existing model: move in a version folder; add config.pbtxt only if absent.
             if (folder / CONFIG_FILENAME).exists():
                 # Checked again: another writer may have created the model meanwhile.
@@ -286,7 +326,7 @@ def write_entry(
                 continue
             staged_version = staging / str(number)
             staged_version.mkdir()
-            _write_file(staged_version / MODEL_FILENAME, model_bytes)
+            files.write(staged_version)
             try:
                 os.rename(staged_version, target)
             except OSError as exc:
@@ -296,9 +336,7 @@ def write_entry(
                 raise RepositoryError(f"cannot write {target}: {exc}") from exc
             _fsync_dir(folder)
             done = True
-            return _written(
-                folder, name, number, config_written=linked_config, size=len(model_bytes)
-            )
+            return _written(folder, name, number, config_written=linked_config, size=files.size)
         raise RepositoryError(f"could not find a free version number in {folder}")
     except OSError as exc:
         raise RepositoryError(f"writing to {repository} failed: {exc}") from exc
@@ -307,6 +345,17 @@ def write_entry(
             # Leave the folder as it was: the config was only there for this version.
             (folder / CONFIG_FILENAME).unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def staging_folder(repository: Path, name: str) -> Path:
+    """A hidden folder inside ``repository`` (same file system) to write a large model into
+    before it is verified; the caller removes it (:func:`write_entry` links from it)."""
+    repository = Path(repository)
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=repository))
+    except OSError as exc:
+        raise RepositoryError(f"cannot create a staging folder in {repository}: {exc}") from exc
 
 
 def _written(

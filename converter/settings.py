@@ -122,6 +122,15 @@ class ConvertOptions:
             "(logged at DEBUG) and the converter's own messages say what matters"
         },
     )
+    external_data_above_mib: float = field(
+        default=1024.0,
+        metadata={
+            "help": "When the model's weights total more than this many MiB, write every "
+            "weight of 1 KiB or more to model.onnx.data beside model.onnx (ONNX external data, "
+            "which onnxruntime memory-maps); needed above ONNX's 2 GiB file limit. 0: always",
+            "metavar": "MIB",
+        },
+    )
     unsafe_deserialization: bool = field(
         default=False,
         metadata={
@@ -150,6 +159,8 @@ class ConvertOptions:
         for name in ("rtol", "atol", "variant_atol"):
             if getattr(self, name) < 0:
                 raise ConvertOptionsError(f"--{name.replace('_', '-')} must not be negative")
+        if self.external_data_above_mib < 0:
+            raise ConvertOptionsError("--external-data-above-mib must not be negative")
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ConvertOptionsError(
                 f"--min-agreement must be within 0 and 1, not {self.min_agreement}"

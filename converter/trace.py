@@ -122,6 +122,8 @@ class TracedModel:
     reference: Callable[[Arrays], dict[str, np.ndarray]]
     loop_causes: list[LoopCause] = field(default_factory=list)
     source_kind: str = "keras"
+    #: The Keras model's weights (variables); none for a SavedModel.
+    variables: list[Any] = field(default_factory=list)
 
 
 def trace_model(loaded: LoadedModel, *, dynamic_sequence: bool = True) -> TracedModel:
@@ -319,6 +321,7 @@ def _trace_keras(model: Any, dynamic_sequence: bool) -> TracedModel:
         reference=reference,
         loop_causes=loop_causes(model) + time_distributed_causes,
         source_kind="keras",
+        variables=list(model.weights),
     )
 
 

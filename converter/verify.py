@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -81,26 +82,33 @@ def check_batch_sizes(max_batch_size: int) -> list[int]:
     return sorted({1, max_batch_size, *([odd] if odd else [])})
 
 
-def check_onnx(model: onnx.ModelProto, *, full_check: bool = True) -> None:
+def check_onnx(model: onnx.ModelProto | Path, *, full_check: bool = True) -> None:
     """onnx.checker with shape inference; VerificationError if the model is invalid.
 
-    ``full_check=False`` leaves out onnx's shape inference, which crashes the
-    process (onnx 1.23, a segmentation fault) on the text preprocessing graph;
-    onnxruntime's own loading of that model checks it instead."""
+    A path is checked as a file (its external data is found beside it, and
+    never read into Python). ``full_check=False`` leaves out onnx's shape
+    inference, which crashes the process (onnx 1.23, a segmentation fault) on
+    the text preprocessing graph; onnxruntime's own loading of that model
+    checks it instead."""
     try:
-        onnx.checker.check_model(model, full_check=full_check)
+        onnx.checker.check_model(
+            str(model) if isinstance(model, Path) else model, full_check=full_check
+        )
     except Exception as exc:
         raise VerificationError(f"the ONNX model is invalid: {str(exc).strip()[:500]}") from exc
 
 
-def make_session(model: onnx.ModelProto | bytes, *, custom_ops: bool | None = None) -> object:
+def make_session(
+    model: onnx.ModelProto | bytes | Path, *, custom_ops: bool | None = None
+) -> object:
     """A CPU onnxruntime session (conversion is checked on the CPU, like it is traced).
 
-    ``custom_ops`` (onnxruntime-extensions' operators): by default where the
-    model's opset imports name their domain."""
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    From a path onnxruntime loads the file itself and memory-maps its external
+    data. ``custom_ops`` (onnxruntime-extensions' operators): by default where
+    the model's opset imports name their domain."""
+    data = model if isinstance(model, (bytes, Path)) else model.SerializeToString()
     if custom_ops is None:
-        custom_ops = not isinstance(model, bytes) and needs_extensions(
+        custom_ops = isinstance(model, onnx.ModelProto) and needs_extensions(
             entry.domain for entry in model.opset_import
         )
     try:
@@ -204,7 +212,7 @@ def check_batch_axis(cases: Sequence[CaseResult]) -> None:
 
 
 def verify_onnx(
-    model: onnx.ModelProto,
+    model: onnx.ModelProto | Path,
     traced: TracedModel,
     *,
     max_batch_size: int,
@@ -213,7 +221,11 @@ def verify_onnx(
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> list[CaseResult]:
-    """Check the model and compare it with the reference; VerificationError if it differs."""
+    """Check the model and compare it with the reference; VerificationError if it differs.
+
+    ``model`` is the ONNX model, or the path of a written one (a model with
+    external data: onnxruntime maps the weights, which are read once).
+    """
     check_onnx(model)
     session = make_session(model)
     cases = run_cases(traced, max_batch_size, seed)

@@ -18,11 +18,16 @@ __all__ = [
     "CONFIG_FILENAME",
     "CUSTOM_OPS_EXTENSIONS",
     "CUSTOM_OPS_PARAMETER",
+    "EXTERNAL_DATA_FILENAME",
     "INPUT_RANGE_PREFIX",
+    "LOAD_RESIDENT_PARAMETER",
+    "LOAD_SECONDS_PARAMETER",
+    "MODEL_BYTES_PARAMETER",
     "MODEL_FILENAME",
     "MODEL_NAME_RULE",
     "PLATFORM",
     "PROVIDERS_PARAMETER",
+    "REPORTED_PARAMETERS",
     "format_input_range",
     "input_range_key",
     "is_valid_model_name",
@@ -32,6 +37,8 @@ __all__ = [
 
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.pbtxt"
+#: Where the converter keeps a large model's weights (ONNX external data), beside model.onnx.
+EXTERNAL_DATA_FILENAME = "model.onnx.data"
 #: Optional, per version folder: ``sha256sum`` output listing the model file and
 #: its external data files, verified before the server loads the version.
 CHECKSUMS_FILENAME = "sha256sums"
@@ -50,6 +57,20 @@ MODEL_NAME_RULE = (
 ALLOWED_BATCH_SIZES_PARAMETER = "allowed_batch_sizes"
 #: Written by the server into the ModelConfig it reports: the providers in use.
 PROVIDERS_PARAMETER = "onnxserve.execution_providers"
+#: Written by the server into the ModelConfig it reports, per loaded version: seconds the
+#: load took (session, config, warm-up), the growth of the server's resident memory over
+#: it in bytes, and the bytes of the model's files (model.onnx plus external data).
+LOAD_SECONDS_PARAMETER = "onnxserve.load_seconds"
+LOAD_RESIDENT_PARAMETER = "onnxserve.load_resident_bytes"
+MODEL_BYTES_PARAMETER = "onnxserve.model_bytes"
+#: The parameters the server reports and a config.pbtxt may carry (a copy of a reported
+#: ModelConfig) but never sets.
+REPORTED_PARAMETERS = (
+    PROVIDERS_PARAMETER,
+    LOAD_SECONDS_PARAMETER,
+    LOAD_RESIDENT_PARAMETER,
+    MODEL_BYTES_PARAMETER,
+)
 #: Valid values of an integer input, one parameter per input:
 #: ``onnxserve.input_range.<input>`` = "<min>,<max>", inclusive, either side may be empty.
 INPUT_RANGE_PREFIX = "onnxserve.input_range."

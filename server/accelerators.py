@@ -9,6 +9,13 @@ names the providers a model runs on when it runs on a GPU:
   per padded batch size at load and replayed per batch (see
   :mod:`onnxserve.server.binding`). It is checked here, on any machine, so that
   a config that cannot work is refused the same way with or without a GPU.
+- GPU memory: device memory = the weights + onnxruntime's CUDA arena, which
+  grows (by powers of two, by default) up to ``gpu_mem_limit`` bytes. The
+  limit and ``arena_extend_strategy`` (``kNextPowerOfTwo`` / ``kSameAsRequested``,
+  or 0 / 1) are taken, as Triton's onnxruntime backend takes them, from the
+  cuda accelerator's parameters or from the model's own ``parameters``
+  (Triton's older spelling; the accelerator's value wins), checked as a
+  positive byte count here, on every machine.
 - ``tensorrt``: Triton's keys (``precision_mode: FP16``,
   ``max_workspace_size_bytes``, ``trt_engine_cache_enable`` ...) translated to
   onnxruntime's TensorRT provider options. Engines and timing caches go under
@@ -41,6 +48,17 @@ CUDA_GRAPH_PARAMETER = "enable_cuda_graph"
 #: onnxruntime's run option that selects a captured graph (1.17 and later; 0 is reserved).
 GRAPH_ID_RUN_OPTION = "gpu_graph_id"
 GRAPH_ID_MIN_ORT = (1, 17)
+#: CUDA provider options that cap and shape the device memory arena (onnxruntime's names,
+#: which Triton's onnxruntime backend also reads from model-level parameters).
+GPU_MEM_LIMIT_PARAMETER = "gpu_mem_limit"
+ARENA_EXTEND_PARAMETER = "arena_extend_strategy"
+# Triton's integers and onnxruntime's names -> the names onnxruntime's CUDA options parse.
+_ARENA_STRATEGIES = {
+    "0": "kNextPowerOfTwo",
+    "1": "kSameAsRequested",
+    "knextpoweroftwo": "kNextPowerOfTwo",
+    "ksameasrequested": "kSameAsRequested",
+}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -164,11 +182,44 @@ def plan_gpu(config: mc.ModelConfig, ort_version: str, cache_dir: Path | None = 
                 f"model '{name}': unknown gpu_execution_accelerator '{accelerator.name}'; "
                 f"known: {CUDA_ACCELERATOR}, {TENSORRT_ACCELERATOR}"
             )
+    _memory_options(config, cuda)
     sizes: tuple[int, ...] = ()
     if graphs:
         sizes = check_cuda_graphs(config, ort_version, tensorrt is not None)
         cuda[CUDA_GRAPH_PARAMETER] = "1"
     return GpuPlan(device_id, cuda, tensorrt, sizes, engine_cache)
+
+
+def _memory_options(config: mc.ModelConfig, cuda: dict[str, str]) -> None:
+    """Check (and normalise) gpu_mem_limit and arena_extend_strategy into the CUDA options.
+
+    A model-level parameter fills in what the cuda accelerator does not set.
+    """
+    name = config.name
+    for key in (GPU_MEM_LIMIT_PARAMETER, ARENA_EXTEND_PARAMETER):
+        where = "the cuda accelerator's"
+        if key not in cuda and key in config.parameters:
+            cuda[key] = config.parameters[key].string_value
+            where = "the model's"
+        if key not in cuda:
+            continue
+        value = cuda[key].strip()
+        if key == GPU_MEM_LIMIT_PARAMETER:
+            limit = _int(name, where, key, value)
+            if limit < 1:
+                raise ConfigError(
+                    f"model '{name}': {where} parameter {key} must be a positive number of "
+                    f"bytes, not '{value}'"
+                )
+            cuda[key] = str(limit)
+        else:
+            strategy = _ARENA_STRATEGIES.get(value.lower())
+            if strategy is None:
+                raise ConfigError(
+                    f"model '{name}': {where} parameter {key} must be kNextPowerOfTwo or "
+                    f"kSameAsRequested (0 or 1), not '{value}'"
+                )
+            cuda[key] = strategy
 
 
 def check_cuda_graphs(

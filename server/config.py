@@ -23,6 +23,7 @@ from onnxserve.layout import (
     INPUT_RANGE_PREFIX,
     PLATFORM,
     PROVIDERS_PARAMETER,
+    REPORTED_PARAMETERS,
 )
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.datatypes import config_to_protocol, config_type_name, protocol_to_config
@@ -248,7 +249,7 @@ def parse_config_text(text: str, model_name: str) -> mc.ModelConfig:
     for key in config.parameters:
         if (
             key.startswith(_OWN_PARAMETER_PREFIX)
-            and key not in (PROVIDERS_PARAMETER, CUSTOM_OPS_PARAMETER)
+            and key not in (*REPORTED_PARAMETERS, CUSTOM_OPS_PARAMETER)
             and not key.startswith(INPUT_RANGE_PREFIX)
         ):
             raise ConfigError(

@@ -46,6 +46,7 @@ from onnxserve.layout import (
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.datatypes import config_to_protocol
 from onnxserve.server.errors import ConfigError
+from onnxserve.server.model_files import graph_bytes_without_weights
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +128,9 @@ def graph_ranges(model_path: Path, inputs: Iterable[str], model_name: str) -> di
             INPUT_RANGE_PREFIX,
         )
         return {}
+    # The graph without its weights (never the whole file, inline weights included, in memory).
     try:
-        model = onnx.load(str(model_path), load_external_data=False)
+        model = onnx.ModelProto.FromString(graph_bytes_without_weights(model_path))
     except Exception as exc:  # onnxruntime loaded it, so this is unexpected: keep serving
         log.warning("model '%s': its graph could not be read for input ranges: %s", model_name, exc)
         return {}

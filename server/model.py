@@ -9,13 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxserve.layout import PROVIDERS_PARAMETER
+from onnxserve.layout import (
+    LOAD_RESIDENT_PARAMETER,
+    LOAD_SECONDS_PARAMETER,
+    MODEL_BYTES_PARAMETER,
+    PROVIDERS_PARAMETER,
+)
+from onnxserve.memory import format_bytes, measure, peak_resident_bytes
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.config import complete_config, tensor_specs
 from onnxserve.server.errors import ConfigError
 from onnxserve.server.inference import ModelSignature
 from onnxserve.server.input_ranges import complete_ranges, declared_ranges
+from onnxserve.server.model_files import model_files_bytes
 from onnxserve.server.runtime import CUDA, OnnxSession, plan_session
 from onnxserve.server.statistics import VersionStatistics
 from onnxserve.server.warmup import warm_up
@@ -109,7 +116,44 @@ class ModelVersion:
 def load_model_version(
     name: str, version: int, path: Path, declared: mc.ModelConfig, options: LoadOptions
 ) -> ModelVersion:
-    """Create the session and the completed config; raises ConfigError on any problem."""
+    """Create the session and the completed config; raises ConfigError on any problem.
+
+    The load is timed and the server's resident memory read around it; both, and
+    the size of the model's files, are logged and reported in the ModelConfig's
+    parameters (:data:`~onnxserve.layout.LOAD_SECONDS_PARAMETER` and the two
+    next to it): ModelStatistics has no field for them. The resident growth is
+    the load's own only while no other load runs at the same time.
+    """
+    with measure() as span:
+        loaded = _load(name, version, path, declared, options)
+    file_bytes = model_files_bytes(path)
+    parameters = loaded.config.parameters  # the completed config ModelConfig reports
+    parameters[LOAD_SECONDS_PARAMETER].string_value = f"{span.seconds:.3f}"
+    parameters[MODEL_BYTES_PARAMETER].string_value = str(file_bytes)
+    growth = span.growth_bytes
+    if growth is not None:
+        parameters[LOAD_RESIDENT_PARAMETER].string_value = str(max(growth, 0))
+    config = loaded.config
+    log.info(
+        "loaded model '%s' version %d in %.2fs: max_batch_size %d, providers %s, intra-op "
+        "threads %d; model files %s, resident memory +%s (server %s now, %s at most)",
+        name,
+        version,
+        span.seconds,
+        config.max_batch_size,
+        ",".join(loaded.providers),
+        loaded.session.intra_op_threads,
+        format_bytes(file_bytes),
+        format_bytes(None if growth is None else max(growth, 0)),
+        format_bytes(span.after_bytes),
+        format_bytes(peak_resident_bytes()),
+    )
+    return loaded
+
+
+def _load(
+    name: str, version: int, path: Path, declared: mc.ModelConfig, options: LoadOptions
+) -> ModelVersion:
     named = mc.ModelConfig()
     named.CopyFrom(declared)
     named.name = name
@@ -132,14 +176,6 @@ def load_model_version(
     config = complete_config(named, name, session.inputs, session.outputs)
     config.parameters[PROVIDERS_PARAMETER].string_value = ",".join(session.providers)
     complete_ranges(config, path)
-    log.info(
-        "loaded model '%s' version %d: max_batch_size %d, providers %s, intra-op threads %d",
-        name,
-        version,
-        config.max_batch_size,
-        ",".join(session.providers),
-        plan.intra_op_threads,
-    )
     loaded = ModelVersion(name, version, config, session, cuda_requested=plan.wants_cuda)
     if config.model_warmup:
         warm_up(loaded, path.parent.parent)

@@ -16,17 +16,23 @@ memory-mapped model file: ``onnx.load`` would parse the whole model, inline
 weights included, into memory before any check, and onnx's helper that lists
 a model's tensors is private and skips sparse initializers; the walk skips
 over each tensor's bytes, so it reads only the small headers of a large model.
+The same walk gives the graph without its weights
+(:func:`graph_bytes_without_weights`), which is how the server reads a graph
+for what onnxruntime's metadata lacks (input ranges): a 2 GB model costs the
+size of its nodes, never of its weights.
 The field numbers come from onnx.proto (checked against the onnx package in
 the tests, which also compare the walk with onnx's own reading).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import mmap
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TypeVar
 
 from onnxserve.layout import CHECKSUMS_FILENAME
 from onnxserve.server.errors import ConfigError
@@ -45,10 +51,16 @@ CHILDREN: dict[int, dict[int, int]] = {
     _TENSOR: {},
 }
 TENSOR_NAME = 8  # TensorProto.name
+# TensorProto's value fields: float_data, int32_data, string_data, int64_data, raw_data,
+# double_data, uint64_data.
+TENSOR_DATA_FIELDS = frozenset({4, 5, 6, 7, 9, 10, 11})
 TENSOR_EXTERNAL_DATA = 13  # TensorProto.external_data (StringStringEntryProto)
 ENTRY_KEY, ENTRY_VALUE = 1, 2  # StringStringEntryProto.key, .value
 _LENGTH_DELIMITED, _VARINT, _FIXED64, _FIXED32 = 2, 0, 1, 5
 _DIGEST_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")
+
+
+T = TypeVar("T")
 
 
 class _Malformed(Exception):
@@ -68,12 +80,16 @@ def _varint(buffer: memoryview, position: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buffer: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
-    """(field number, start, end) of each length-delimited field of one message."""
+def _all_fields(
+    buffer: memoryview, start: int, end: int
+) -> Iterator[tuple[int, int, int, int, int]]:
+    """(key, field start, value start, value end) of every field of one message, in order."""
     position = start
     while position < end:
+        field_start = position
         key, position = _varint(buffer, position)
         wire = key & 7
+        value_start = position
         if wire == _VARINT:
             _, position = _varint(buffer, position)
         elif wire == _FIXED64:
@@ -81,17 +97,41 @@ def _fields(buffer: memoryview, start: int, end: int) -> Iterator[tuple[int, int
         elif wire == _FIXED32:
             position += 4
         elif wire == _LENGTH_DELIMITED:
-            length, position = _varint(buffer, position)
-            yield key >> 3, position, position + length
-            position += length
+            length, value_start = _varint(buffer, position)
+            position = value_start + length
         else:  # groups: not used by onnx.proto
             raise _Malformed
         if position > end:
             raise _Malformed
+        yield key, field_start, value_start, position
+
+
+def _fields(buffer: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int]]:
+    """(field number, start, end) of each length-delimited field of one message."""
+    for key, _, value_start, value_end in _all_fields(buffer, start, end):
+        if key & 7 == _LENGTH_DELIMITED:
+            yield key >> 3, value_start, value_end
 
 
 def _text(buffer: memoryview, start: int, end: int) -> str:
     return bytes(buffer[start:end]).decode("utf-8", errors="replace")
+
+
+def _mapped(model_file: Path, read: Callable[[memoryview], T], empty: T) -> T:
+    """``read`` on a read-only memory map of the file; ``empty`` for an empty or malformed one."""
+    with open(model_file, "rb") as handle:
+        try:
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        except ValueError:  # an empty file
+            return empty
+    with mapped:
+        buffer = memoryview(mapped)
+        try:
+            return read(buffer)
+        except _Malformed:
+            return empty
+        finally:
+            buffer.release()
 
 
 def external_data_locations(model_file: Path) -> list[tuple[str, str]]:
@@ -99,19 +139,46 @@ def external_data_locations(model_file: Path) -> list[tuple[str, str]]:
 
     A file that is not a well-formed protobuf is left to onnxruntime to refuse.
     """
-    with open(model_file, "rb") as handle:
-        try:
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        except ValueError:  # an empty file
-            return []
-    with mapped:
-        buffer = memoryview(mapped)
-        try:
-            return _walk(buffer)
-        except _Malformed:
-            return []
-        finally:
-            buffer.release()
+    return _mapped(model_file, _walk, [])
+
+
+def graph_bytes_without_weights(model_file: Path) -> bytes:
+    """The model file's bytes with every tensor's data left out: a valid ModelProto.
+
+    What the server reads a graph through (input ranges): the nodes, the
+    inputs and outputs, and each initializer's name, type and dims, but none of
+    its values, so a model of any size costs the size of its graph. The file
+    is memory-mapped and walked; the weights' pages are skipped, never read.
+    ``b""`` for a file that is not a well-formed protobuf.
+    """
+    return _mapped(model_file, lambda buffer: _strip(buffer, _MODEL, 0, len(buffer)), b"")
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _strip(buffer: memoryview, kind: int, start: int, end: int) -> bytes:
+    out = bytearray()
+    children = CHILDREN[kind]
+    for key, field_start, value_start, value_end in _all_fields(buffer, start, end):
+        number = key >> 3
+        if kind == _TENSOR and number in TENSOR_DATA_FIELDS:
+            continue
+        if key & 7 == _LENGTH_DELIMITED and number in children:
+            inner = _strip(buffer, children[number], value_start, value_end)
+            out += _encode_varint(key) + _encode_varint(len(inner)) + inner
+        else:
+            out += buffer[field_start:value_end]
+    return bytes(out)
 
 
 def _walk(buffer: memoryview) -> list[tuple[str, str]]:
@@ -231,6 +298,16 @@ def check_checksums(version_folder: Path, used: list[Path], root: Path, where: s
                 "refusing to load it"
             )
     return True
+
+
+def model_files_bytes(model_file: Path) -> int:
+    """The size of the model file and of every external data file it names (each once)."""
+    total = model_file.stat().st_size
+    for location in {location for _, location in external_data_locations(model_file)}:
+        # A missing file: check_external_data refuses it before onnxruntime opens the model.
+        with contextlib.suppress(OSError):
+            total += (model_file.parent / location).stat().st_size
+    return total
 
 
 def check_model_files(model_file: Path, root: Path, where: str) -> None:

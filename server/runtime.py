@@ -302,6 +302,7 @@ class OnnxSession:
         self._run_options = ort.RunOptions()
         self._run_options.log_severity_level = 4
         self.providers: list[str] = list(self._session.get_providers())
+        self.intra_op_threads = plan.intra_op_threads
         self.inputs = tuple(self._spec(node) for node in self._session.get_inputs())
         self.outputs = tuple(self._spec(node) for node in self._session.get_outputs())
         self._bf16_io = any(t.datatype == "BF16" for t in (*self.inputs, *self.outputs))
