@@ -41,7 +41,7 @@ from onnxserve.client import Client
 from onnxserve.server.app import INFERENCE_SERVICE
 from tests.support import deploy
 from tests.support.models import add_sub_model
-from tests.support.server import free_port
+from tests.support.server import free_port, wait_serving
 
 # pip's dry run for the GPU image: its Python (Ubuntu 24.04's) and platform.
 GPU_IMAGE_PYTHON = "3.12"
@@ -237,15 +237,17 @@ def test_the_image_serves_as_its_entrypoint_and_manifests_say(
     repository = _read_only_repository(image_root)
     writable = image_root / "tmp"
     writable.mkdir()
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **_image_environment(installed, writable),
         **_overlay_environment("cpu"),
         # What differs on this shared machine: the repository is not at /models,
-        # the port must be a free one, and only loopback is listened on (in the
-        # pod, 0.0.0.0 lets the probes reach the pod IP: test_deploy_manifests).
+        # the ports must be free ones (the ConfigMap's 8001 and 8002 are what a
+        # `make serve` beside the suite holds), and only loopback is listened on
+        # (in the pod, 0.0.0.0 lets the probes reach the pod IP: test_deploy_manifests).
         "ONNXSERVE_MODEL_REPOSITORY": str(repository),
         "ONNXSERVE_GRPC_PORT": str(port),
+        "ONNXSERVE_METRICS_PORT": str(metrics_port),
         "ONNXSERVE_HOST": "127.0.0.1",
     }
     user = _run_as()
@@ -274,8 +276,8 @@ def test_the_image_serves_as_its_entrypoint_and_manifests_say(
         if user is not None:
             assert Path(f"/proc/{process.pid}").stat().st_uid == user[0]
         address = f"127.0.0.1:{port}"
+        wait_serving(process, address, 60, lambda: log.read_text(errors="replace"))
         with Client(address, timeout=10) as client:
-            client.wait_until_ready(timeout=60)
             x = np.arange(16, dtype=np.float32).reshape(1, 16)
             out = client.infer("simple", {"INPUT0": x, "INPUT1": x})
             np.testing.assert_array_equal(out["OUTPUT0"], 2 * x)
