@@ -97,8 +97,20 @@ def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
+        health_taken = subprocess.run(
+            [*serve, "--grpc-port", str(free_port()), "--metrics-port", "0", "--health-port", busy],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert health_taken.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{first.port}" in health_taken.stderr
+    assert "Failed to add port" not in health_taken.stderr, health_taken.stderr
     assert grpc_taken.returncode == 1
     assert f"cannot listen on 127.0.0.1:{first.port}" in grpc_taken.stderr
+    # onnxserve's line alone: gRPC core's own "Failed to add port" line does not precede it.
+    assert "Failed to add port" not in grpc_taken.stderr, grpc_taken.stderr
+    assert grpc_taken.stderr.count("\n") == 1, grpc_taken.stderr
     assert metrics_taken.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{first.port}" in metrics_taken.stderr
     assert "--metrics-port 0 turns metrics off" in metrics_taken.stderr
