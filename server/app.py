@@ -126,6 +126,8 @@ class InferenceServer:
             cpu_budget,
             settings.grace_period_s,
             cache_dir=settings.cache_dir,
+            model_control_mode=settings.model_control_mode,
+            repository_poll_secs=settings.repository_poll_secs,
         )
         self.peers = peers
         self.peer_client = PeerClient(peers) if peers is not None else None
