@@ -51,6 +51,10 @@ PROVIDERS_PARAMETER = "onnxserve.execution_providers"
 #: Valid values of an integer input, one parameter per input:
 #: ``onnxserve.input_range.<input>`` = "<min>,<max>", inclusive, either side may be empty.
 INPUT_RANGE_PREFIX = "onnxserve.input_range."
+#: What a user of the model should know before trusting its answers (the sentiment
+#: example trained on its fallback sentences says so here); `serve` logs it at
+#: WARNING each time the model loads, and ModelConfig reports it.
+WARNING_PARAMETER = "onnxserve.warning"
 
 
 def is_valid_model_name(name: str) -> bool:

@@ -16,7 +16,13 @@ from pathlib import Path
 from google.protobuf import text_format
 from google.protobuf.message import Message
 
-from onnxserve.layout import BACKEND, INPUT_RANGE_PREFIX, PLATFORM, PROVIDERS_PARAMETER
+from onnxserve.layout import (
+    BACKEND,
+    INPUT_RANGE_PREFIX,
+    PLATFORM,
+    PROVIDERS_PARAMETER,
+    WARNING_PARAMETER,
+)
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.datatypes import config_to_protocol, config_type_name, protocol_to_config
 from onnxserve.server.errors import ConfigError
@@ -227,12 +233,13 @@ def parse_config_text(text: str, model_name: str) -> mc.ModelConfig:
     for key in config.parameters:
         if (
             key.startswith(_OWN_PARAMETER_PREFIX)
-            and key != PROVIDERS_PARAMETER
+            and key not in (PROVIDERS_PARAMETER, WARNING_PARAMETER)
             and not key.startswith(INPUT_RANGE_PREFIX)
         ):
             raise ConfigError(
                 f"model '{model_name}': unknown parameter '{key}'; onnxserve's own parameters are "
-                f"{PROVIDERS_PARAMETER} (reported, not set) and {INPUT_RANGE_PREFIX}<input>"
+                f"{PROVIDERS_PARAMETER} (reported, not set), {WARNING_PARAMETER} and "
+                f"{INPUT_RANGE_PREFIX}<input>"
             )
     if config.name and config.name != model_name:
         raise ConfigError(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onnxserve.layout import PROVIDERS_PARAMETER
+from onnxserve.layout import PROVIDERS_PARAMETER, WARNING_PARAMETER
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server.config import complete_config, tensor_specs
@@ -123,6 +123,13 @@ def load_model_version(
         ",".join(session.providers),
         plan.intra_op_threads,
     )
+    if WARNING_PARAMETER in config.parameters:
+        log.warning(
+            "model '%s' version %d: %s",
+            name,
+            version,
+            config.parameters[WARNING_PARAMETER].string_value,
+        )
     loaded = ModelVersion(name, version, config, session, cuda_requested=plan.wants_cuda)
     if config.model_warmup:
         warm_up(loaded, path.parent.parent)

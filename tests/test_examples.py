@@ -276,6 +276,9 @@ def test_build_writes_both_entries_and_the_marker_last(repository: Path) -> None
     assert marker.stat().st_mtime_ns >= newest_entry_file
     config = (repository / "sentiment" / "config.pbtxt").read_text()
     assert 'name: "tokens"' in config and "TYPE_INT32" in config and "dims: 50" in config
+    # Trained on the fallback sentences, the config says so (and `serve` logs it).
+    fallback = _metrics(repository, "sentiment")["data"]["origin"] == "fallback"  # type: ignore[index]
+    assert ("onnxserve.warning" in config) == fallback
     assert "max_batch_size: 64" in config
 
 
