@@ -61,6 +61,8 @@ SECTIONS: dict[str, str] = {
     "convert": ENV_PREFIX + "CONVERT_",
     "infer": ENV_PREFIX + "INFER_",
     "bench": ENV_PREFIX + "BENCH_",
+    "models": ENV_PREFIX + "MODELS_",
+    "describe": ENV_PREFIX + "DESCRIBE_",
 }
 #: The log levels every subcommand offers.
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
