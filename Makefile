@@ -63,7 +63,7 @@ deploy-tools: install
 
 test: install kserve-env deploy-tools
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n 2 --durations=15
+	$(PY) -m pytest -n 2 -rs --durations=15
 
 lint: install
 	$(PY) -m ruff check .

@@ -302,3 +302,47 @@ def test_the_image_serves_as_its_entrypoint_and_manifests_say(
 
 def _probes(container: dict) -> list[dict]:
     return [container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")]
+
+
+def _docker() -> str:
+    """The docker command where an engine answers ``docker info``; else skip, saying why."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker command here, so the CPU image is not built (install.sh is tested)")
+    info = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=60, check=False)
+    if info.returncode != 0:
+        why = (info.stderr or info.stdout).strip().splitlines()[-1:] or ["no answer"]
+        pytest.skip(f"no Docker engine answers `docker info` here ({why[0]}): image not built")
+    return docker
+
+
+def test_the_cpu_image_builds_and_serves_where_a_docker_engine_runs(tmp_path: Path) -> None:
+    """docker build of deploy/docker/Dockerfile, then the image serves a read-only repository."""
+    docker = _docker()
+    tag = f"onnxserve-test:{os.getpid()}"
+    built = subprocess.run(
+        [docker, "build", "-f", str(deploy.DOCKERFILES["cpu"]), "-t", tag, str(deploy.ROOT)],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    repository = tmp_path / "models"
+    add_sub_model(repository / "simple" / "1" / "model.onnx")
+    for path in [repository, *repository.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    port = free_port()
+    name = f"onnxserve-test-{os.getpid()}"
+    run = [docker, "run", "-d", "--rm", "--name", name, "--read-only", "--tmpfs", "/tmp",
+           "-p", f"127.0.0.1:{port}:8001", "-v", f"{repository}:/models:ro", tag]  # fmt: skip
+    started = subprocess.run(run, capture_output=True, text=True, timeout=120, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=10) as client:
+            client.wait_until_ready(timeout=120)
+            x = np.arange(16, dtype=np.float32).reshape(1, 16)
+            out = client.infer("simple", {"INPUT0": x, "INPUT1": x})
+        np.testing.assert_array_equal(out["OUTPUT0"], 2 * x)
+    finally:
+        logs = subprocess.run([docker, "logs", name], capture_output=True, text=True, check=False)
+        print(logs.stdout[-3000:], logs.stderr[-3000:])
+        subprocess.run([docker, "stop", "-t", "30", name], capture_output=True, check=False)
+        subprocess.run([docker, "rmi", tag], capture_output=True, check=False)
