@@ -116,6 +116,30 @@ class ClientBase:
         self._declared.pop(key, None)
         self._max_batch_sizes.pop(key, None)
 
+    @staticmethod
+    def _infer_calls(
+        name: str,
+        parts: Sequence[Mapping[str, Any]],
+        outputs: Sequence[str] | None,
+        version: str | int | None,
+        request_id: str | None,
+        parameters: Mapping[str, Any] | None,
+    ) -> list[Call[dict[str, Any]]]:
+        """One ModelInfer call per part of a (possibly split) batch, alike but for the rows."""
+        from onnxserve.client import calls
+
+        return [
+            calls.infer(
+                name,
+                part,
+                outputs=outputs,
+                version=version,
+                request_id=request_id,
+                parameters=parameters,
+            )
+            for part in parts
+        ]
+
     def _deadline(self, timeout: float | None) -> Deadline:
         if timeout is not None and timeout <= 0:
             raise ValueError("timeout must be positive")

@@ -240,17 +240,7 @@ class AsyncClient(ClientBase):
         if split_batches:
             limit = await self._max_batch_size(name, version, timeout)
             parts = splitting.split_rows(inputs, limit)
-        described = [
-            calls.infer(
-                name,
-                part,
-                outputs=outputs,
-                version=version,
-                request_id=request_id,
-                parameters=parameters,
-            )
-            for part in parts
-        ]
+        described = self._infer_calls(name, parts, outputs, version, request_id, parameters)
         try:
             if len(described) == 1:
                 return await self._invoke(described[0], timeout)

@@ -255,17 +255,7 @@ class Client(ClientBase):
         parts = [inputs]
         if split_batches:
             parts = splitting.split_rows(inputs, self._max_batch_size(name, version, timeout))
-        described = [
-            calls.infer(
-                name,
-                part,
-                outputs=outputs,
-                version=version,
-                request_id=request_id,
-                parameters=parameters,
-            )
-            for part in parts
-        ]
+        described = self._infer_calls(name, parts, outputs, version, request_id, parameters)
         try:
             if len(described) == 1:
                 return self._invoke(described[0], timeout)
