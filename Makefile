@@ -8,13 +8,23 @@ ONNXSERVE := $(VENV)/bin/onnxserve
 STAMP := $(VENV)/.onnxserve-installed
 # The embedded example repository that `make serve` builds once and serves.
 EXAMPLE_REPOSITORY ?= build/model_repository
-GRPC_PORT ?= 8001
+# `make serve` serves the examples on 127.0.0.1 at the server's own defaults
+# (gRPC 8001, metrics 8002), which the environment moves as it moves any
+# `onnxserve serve` (ONNXSERVE_GRPC_PORT=9401 make serve, ONNXSERVE_METRICS_PORT,
+# ONNXSERVE_HOST): the Makefile passes a flag, which would win over the
+# environment, only for a variable given to make (make serve GRPC_PORT=9401
+# METRICS_PORT=9402). MODEL_REPOSITORY=DIR serves DIR instead of the examples
+# (and does not build them).
+GRPC_PORT ?=
+METRICS_PORT ?=
+MODEL_REPOSITORY ?=
+SERVE_FLAGS := $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT)) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 # The labelled sentences for the sentiment example: the shared copy when there
 # is one (CI and the development machines), else the example's own fallback.
 SENTIMENT_DATA ?= $(firstword $(wildcard ../shared/data/sentiment-labelled-sentences))
 export ONNXSERVE_SENTIMENT_DATA ?= $(SENTIMENT_DATA)
 
-.PHONY: install serve test lint examples protos bench clean kserve-env deploy-tools triton-env keras-hub
+.PHONY: install serve test lint examples protos bench clean kserve-env deploy-tools triton-env keras-hub wheel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +41,14 @@ install: $(STAMP)
 examples: install
 	$(PY) -m onnxserve.examples.build_repository --repository $(EXAMPLE_REPOSITORY)
 
-serve: install examples
-	$(ONNXSERVE) serve --model-repository $(EXAMPLE_REPOSITORY) --host 127.0.0.1 --grpc-port $(GRPC_PORT)
+serve: export ONNXSERVE_HOST ?= 127.0.0.1
+serve: install $(if $(MODEL_REPOSITORY),,examples)
+	$(ONNXSERVE) serve --model-repository $(or $(MODEL_REPOSITORY),$(EXAMPLE_REPOSITORY)) $(SERVE_FLAGS)
+
+# The one wheel, into dist/: `pip install dist/onnxserve-*.whl` is the client
+# alone; add [server], [convert] or [examples] for the rest (README: Installing).
+wheel: install
+	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
 
 # KServe's server and client for tests/test_client_kserve.py, in their own
 # environment (.venv-kserve): KServe needs protobuf 6, the project 7.
@@ -57,7 +73,7 @@ keras-hub: install
 
 test: install kserve-env deploy-tools keras-hub
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n 2 --durations=15
+	$(PY) -m pytest -n 2 -rs --durations=15
 
 lint: install
 	$(PY) -m ruff check .
@@ -81,4 +97,4 @@ bench: install examples
 	$(PY) benchmarks/run_benchmark.py --repository $(EXAMPLE_REPOSITORY) $(BENCH_ARGS)
 
 clean:
-	rm -rf build .pytest_cache
+	rm -rf build dist .pytest_cache

@@ -2,8 +2,9 @@
 
 Speaks the Open Inference Protocol (KServe v2) over gRPC as Triton defines it,
 so it works against onnxserve, Triton and KServe's model servers alike. Its
-dependencies are grpcio, protobuf, numpy and ml_dtypes only: ``pip install
-onnxserve`` gives this client without onnxruntime or TensorFlow.
+dependencies are grpcio, protobuf, numpy and ml_dtypes only: the onnxserve
+wheel without extras (``make wheel``, then ``pip install dist/onnxserve-*.whl``)
+gives this client without onnxruntime or TensorFlow.
 
 Example::
 
@@ -12,13 +13,13 @@ Example::
 
     with Client("localhost:8001", timeout=10) as client:
         print(client.server_metadata())
-        x = np.arange(16, dtype=np.float32).reshape(1, 16)
+        image = [[[0.0]] * 8] * 8  # one 8x8 grey image; cast to the model's FP32
         try:
-            out = client.infer("simple", {"INPUT0": x, "INPUT1": x})
+            out = client.infer("digits", {"image": [image]})
         except InferenceServerError as exc:
             print(exc.code, exc.message)
         else:
-            print(out["OUTPUT0"])
+            print(out["probabilities"].argmax())
 
 ``AsyncClient`` has the same calls, awaited. Small answers are frozen
 dataclasses (:mod:`onnxserve.client.types`); ``model_config`` returns

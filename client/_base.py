@@ -7,13 +7,15 @@ block or await.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
+from onnxserve.client.calls import Call
 from onnxserve.client.connection import plan_connection
 from onnxserve.client.options import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -22,6 +24,17 @@ from onnxserve.client.options import (
     RetryPolicy,
     TLSConfig,
 )
+
+#: Parts of a split batch (``infer(..., split_batches=True)``) in flight at once.
+MAX_PARTS_IN_FLIGHT = 8
+
+
+T = TypeVar("T")
+
+
+def _once(call: Call[T]) -> Call[T]:
+    """``call`` without retries: infer's own lookups fail as fast as infer does."""
+    return dataclasses.replace(call, idempotent=False)
 
 
 class Deadline:
@@ -75,6 +88,10 @@ class ClientBase:
         self._compression = compression
         self.metadata: tuple[tuple[str, str], ...] = connection.metadata
         self._counter = itertools.count()
+        # What infer's casts and splits need to know of a model, asked once per
+        # (model, version) and kept: input name -> datatype, and max_batch_size.
+        self._declared: dict[tuple[str, str], dict[str, str]] = {}
+        self._max_batch_sizes: dict[tuple[str, str], int] = {}
         self._open()
 
     def _open(self) -> None:
@@ -89,6 +106,39 @@ class ClientBase:
     def _next_index(self) -> int:
         # itertools.count's __next__ is atomic under the GIL: safe across threads.
         return next(self._counter) % len(self.targets)
+
+    @staticmethod
+    def _model_key(name: str, version: str | int | None) -> tuple[str, str]:
+        return name, "" if version is None else str(version)
+
+    def _forget_model(self, key: tuple[str, str]) -> None:
+        """Ask again next time: the model may have changed (a new version in poll mode)."""
+        self._declared.pop(key, None)
+        self._max_batch_sizes.pop(key, None)
+
+    @staticmethod
+    def _infer_calls(
+        name: str,
+        parts: Sequence[Mapping[str, Any]],
+        outputs: Sequence[str] | None,
+        version: str | int | None,
+        request_id: str | None,
+        parameters: Mapping[str, Any] | None,
+    ) -> list[Call[dict[str, Any]]]:
+        """One ModelInfer call per part of a (possibly split) batch, alike but for the rows."""
+        from onnxserve.client import calls
+
+        return [
+            calls.infer(
+                name,
+                part,
+                outputs=outputs,
+                version=version,
+                request_id=request_id,
+                parameters=parameters,
+            )
+            for part in parts
+        ]
 
     def _deadline(self, timeout: float | None) -> Deadline:
         if timeout is not None and timeout <= 0:

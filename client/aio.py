@@ -11,9 +11,15 @@ import grpc.aio
 import numpy as np
 import numpy.typing as npt
 
-from onnxserve.client import calls
-from onnxserve.client._base import ClientBase
-from onnxserve.client.errors import DeadlineExceededError, InferenceServerError, from_rpc_error
+from onnxserve.client import calls, casting, splitting
+from onnxserve.client._base import MAX_PARTS_IN_FLIGHT, ClientBase, _once
+from onnxserve.client.errors import (
+    DeadlineExceededError,
+    InferenceServerError,
+    InvalidInputError,
+    UnimplementedError,
+    from_rpc_error,
+)
 from onnxserve.client.types import (
     InferRequest,
     InferResult,
@@ -49,11 +55,11 @@ class AsyncClient(ClientBase):
 
         async def main() -> None:
             async with AsyncClient("localhost:8001", channels_per_url=2) as client:
-                a = np.ones((1, 16), np.float32)
+                image = np.zeros((1, 8, 8), np.float32)
                 outs = await asyncio.gather(
-                    *(client.infer("simple", {"INPUT0": a, "INPUT1": a}) for _ in range(100))
+                    *(client.infer("digits", {"image": image}) for _ in range(100))
                 )
-                print(outs[0]["OUTPUT0"])
+                print(outs[0]["probabilities"])
 
         asyncio.run(main())
     """
@@ -217,22 +223,68 @@ class AsyncClient(ClientBase):
         timeout: float | None = None,
         request_id: str | None = None,
         parameters: Mapping[str, ParameterValue] | None = None,
+        cast: bool = True,
+        split_batches: bool = False,
     ) -> dict[str, np.ndarray]:
-        """Run a model once; see :meth:`Client.infer`.
+        """Run a model once; see :meth:`Client.infer` (``cast``, ``split_batches`` alike).
 
         Example::
 
-            out = await client.infer("simple", {"INPUT0": a, "INPUT1": b})
+            out = await client.infer("digits", {"image": images}, split_batches=True)
         """
-        call = calls.infer(
-            name,
-            inputs,
-            outputs=outputs,
-            version=version,
-            request_id=request_id,
-            parameters=parameters,
-        )
-        return await self._invoke(call, timeout)
+        key = self._model_key(name, version)
+        if cast:
+            declared = await self._declared_types(name, version, timeout)
+            inputs = casting.cast_inputs(inputs, declared)
+        parts = [inputs]
+        if split_batches:
+            limit = await self._max_batch_size(name, version, timeout)
+            parts = splitting.split_rows(inputs, limit)
+        described = self._infer_calls(name, parts, outputs, version, request_id, parameters)
+        try:
+            if len(described) == 1:
+                return await self._invoke(described[0], timeout)
+            deadline = self._deadline(timeout)
+            in_flight = asyncio.Semaphore(MAX_PARTS_IN_FLIGHT)
+
+            async def send(call: calls.Call[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+                async with in_flight:
+                    return await self._invoke(call, max(deadline.remaining(), 1e-3))
+
+            answers = await asyncio.gather(*(send(call) for call in described))
+            return splitting.join_outputs(answers)
+        except InvalidInputError:
+            if cast or split_batches:
+                self._forget_model(key)
+            raise
+
+    async def _declared_types(
+        self, name: str, version: str | int | None, timeout: float | None
+    ) -> dict[str, str]:
+        key = self._model_key(name, version)
+        declared = self._declared.get(key)
+        if declared is None:
+            try:
+                metadata = await self._invoke(_once(calls.model_metadata(name, version)), timeout)
+                declared = {t.name: t.datatype for t in metadata.inputs}
+            except UnimplementedError:
+                declared = {}  # a server without ModelMetadata: numpy's dtypes are sent
+            self._declared[key] = declared
+        return declared
+
+    async def _max_batch_size(
+        self, name: str, version: str | int | None, timeout: float | None
+    ) -> int:
+        key = self._model_key(name, version)
+        limit = self._max_batch_sizes.get(key)
+        if limit is None:
+            try:
+                config = await self._invoke(_once(calls.model_config(name, version)), timeout)
+                limit = int(config.max_batch_size)
+            except UnimplementedError:
+                limit = 0  # a server without ModelConfig: nothing to split by
+            self._max_batch_sizes[key] = limit
+        return limit
 
     async def stream_infer(
         self,

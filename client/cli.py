@@ -199,65 +199,34 @@ def _text_or_json(name: str, text: str) -> Any:
         return text
 
 
-def _is_float(dtype: np.dtype[Any]) -> bool:
-    return dtype.kind == "f" or dtype.name == "bfloat16"
-
-
-def _first_changed(
-    name: str, array: np.ndarray, cast: np.ndarray, changed: np.ndarray, datatype: str
-) -> str:
-    index = tuple(int(i) for i in np.argwhere(changed)[0])
-    where = f" at {list(index)}" if array.ndim else ""
-    return (
-        f"input '{name}': the model takes {datatype}, and the value {array[index].item()!r}"
-        f"{where} would become {cast[index].item()!r}; give {datatype} values"
-    )
-
-
 def to_declared(name: str, array: np.ndarray, datatype: str | None) -> np.ndarray:
-    """``array`` as the model's ``datatype`` (None: unknown, left as it is).
+    """``array`` as the model's ``datatype``: the SDK's rule (:mod:`onnxserve.client.casting`).
 
-    The cast must keep every value: integers and booleans exactly (1.7 or 300
-    do not become INT32 1 or INT8 44), floats from integers exactly, and
-    floats from wider floats within range (rounding to the nearest value of
-    the narrower type is expected; overflowing to infinity is refused).
+    A cast that would change a value is a SettingsError here (exit 2, before
+    anything is sent).
     """
-    from onnxserve.protocol import codec
+    from onnxserve.client.casting import to_declared as cast
+    from onnxserve.client.errors import InvalidInputError
 
-    if datatype is None:
-        return array
-    if datatype == "BYTES":
-        if array.dtype.kind in "OUS":
-            return array
-        raise SettingsError(f"input '{name}': the model takes BYTES (text), not {array.dtype}")
-    target = codec.numpy_dtype(datatype)
-    if array.dtype == target:
-        return array
-    if not (array.dtype.kind in "biu" or _is_float(array.dtype)):
-        raise SettingsError(f"input '{name}': the model takes {datatype}, not {array.dtype} values")
-    with np.errstate(all="ignore"):
-        cast = array.astype(target)
-        if _is_float(target) and _is_float(array.dtype):
-            wide = array.astype(np.float64)
-            changed = np.isfinite(wide) & ~np.isfinite(cast.astype(np.float64))
-        else:
-            back = cast.astype(array.dtype)
-            changed = ~((back == array) | (np.isnan(array) & np.isnan(back)))
-            if target.kind in "biu":  # NaN and infinity have no integer value
-                changed |= ~np.isfinite(array.astype(np.float64))
-    if changed.any():
-        raise SettingsError(_first_changed(name, array, cast, changed, datatype))
-    return cast
+    try:
+        return cast(name, array, datatype)
+    except InvalidInputError as exc:
+        raise SettingsError(exc.message) from None
 
 
-def parse_input(spec: str, declared: Mapping[str, tuple[str, tuple[int, ...]]]) -> tuple[str, Any]:
+def parse_input(
+    spec: str,
+    declared: Mapping[str, tuple[str, tuple[int, ...]]],
+    notes: list[str] | None = None,
+) -> tuple[str, Any]:
     """``NAME=VALUE`` -> (name, array); ``declared`` maps input names to (datatype, shape).
 
     Values from a .npy file and from JSON alike take the declared datatype
     when no value changes (:func:`to_declared`); a leading batch dimension of 1
     is added when the declared shape has one more dimension than the value
-    and it is variable (-1). ``declared`` empty: the server did not say, and
-    numpy's types are sent.
+    and it is variable (-1), which is said in ``notes`` (the command prints
+    them on stderr). ``declared`` empty: the server did not say, and numpy's
+    types are sent.
     """
     name, sep, value = spec.partition("=")
     if not sep or not name or not value:
@@ -282,8 +251,26 @@ def parse_input(spec: str, declared: Mapping[str, tuple[str, tuple[int, ...]]]) 
     if datatype == "BYTES" and shape is not None and tuple(shape[1:]) == (1,) and array.ndim <= 1:
         array = array.reshape(-1, 1)  # text models: a sentence, or a list of them, per row
     if shape is not None and len(shape) == array.ndim + 1 and shape[0] == -1:
+        if notes is not None:
+            notes.append(
+                f"input '{name}': added a batch dimension of 1 to the value's shape "
+                f"{list(array.shape)} (the model takes {list(shape)}): sent as "
+                f"{[1, *array.shape]}"
+            )
         array = array[np.newaxis, ...]
     return name, array
+
+
+def _inputs_wanted(model: str, declared: Mapping[str, tuple[str, tuple[int, ...]]]) -> str:
+    """The error for a call without --input: the model's inputs, when the server said."""
+    if not declared:
+        return "give at least one --input NAME=VALUE"
+    listed = ", ".join(f"{n} ({d} {list(s)})" for n, (d, s) in declared.items())
+    first = next(iter(declared))
+    return (
+        f"give the model's inputs, one --input NAME=VALUE each: '{model}' takes {listed} "
+        f"(-1: any size); e.g. --input {first}=values.json (or .npy, or inline JSON)"
+    )
 
 
 def _unique(flag: str, names: Sequence[str]) -> None:
@@ -348,14 +335,17 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     settings = resolve(InferSettings, args, section="infer", config_file=args.config)
     specs: Sequence[str] = args.inputs
-    if not specs:
-        raise SettingsError("give at least one --input NAME=VALUE")
     _unique("--output", args.outputs)
     version = settings.model_version or None
     with open_client(settings, settings.url, settings.timeout) as client:
         try:
             declared = declared_inputs(client, settings.model, version)
-            parsed = [parse_input(spec, declared) for spec in specs]
+            if not specs:
+                raise SettingsError(_inputs_wanted(settings.model, declared))
+            notes: list[str] = []
+            parsed = [parse_input(spec, declared, notes) for spec in specs]
+            for note in notes:
+                print(f"onnxserve infer: {note}", file=sys.stderr)
             _unique("--input", [name for name, _ in parsed])
             inputs = dict(parsed)
             outputs = client.infer(

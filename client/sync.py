@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
-from onnxserve.client import calls
-from onnxserve.client._base import ClientBase
-from onnxserve.client.errors import DeadlineExceededError, InferenceServerError, from_rpc_error
+from onnxserve.client import calls, casting, splitting
+from onnxserve.client._base import MAX_PARTS_IN_FLIGHT, ClientBase, _once
+from onnxserve.client.errors import (
+    DeadlineExceededError,
+    InferenceServerError,
+    InvalidInputError,
+    UnimplementedError,
+    from_rpc_error,
+)
 from onnxserve.client.types import (
     InferRequest,
     InferResult,
@@ -64,9 +71,8 @@ class Client(ClientBase):
         from onnxserve.client import Client
 
         with Client("localhost:8001") as client:
-            a = np.ones((1, 16), np.float32)
-            out = client.infer("simple", {"INPUT0": a, "INPUT1": a})
-            print(out["OUTPUT0"])
+            image = np.zeros((1, 8, 8), np.float32)
+            print(client.infer("digits", {"image": image})["probabilities"])
     """
 
     def _open(self) -> None:
@@ -220,29 +226,78 @@ class Client(ClientBase):
         timeout: float | None = None,
         request_id: str | None = None,
         parameters: Mapping[str, ParameterValue] | None = None,
+        cast: bool = True,
+        split_batches: bool = False,
     ) -> dict[str, np.ndarray]:
         """Run a model once: arrays by input name in, arrays by output name out.
 
-        Inputs go raw; their datatypes follow their dtypes (str/bytes/object
-        arrays are BYTES, ``ml_dtypes.bfloat16`` is BF16), so pass arrays of the
-        dtype the model declares (``model_metadata`` says which). ``outputs``
+        Inputs go raw. With ``cast`` (the default) each takes the datatype the
+        model declares (ModelMetadata, asked once per model and kept) when no
+        value changes: a list or a float64 array for an FP32 input is sent as
+        FP32, ``[1, 2]`` for INT32 as INT32, and a cast that would change a value
+        (1.7 to INT32) raises :class:`InvalidInputError` before anything is
+        sent (:mod:`onnxserve.client.casting` has the rule). ``cast=False``
+        sends each array as its dtype (str/bytes/object arrays are BYTES,
+        ``ml_dtypes.bfloat16`` is BF16). ``split_batches=True`` sends a batch of
+        more rows than the model's max_batch_size as parts sent at once, and
+        joins their outputs (:mod:`onnxserve.client.splitting`). ``outputs``
         limits the answer to those names. Numeric outputs are read-only views
         of the response (``.copy()`` to modify); BYTES outputs are object
         arrays of ``bytes``.
 
         Example::
 
-            out = client.infer("simple", {"INPUT0": a, "INPUT1": b}, outputs=["OUTPUT0"])
+            out = client.infer("digits", {"image": images}, outputs=["probabilities"])
         """
-        call = calls.infer(
-            name,
-            inputs,
-            outputs=outputs,
-            version=version,
-            request_id=request_id,
-            parameters=parameters,
-        )
-        return self._invoke(call, timeout)
+        key = self._model_key(name, version)
+        if cast:
+            inputs = casting.cast_inputs(inputs, self._declared_types(name, version, timeout))
+        parts = [inputs]
+        if split_batches:
+            parts = splitting.split_rows(inputs, self._max_batch_size(name, version, timeout))
+        described = self._infer_calls(name, parts, outputs, version, request_id, parameters)
+        try:
+            if len(described) == 1:
+                return self._invoke(described[0], timeout)
+            deadline = self._deadline(timeout)
+            workers = min(len(described), MAX_PARTS_IN_FLIGHT)
+            with ThreadPoolExecutor(workers, thread_name_prefix="onnxserve-split") as pool:
+                futures = [
+                    pool.submit(self._invoke, call, max(deadline.remaining(), 1e-3))
+                    for call in described
+                ]
+                answers = [future.result() for future in futures]
+            return splitting.join_outputs(answers)
+        except InvalidInputError:
+            if cast or split_batches:
+                self._forget_model(key)
+            raise
+
+    def _declared_types(
+        self, name: str, version: str | int | None, timeout: float | None
+    ) -> dict[str, str]:
+        key = self._model_key(name, version)
+        declared = self._declared.get(key)
+        if declared is None:
+            try:
+                metadata = self._invoke(_once(calls.model_metadata(name, version)), timeout)
+                declared = {t.name: t.datatype for t in metadata.inputs}
+            except UnimplementedError:
+                declared = {}  # a server without ModelMetadata: numpy's dtypes are sent
+            self._declared[key] = declared
+        return declared
+
+    def _max_batch_size(self, name: str, version: str | int | None, timeout: float | None) -> int:
+        key = self._model_key(name, version)
+        limit = self._max_batch_sizes.get(key)
+        if limit is None:
+            try:
+                config = self._invoke(_once(calls.model_config(name, version)), timeout)
+                limit = int(config.max_batch_size)
+            except UnimplementedError:
+                limit = 0  # a server without ModelConfig: nothing to split by
+            self._max_batch_sizes[key] = limit
+        return limit
 
     def stream_infer(
         self, requests: Iterable[InferRequest], *, timeout: float | None = None
@@ -257,10 +312,10 @@ class Client(ClientBase):
 
         Example::
 
-            reqs = (InferRequest("simple", {"INPUT0": a, "INPUT1": a}, request_id=str(i))
-                    for i in range(10))
+            reqs = (InferRequest("digits", {"image": image}, request_id=str(i))
+                    for i, image in enumerate(images))
             for result in client.stream_infer(reqs):
-                print(result.id, result.raise_for_error().outputs["OUTPUT0"])
+                print(result.id, result.raise_for_error().outputs["probabilities"])
         """
         deadline = self._deadline(timeout)
         failure: list[Exception] = []

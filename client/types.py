@@ -186,7 +186,7 @@ class InferRequest:
 
     Example::
 
-        InferRequest("simple", {"INPUT0": a, "INPUT1": b}, request_id="42")
+        InferRequest("digits", {"image": image}, request_id="42")
     """
 
     model_name: str

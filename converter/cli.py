@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from onnxserve.converter.environment import native_noise_filtered
 from onnxserve.converter.errors import ConversionError
 from onnxserve.converter.settings import ConvertSettings
 from onnxserve.settings import add_arguments, resolve
@@ -74,6 +75,14 @@ def _progress(line: str) -> None:
 def run(args: argparse.Namespace) -> int:
     """Resolve the settings, convert, print the report; 1 with a message on failure."""
     settings = resolve(ConvertSettings, args, config_file=args.config, section="convert")
+    if settings.log_level == "DEBUG":
+        return _run(settings)
+    # TensorFlow's C++ start-up lines, which its log level does not silence.
+    with native_noise_filtered():
+        return _run(settings)
+
+
+def _run(settings: ConvertSettings) -> int:
     try:
         from onnxserve.converter.api import convert_with_settings
     except ModuleNotFoundError as exc:

@@ -9,6 +9,7 @@ converted through its ``serving_default`` signature.
 from __future__ import annotations
 
 import contextlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from onnxserve.converter.errors import ModelLoadError, UnsupportedModelError, fi
 __all__ = ["KERAS_SUFFIXES", "LoadedModel", "from_keras_model", "load_model"]
 
 KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# HDF5 files may start with a user block of 512, 1024, 2048... bytes.
+_HDF5_OFFSETS = (0, 512, 1024, 2048, 4096)
 
 
 @dataclass
@@ -94,6 +98,7 @@ def load_model(path: str | Path, *, safe_mode: bool = True) -> LoadedModel:
             f"{path} is not a Keras model: expected a .keras or .h5 file, "
             "or a SavedModel directory (as model.export() writes it)"
         )
+    _check_file_format(path)
     import_tensorflow()
     import keras
 
@@ -108,6 +113,72 @@ def load_model(path: str | Path, *, safe_mode: bool = True) -> LoadedModel:
             raise ModelLoadError(_unsafe_advice(path, exc)) from exc
         raise ModelLoadError(f"Keras cannot load {path}: {first_line(exc)}") from exc
     return from_keras_model(model, source=str(path))
+
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        for offset in _HDF5_OFFSETS:
+            handle.seek(offset)
+            if handle.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                return True
+    return False
+
+
+def _what_it_holds(path: Path) -> str:
+    with open(path, "rb") as handle:
+        head = handle.read(40)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    if text and all(c.isprintable() or c.isspace() for c in text):
+        return f"it holds text: {text.strip()[:30]!r}"
+    return f"it starts with the bytes {head[:16].hex(' ')}"
+
+
+def _check_file_format(path: Path) -> None:
+    """ModelLoadError saying what is wrong with a file that is not what its suffix says.
+
+    Keras answers such files with "File not found" (.keras) or an h5py error
+    (.h5); the file exists, so say what it is instead. Read before TensorFlow
+    is imported, which takes seconds.
+    """
+    try:
+        size = path.stat().st_size
+        hdf5 = _is_hdf5(path)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror}") from None
+    if size == 0:
+        raise ModelLoadError(f"{path} is empty (0 bytes): not a Keras model")
+    archive = zipfile.is_zipfile(path)
+    if path.suffix.lower() == ".keras":
+        if hdf5:
+            raise ModelLoadError(
+                f"{path} is an HDF5 file (a legacy Keras .h5 model?) named .keras: a .keras "
+                "file is a zip archive; rename it to .h5 and convert that"
+            )
+        if not archive:
+            raise ModelLoadError(
+                f"{path} is not a Keras model: a .keras file is a zip archive (as "
+                f"model.save('model.keras') writes it) and this one is not; {_what_it_holds(path)}"
+            )
+        with zipfile.ZipFile(path) as opened:
+            if "config.json" not in opened.namelist():
+                raise ModelLoadError(
+                    f"{path} is a zip archive without config.json: not a Keras model (a .keras "
+                    "file holds config.json, metadata.json and model.weights.h5)"
+                )
+        return
+    if not hdf5:
+        if archive:
+            raise ModelLoadError(
+                f"{path} is a zip archive (a Keras .keras model?) named {path.suffix}: "
+                "rename it to .keras and convert that"
+            )
+        raise ModelLoadError(
+            f"{path} is not a Keras model: a {path.suffix} file is an HDF5 file (as "
+            f"model.save('model.h5') wrote it) and this one is not; {_what_it_holds(path)}"
+        )
 
 
 def _unsafe_advice(path: Path, exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from onnxserve.converter.errors import ConversionError
+from onnxserve.layout import CONFIG_FILENAME, MODEL_FILENAME, version_folders
 from onnxserve.settings import LogLevel, SettingsError
 
 OptimizeLevel = Literal["none", "basic", "extended"]
@@ -190,6 +191,31 @@ class ConvertSettings(ConvertOptions):
         }
     )
     name: str = field(
-        metadata={"help": "Model name: the folder <repository>/<name>", "metavar": "NAME"}
+        default="",
+        metadata={
+            "help": "Model name: the folder <repository>/<name>. Default: the model file's "
+            "name without its suffix (digits.keras: digits)",
+            "metavar": "NAME",
+        },
     )
     log_level: LogLevel = field(default="INFO", metadata={"help": "Log level"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.name:
+            object.__setattr__(self, "name", Path(self.model).stem)
+        if Path(self.model).suffix.lower() == ".onnx":
+            raise ConvertOptionsError(_onnx_advice(Path(self.model), self.repository, self.name))
+
+
+def _onnx_advice(model: Path, repository: Path, name: str) -> str:
+    """What to do with an ONNX file, which needs no conversion: where to copy it."""
+    versions = version_folders(repository / name) if (repository / name).is_dir() else {}
+    version = max(versions, default=0) + 1
+    return (
+        f"{model} is an ONNX model already, which onnxserve serves as it is: copy it to "
+        f"{repository / name / str(version)}/ as {MODEL_FILENAME} (mkdir -p "
+        f"{repository / name / str(version)} && cp {model} "
+        f"{repository / name / str(version) / MODEL_FILENAME}); a {CONFIG_FILENAME} beside "
+        f"the version folders is optional (serve fills one in from the file)"
+    )

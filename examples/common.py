@@ -12,6 +12,7 @@ from typing import Any
 __all__ = [
     "REPOSITORY_ENVIRONMENT_VARIABLE",
     "Say",
+    "add_config_warning",
     "build_folder",
     "example_repository",
     "import_keras",
@@ -75,3 +76,23 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     partial.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", "utf-8")
     partial.replace(path)
     return path
+
+
+def add_config_warning(config_path: str | os.PathLike[str], warning: str) -> None:
+    """Write ``warning`` into a config.pbtxt as ``onnxserve.warning``, which `serve` logs.
+
+    For what a caller of the model should know before trusting its answers
+    (a model trained on the fallback sentences); written through a temporary
+    file, like the converter's own writes.
+    """
+    from google.protobuf import text_format
+
+    from onnxserve.layout import WARNING_PARAMETER
+    from onnxserve.protocol import model_config_pb2 as mc
+
+    path = Path(config_path)
+    config = text_format.Parse(path.read_text("utf-8"), mc.ModelConfig())
+    config.parameters[WARNING_PARAMETER].string_value = warning
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text_format.MessageToString(config), "utf-8")
+    partial.replace(path)

@@ -25,6 +25,7 @@ _SUBCOMMAND_MODULES = (
     "onnxserve.server.cli",
     "onnxserve.converter.cli",
     "onnxserve.client.cli",
+    "onnxserve.client.cli_inspect",
     "onnxserve.bench.cli",
     "onnxserve.client.explain.cli",
 )

@@ -79,6 +79,10 @@ INPUT_RANGE_PREFIX = "onnxserve.input_range."
 #: library, without the parameter, for a model whose graph imports its domain.
 CUSTOM_OPS_PARAMETER = "onnxserve.custom_ops"
 CUSTOM_OPS_EXTENSIONS = "onnxruntime_extensions"
+#: What a user of the model should know before trusting its answers (the sentiment
+#: example trained on its fallback sentences says so here); `serve` logs it at
+#: WARNING each time the model loads, and ModelConfig reports it.
+WARNING_PARAMETER = "onnxserve.warning"
 
 
 def is_valid_model_name(name: str) -> bool:

@@ -62,6 +62,8 @@ SECTIONS: dict[str, str] = {
     "infer": ENV_PREFIX + "INFER_",
     "bench": ENV_PREFIX + "BENCH_",
     "explain": ENV_PREFIX + "EXPLAIN_",
+    "models": ENV_PREFIX + "MODELS_",
+    "describe": ENV_PREFIX + "DESCRIBE_",
 }
 #: The log levels every subcommand offers.
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]

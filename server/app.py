@@ -49,6 +49,7 @@ from onnxserve.server.peers import (
     VersionReport,
     WorkerPeers,
 )
+from onnxserve.server.ports import port_in_use
 from onnxserve.server.registry import ModelRegistry
 from onnxserve.server.runtime import available_cpus
 from onnxserve.server.service import InferenceService
@@ -125,6 +126,8 @@ class InferenceServer:
             cpu_budget,
             settings.grace_period_s,
             cache_dir=settings.cache_dir,
+            model_control_mode=settings.model_control_mode,
+            repository_poll_secs=settings.repository_poll_secs,
         )
         self.peers = peers
         self.peer_client = PeerClient(peers) if peers is not None else None
@@ -221,6 +224,10 @@ class InferenceServer:
 
     async def _listen(self, address: str) -> None:
         credentials = server_credentials(self.settings)
+        settings = self.settings
+        reuse_port = settings.workers > 1
+        if port_in_use(settings.host, settings.grpc_port, reuse_port=reuse_port):
+            raise OSError(f"cannot listen on {address}: is the port in use?")
         try:
             if credentials is None:
                 self.server.add_insecure_port(address)
@@ -229,13 +236,14 @@ class InferenceServer:
         except RuntimeError:
             raise OSError(f"cannot listen on {address}: is the port in use?") from None
         await self.server.start()
-        settings = self.settings
         if settings.health_port:
             # Every --workers process serves health on this port too, as on the gRPC port.
             reuse = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
             self.health_server = grpc.aio.server(options=reuse)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             health_address = f"{settings.host}:{settings.health_port}"
+            if port_in_use(settings.host, settings.health_port, reuse_port=reuse_port):
+                raise OSError(f"cannot listen on {health_address}: is the port in use?")
             try:
                 self.health_server.add_insecure_port(health_address)
             except RuntimeError:

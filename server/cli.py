@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,25 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=_run)
 
 
+# The server extra's packages (pyproject.toml), by import name.
+_SERVER_PACKAGES = ("grpc_health", "grpc_reflection", "prometheus_client", "onnxruntime", "onnx")
+
+
 def _run(args: argparse.Namespace) -> int:
-    from onnxserve.server.app import run
     from onnxserve.server.settings import ServerSettings
 
+    try:
+        from onnxserve.server.app import run
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _SERVER_PACKAGES:
+            raise
+        # A client-only install (the wheel without extras): say what to add.
+        print(
+            f"onnxserve serve: error: {exc.name} is not installed; the server needs the server "
+            "extra: pip install 'onnxserve[server]' (from a checkout: make wheel, then "
+            "pip install 'dist/onnxserve-<version>-py3-none-any.whl[server]')",
+            file=sys.stderr,
+        )
+        return 1
     settings = resolve(ServerSettings, args, config_file=args.config, section="serve")
     return run(settings)

@@ -24,6 +24,7 @@ from onnxserve.layout import (
     PLATFORM,
     PROVIDERS_PARAMETER,
     REPORTED_PARAMETERS,
+    WARNING_PARAMETER,
 )
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.protocol.datatypes import config_to_protocol, config_type_name, protocol_to_config
@@ -249,12 +250,13 @@ def parse_config_text(text: str, model_name: str) -> mc.ModelConfig:
     for key in config.parameters:
         if (
             key.startswith(_OWN_PARAMETER_PREFIX)
-            and key not in (*REPORTED_PARAMETERS, CUSTOM_OPS_PARAMETER)
+            and key not in (*REPORTED_PARAMETERS, CUSTOM_OPS_PARAMETER, WARNING_PARAMETER)
             and not key.startswith(INPUT_RANGE_PREFIX)
         ):
             raise ConfigError(
                 f"model '{model_name}': unknown parameter '{key}'; onnxserve's own parameters are "
-                f"{PROVIDERS_PARAMETER} (reported, not set), {CUSTOM_OPS_PARAMETER} and "
+                f"{PROVIDERS_PARAMETER} (reported, not set), {CUSTOM_OPS_PARAMETER}, "
+                f"{WARNING_PARAMETER} and "
                 f"{INPUT_RANGE_PREFIX}<input>"
             )
     if config.name and config.name != model_name:

@@ -33,7 +33,6 @@ from onnxserve.server.errors import (
     InvalidInput,
     ModelControlRefused,
     ModelLoadFailed,
-    ModelNotFound,
 )
 from onnxserve.server.registry import ModelRegistry, ensembles_last
 
@@ -151,6 +150,6 @@ class ModelControl:
         self._check(rpc, request.repository_name, request.model_name)
         _check_parameters(request.parameters, rpc)
         if request.model_name not in self._registry.model_names():
-            raise ModelNotFound(f"model '{request.model_name}' is not in the model repository")
+            raise self._registry.unknown(request.model_name)
         log.info("%s: unloading model '%s'", rpc, request.model_name)
         await asyncio.shield(self._registry.unload(request.model_name))

@@ -14,6 +14,7 @@ from onnxserve.layout import (
     LOAD_SECONDS_PARAMETER,
     MODEL_BYTES_PARAMETER,
     PROVIDERS_PARAMETER,
+    WARNING_PARAMETER,
 )
 from onnxserve.memory import format_bytes, measure, peak_resident_bytes
 from onnxserve.protocol import grpc_service_pb2 as pb
@@ -176,6 +177,13 @@ def _load(
     config = complete_config(named, name, session.inputs, session.outputs)
     config.parameters[PROVIDERS_PARAMETER].string_value = ",".join(session.providers)
     complete_ranges(config, path)
+    if WARNING_PARAMETER in config.parameters:
+        log.warning(
+            "model '%s' version %d: %s",
+            name,
+            version,
+            config.parameters[WARNING_PARAMETER].string_value,
+        )
     loaded = ModelVersion(name, version, config, session, cuda_requested=plan.wants_cuda)
     if config.model_warmup:
         warm_up(loaded, path.parent.parent)

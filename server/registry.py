@@ -48,6 +48,9 @@ from onnxserve.server.scheduler import ClosingScheduler, create_scheduler
 
 log = logging.getLogger(__name__)
 
+# How many names an unknown model's message lists (RepositoryIndex has them all).
+_NAMES_LISTED = 10
+
 
 class ModelRegistry:
     """Models by name and version; lookups are cheap dictionary reads on the event loop."""
@@ -60,8 +63,12 @@ class ModelRegistry:
         drain_timeout_s: float = 10.0,
         *,
         cache_dir: Path | None = None,
+        model_control_mode: str = "none",
+        repository_poll_secs: float = 15.0,
     ) -> None:
         self.repository = repository
+        self._model_control_mode = model_control_mode
+        self._repository_poll_secs = repository_poll_secs
         self._device = device
         self._cpu_budget = cpu_budget
         self._cache_dir = cache_dir
@@ -355,8 +362,37 @@ class ModelRegistry:
     def _entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
-            raise ModelNotFound(f"model '{name}' is not in the model repository")
+            raise self.unknown(name)
         return entry
+
+    def unknown(self, name: str) -> ModelNotFound:
+        """NOT_FOUND for a name the server does not serve: what it serves, how to add one.
+
+        The list is bounded (:data:`_NAMES_LISTED` names); the advice follows
+        ``--model-control-mode``, since a folder copied into the repository
+        after the start loads by itself only in ``poll`` mode.
+        """
+        names = sorted(self._models)
+        if not names:
+            served = "the server serves no model"
+        else:
+            served = "the models served are " + ", ".join(f"'{n}'" for n in names[:_NAMES_LISTED])
+            if len(names) > _NAMES_LISTED:
+                served += f" and {len(names) - _NAMES_LISTED} more (RepositoryIndex lists them)"
+        if self._model_control_mode == "poll":
+            how = (
+                f"a model folder added to the repository loads at the next scan "
+                f"(every {self._repository_poll_secs:g} s)"
+            )
+        elif self._model_control_mode == "explicit":
+            how = "to serve a model of the repository, load it (RepositoryModelLoad)"
+        else:
+            how = (
+                "models load at start only (--model-control-mode none): to add one, restart "
+                "the server, or serve with --model-control-mode poll (loads new folders) or "
+                "explicit (RepositoryModelLoad)"
+            )
+        return ModelNotFound(f"model '{name}' is not served: {served}; {how}")
 
     def get(self, name: str, version: str = "") -> ServingVersion:
         """The READY version asked for ("" means the highest READY version)."""

@@ -237,3 +237,79 @@ def test_a_closed_pipe_ends_quietly(protocol_server: RunningServer) -> None:
     process.stderr.close()
     assert process.wait(timeout=60) == 141  # 128 + SIGPIPE, as `yes | head` leaves `yes`
     assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+
+
+def test_infer_without_inputs_names_the_model_s_inputs(
+    protocol_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["infer", "simple", "--url", protocol_server.address])
+    assert info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "'simple' takes INPUT0 (FP32 [-1, 16]), INPUT1 (FP32 [-1, 16])" in err
+    assert "--input INPUT0=values.json" in err
+
+
+def test_infer_says_when_it_added_the_batch_dimension(
+    protocol_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    row = json.dumps([1.0] * 16)
+    code = main(["infer", "simple", "--url", protocol_server.address, "--input",
+                 f"INPUT0={row}", "--input", f"INPUT1={json.dumps([[1.0] * 16])}"])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("OUTPUT0 FP32 [1, 16]\n")
+    notes = [line for line in captured.err.splitlines() if "batch dimension" in line]
+    assert notes == [
+        "onnxserve infer: input 'INPUT0': added a batch dimension of 1 to the value's shape "
+        "[16] (the model takes [-1, 16]): sent as [1, 16]"
+    ]
+
+
+def test_models_lists_what_is_served_with_its_state(
+    protocol_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["models", "--url", protocol_server.address]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["MODEL", "VERSION", "STATE", "REASON"]
+    assert ["simple", "1", "READY"] in [line.split() for line in lines]
+    assert ["simple_config", "2", "READY"] in [line.split() for line in lines]
+    assert main(["models", "--url", protocol_server.address, "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert {"name": "fixed", "version": "1", "state": "READY", "reason": ""} in listed
+
+
+def test_describe_shows_inputs_outputs_ranges_and_batching(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.support.models import add_sub_model, identity_model, write_config
+
+    identity_model(tmp_path / "ids" / "1" / "model.onnx", "INT32")
+    write_config(
+        tmp_path / "ids",
+        'parameters { key: "onnxserve.input_range.INPUT0" value { string_value: "0,999" } }\n'
+        "dynamic_batching { max_queue_delay_microseconds: 100 }\n",
+    )
+    add_sub_model(tmp_path / "fixed" / "1" / "model.onnx", batch_dim=2)
+    with RunningServer(tmp_path) as server:
+        assert main(["describe", "ids", "--url", server.address]) == 0
+        text = capsys.readouterr().out
+        assert main(["describe", "fixed", "--url", server.address]) == 0
+        fixed = capsys.readouterr().out
+        assert main(["describe", "ids", "--url", server.address, "--format", "json"]) == 0
+        document = json.loads(capsys.readouterr().out)
+        assert main(["describe", "idz", "--url", server.address]) == 1
+        missing = capsys.readouterr().err
+    lines = [line.split() for line in text.splitlines()]
+    assert ["INPUT0", "INT32", "[-1,", "4]", "values", "0..999"] in lines
+    assert ["OUTPUT0", "INT32", "[-1,", "4]"] in lines
+    assert "max_batch_size 64: the first dimension (-1) is the batch" in text
+    assert "dynamic batching: max queue delay 100 us" in text
+    assert "instances: 1 on KIND_AUTO" in text
+    assert "providers CPUExecutionProvider" in text
+    assert "not batched (max_batch_size 0)" in fixed and "[2, 16]" in fixed
+    assert document["inputs"] == [
+        {"name": "INPUT0", "datatype": "INT32", "shape": [-1, 4], "range": "0..999"}
+    ]
+    assert document["max_batch_size"] == 64
+    assert "[NOT_FOUND] model 'idz' is not served: the models served are 'fixed', 'ids'" in missing

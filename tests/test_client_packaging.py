@@ -124,3 +124,50 @@ def test_the_client_and_infer_command_work_without_onnxruntime_or_tensorflow(
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["OUTPUT0"]["data"] == [[3.0] * 16]
     assert "HEAVY-LOADED []" in result.stderr
+
+
+def test_the_built_wheel_installs_alone_as_the_client(
+    wheel: Path, tmp_path: Path, protocol_server: RunningServer
+) -> None:
+    """README's install: the wheel from `make wheel`, without extras, in a fresh environment."""
+    venv = tmp_path / "client-venv"
+    uv = shutil.which("uv")
+    if uv:
+        steps = [[uv, "venv", "--quiet", "--python", sys.executable, str(venv)],
+                 [uv, "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+                  str(wheel)]]  # fmt: skip
+    else:
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+        steps = [[sys.executable, "-m", "venv", str(venv)], [*pip, str(wheel)]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, timeout=600, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+    names = "import importlib.metadata as m\nfor d in m.distributions(): print(d.metadata['Name'])"
+    listing = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", names],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    installed = {canonicalize_name(name) for name in listing.split()}
+    assert "onnxserve" in installed and not installed & (HEAVY | {"onnx"}), sorted(installed)
+    row = json.dumps([1.5] * 16)
+    command = str(venv / "bin" / "onnxserve")
+    infer = subprocess.run(
+        [command, "infer", "simple", "--url", protocol_server.address, "--input", f"INPUT0={row}",
+         "--input", f"INPUT1={row}", "--format", "json"],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert infer.returncode == 0, infer.stderr
+    assert json.loads(infer.stdout)["OUTPUT0"]["data"] == [[3.0] * 16]
+    models = subprocess.run(
+        [command, "models", "--url", protocol_server.address],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert models.returncode == 0 and "simple" in models.stdout, models.stderr
+    # The server's subcommand says which extra it needs rather than failing on an import.
+    serve = subprocess.run(
+        [command, "serve", "--model-repository", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert serve.returncode == 1
+    assert "Traceback" not in serve.stderr, serve.stderr
+    assert "the server needs the server extra: pip install 'onnxserve[server]'" in serve.stderr

@@ -87,6 +87,7 @@ def test_a_stream_error_has_the_unary_call_s_class_and_code(
                 request.model_name,
                 request.inputs,
                 version=request.model_version,
+                cast=False,  # as the stream sends them: the server's own checks
             )
         good = InferRequest("simple", {"INPUT0": X, "INPUT1": X}, request_id="good")
         bad = dataclasses.replace(request, request_id="bad")

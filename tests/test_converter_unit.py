@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -281,3 +282,57 @@ def test_cli_names_the_flag_of_a_bad_option(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "--opset 99 is not supported" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _convert_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "onnxserve", "convert", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_cli_says_what_is_wrong_with_a_file_that_is_not_a_keras_model(tmp_path: Path) -> None:
+    """Found before TensorFlow loads; Keras itself says "File not found" for a text .keras."""
+    text = tmp_path / "notamodel.keras"
+    text.write_text("hello\n")
+    zipped = tmp_path / "model.h5"
+    with zipfile.ZipFile(zipped, "w") as archive:
+        archive.writestr("config.json", "{}")
+    hdf5 = tmp_path / "legacy.keras"
+    hdf5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(64))
+    empty = tmp_path / "empty.keras"
+    empty.write_bytes(b"")
+    cases = {
+        text: "is not a Keras model: a .keras file is a zip archive (as model.save('model.keras') "
+        "writes it) and this one is not; it holds text: 'hello'",
+        zipped: "is a zip archive (a Keras .keras model?) named .h5: rename it to .keras",
+        hdf5: "is an HDF5 file (a legacy Keras .h5 model?) named .keras",
+        empty: "is empty (0 bytes)",
+    }
+    for path, expected in cases.items():
+        done = _convert_cli(str(path), "--repository", str(tmp_path / "repo"))
+        assert done.returncode == 1, done.stderr
+        assert expected in " ".join(done.stderr.split()), done.stderr
+        assert "File not found" not in done.stderr
+    assert not (tmp_path / "repo").exists()
+
+
+def test_cli_answers_an_onnx_file_with_where_to_copy_it(tmp_path: Path) -> None:
+    model = tmp_path / "scorer.onnx"
+    model.write_bytes(b"onnx")
+    repo = tmp_path / "repo"
+    (repo / "scorer" / "1").mkdir(parents=True)
+    done = _convert_cli(str(model), "--repository", str(repo))
+    assert done.returncode == 2
+    message = " ".join(done.stderr.split())
+    assert "is an ONNX model already, which onnxserve serves as it is" in message
+    assert f"copy it to {repo}/scorer/2/ as model.onnx" in message  # the next version
+
+
+def test_convert_names_the_model_after_its_file_by_default(tmp_path: Path) -> None:
+    from onnxserve.converter.settings import ConvertSettings
+
+    settings = ConvertSettings(model=tmp_path / "digits.keras", repository=tmp_path)
+    assert settings.name == "digits"
+    saved = ConvertSettings(model=tmp_path / "exported", repository=tmp_path, name="x")
+    assert saved.name == "x"

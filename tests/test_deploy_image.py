@@ -41,7 +41,7 @@ from onnxserve.client import Client
 from onnxserve.server.app import INFERENCE_SERVICE
 from tests.support import deploy
 from tests.support.models import add_sub_model
-from tests.support.server import free_port
+from tests.support.server import free_port, wait_serving
 
 # pip's dry run for the GPU image: its Python (Ubuntu 24.04's) and platform.
 GPU_IMAGE_PYTHON = "3.12"
@@ -240,15 +240,17 @@ def test_the_image_serves_as_its_entrypoint_and_manifests_say(
     repository = _read_only_repository(image_root)
     writable = image_root / "tmp"
     writable.mkdir()
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         **_image_environment(installed, writable),
         **_overlay_environment("cpu"),
         # What differs on this shared machine: the repository is not at /models,
-        # the port must be a free one, and only loopback is listened on (in the
-        # pod, 0.0.0.0 lets the probes reach the pod IP: test_deploy_manifests).
+        # the ports must be free ones (the ConfigMap's 8001 and 8002 are what a
+        # `make serve` beside the suite holds), and only loopback is listened on
+        # (in the pod, 0.0.0.0 lets the probes reach the pod IP: test_deploy_manifests).
         "ONNXSERVE_MODEL_REPOSITORY": str(repository),
         "ONNXSERVE_GRPC_PORT": str(port),
+        "ONNXSERVE_METRICS_PORT": str(metrics_port),
         "ONNXSERVE_HOST": "127.0.0.1",
     }
     user = _run_as()
@@ -277,8 +279,8 @@ def test_the_image_serves_as_its_entrypoint_and_manifests_say(
         if user is not None:
             assert Path(f"/proc/{process.pid}").stat().st_uid == user[0]
         address = f"127.0.0.1:{port}"
+        wait_serving(process, address, 60, lambda: log.read_text(errors="replace"))
         with Client(address, timeout=10) as client:
-            client.wait_until_ready(timeout=60)
             x = np.arange(16, dtype=np.float32).reshape(1, 16)
             out = client.infer("simple", {"INPUT0": x, "INPUT1": x})
             np.testing.assert_array_equal(out["OUTPUT0"], 2 * x)
@@ -303,3 +305,47 @@ def test_the_image_serves_as_its_entrypoint_and_manifests_say(
 
 def _probes(container: dict) -> list[dict]:
     return [container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")]
+
+
+def _docker() -> str:
+    """The docker command where an engine answers ``docker info``; else skip, saying why."""
+    docker = shutil.which("docker")
+    if docker is None:
+        pytest.skip("no docker command here, so the CPU image is not built (install.sh is tested)")
+    info = subprocess.run([docker, "info"], capture_output=True, text=True, timeout=60, check=False)
+    if info.returncode != 0:
+        why = (info.stderr or info.stdout).strip().splitlines()[-1:] or ["no answer"]
+        pytest.skip(f"no Docker engine answers `docker info` here ({why[0]}): image not built")
+    return docker
+
+
+def test_the_cpu_image_builds_and_serves_where_a_docker_engine_runs(tmp_path: Path) -> None:
+    """docker build of deploy/docker/Dockerfile, then the image serves a read-only repository."""
+    docker = _docker()
+    tag = f"onnxserve-test:{os.getpid()}"
+    built = subprocess.run(
+        [docker, "build", "-f", str(deploy.DOCKERFILES["cpu"]), "-t", tag, str(deploy.ROOT)],
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    repository = tmp_path / "models"
+    add_sub_model(repository / "simple" / "1" / "model.onnx")
+    for path in [repository, *repository.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    port = free_port()
+    name = f"onnxserve-test-{os.getpid()}"
+    run = [docker, "run", "-d", "--rm", "--name", name, "--read-only", "--tmpfs", "/tmp",
+           "-p", f"127.0.0.1:{port}:8001", "-v", f"{repository}:/models:ro", tag]  # fmt: skip
+    started = subprocess.run(run, capture_output=True, text=True, timeout=120, check=False)
+    assert started.returncode == 0, started.stderr
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=10) as client:
+            client.wait_until_ready(timeout=120)
+            x = np.arange(16, dtype=np.float32).reshape(1, 16)
+            out = client.infer("simple", {"INPUT0": x, "INPUT1": x})
+        np.testing.assert_array_equal(out["OUTPUT0"], 2 * x)
+    finally:
+        logs = subprocess.run([docker, "logs", name], capture_output=True, text=True, check=False)
+        print(logs.stdout[-3000:], logs.stderr[-3000:])
+        subprocess.run([docker, "stop", "-t", "30", name], capture_output=True, check=False)
+        subprocess.run([docker, "rmi", tag], capture_output=True, check=False)

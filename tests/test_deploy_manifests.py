@@ -92,7 +92,8 @@ def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_every_folder_with_manifests_is_a_kustomization() -> None:
     assert set(deploy.KUSTOMIZATIONS) >= {
-        "base", "overlays/cpu", "overlays/gpu", "prometheus-adapter", "kserve"
+        "base", "overlays/cpu", "overlays/gpu", "overlays/local", "overlays/modelcar",
+        "models-filler", "prometheus-adapter", "kserve",
     }  # fmt: skip
 
 
@@ -137,9 +138,9 @@ def test_checkov_finds_nothing(name: str, rendered: dict[str, Path], tools: Path
         assert passed > 50, f"checkov ran only {passed} checks"
 
 
-@pytest.mark.parametrize("variant", sorted(deploy.DOCKERFILES))
+@pytest.mark.parametrize("variant", [*sorted(deploy.DOCKERFILES), "models"])
 def test_hadolint_finds_no_error(variant: str, tools: Path) -> None:
-    dockerfile = deploy.DOCKERFILES[variant]
+    dockerfile = deploy.DOCKERFILES.get(variant, deploy.MODELS_DOCKERFILE)
     done = subprocess.run(
         [_tool(tools, "hadolint"), "--failure-threshold", "error", str(dockerfile)],
         capture_output=True, text=True, timeout=60,
@@ -304,3 +305,75 @@ def test_kserve_resources_match_kserves_types(rendered: dict[str, Path]) -> None
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert report["checked"] == ["ServingRuntime/onnxserve", "InferenceService/sentiment"]
+
+
+def _volumes(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    return {v["name"]: v for v in pod["volumes"]}
+
+
+@pytest.mark.parametrize("overlay", ["overlays/cpu", "overlays/gpu", "overlays/local"])
+def test_the_model_claim_the_pods_mount_is_created_with_them(
+    overlay: str, rendered: dict[str, Path]
+) -> None:
+    """Issue 26: the Deployment mounted a claim no manifest created; pods stayed Pending."""
+    objects = _objects(rendered[overlay])
+    claim = _volumes(objects)["models"]["persistentVolumeClaim"]["claimName"]
+    pvc = _one(objects, "PersistentVolumeClaim", claim)
+    expected = ["ReadWriteOnce"] if overlay == "overlays/local" else ["ReadWriteMany"]
+    assert pvc["spec"]["accessModes"] == expected
+    assert pvc["metadata"]["namespace"] == _one(objects, "Deployment")["metadata"]["namespace"]
+
+
+def test_the_filler_holds_the_claim_read_write_for_the_documented_copy(
+    rendered: dict[str, Path],
+) -> None:
+    filler = _one(_objects(rendered["models-filler"]), "Pod")
+    base = _objects(rendered["base"])
+    claim = _volumes(base)["models"]["persistentVolumeClaim"]["claimName"]
+    volumes = {v["name"]: v for v in filler["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": claim}  # read-write
+    (container,) = filler["spec"]["containers"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["models"]["mountPath"] == "/models" and not mounts["models"].get("readOnly")
+    assert filler["metadata"]["namespace"] == _one(base, "Deployment")["metadata"]["namespace"]
+    script = deploy.FILL_SCRIPT.read_text()
+    assert f"pod/{filler['metadata']['name']}" in script
+    assert f"{filler['metadata']['name']}:/models" in script
+    assert subprocess.run(["sh", "-n", str(deploy.FILL_SCRIPT)], check=False).returncode == 0
+    assert deploy.FILL_SCRIPT.stat().st_mode & 0o111, "fill-models.sh must be executable"
+    missing = subprocess.run(
+        ["sh", str(deploy.FILL_SCRIPT), "/nonexistent/repository"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert missing.returncode == 2 and "is not a directory" in missing.stderr
+
+
+def test_the_local_overlay_runs_an_image_loaded_into_the_node(rendered: dict[str, Path]) -> None:
+    local = _objects(rendered["overlays/local"])
+    assert _container(local)["imagePullPolicy"] == "IfNotPresent"
+    assert _container(local)["image"] == _container(_objects(rendered["overlays/cpu"]))["image"]
+    assert _one(local, "HorizontalPodAutoscaler")["spec"]["minReplicas"] == 1
+    filler = _one(_objects(rendered["models-filler"]), "Pod")
+    assert filler["spec"]["containers"][0]["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_the_modelcar_overlay_serves_the_model_image_without_a_claim(
+    rendered: dict[str, Path],
+) -> None:
+    objects = _objects(rendered["overlays/modelcar"])
+    assert not [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    volume = _volumes(objects)["models"]
+    assert "persistentVolumeClaim" not in volume and volume["emptyDir"]["sizeLimit"]
+    pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"].startswith("onnxserve-models:")
+    (mount,) = init["volumeMounts"]
+    entrypoint = deploy.last(deploy.MODELS_DOCKERFILE, "ENTRYPOINT").exec_form()
+    assert entrypoint[-1].rstrip("/") == mount["mountPath"] and mount["name"] == "models"
+    assert entrypoint[:2] == ["cp", "-R"] and entrypoint[2] == "/models/."
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    server = {m["name"]: m for m in _container(objects)["volumeMounts"]}["models"]
+    assert server["readOnly"] is True and server["mountPath"] == "/models"
+    user = deploy.last(deploy.MODELS_DOCKERFILE, "USER").arguments
+    assert user == f"{pod['securityContext']['runAsUser']}:{pod['securityContext']['runAsGroup']}"

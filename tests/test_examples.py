@@ -240,6 +240,9 @@ def test_build_writes_both_entries_and_the_marker_last(repository: Path) -> None
     # Text in: the model tokenizes itself, with onnxruntime-extensions' operators.
     assert 'name: "text"' in config and "TYPE_STRING" in config and "dims: 1\n" in config
     assert 'key: "onnxserve.custom_ops"' in config
+    # Trained on the fallback sentences, the config says so (and `serve` logs it).
+    fallback = _metrics(repository, "sentiment")["data"]["origin"] == "fallback"  # type: ignore[index]
+    assert ("onnxserve.warning" in config) == fallback
     assert "max_batch_size: 64" in config
 
 

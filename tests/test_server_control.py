@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from onnxserve.client import Client, InferenceServerError, UnimplementedError
+from onnxserve.client import Client, InferenceServerError, ModelNotFoundError, UnimplementedError
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from tests.support.batching_models import spin_model
@@ -184,6 +184,10 @@ def test_explicit_mode_loads_and_unloads_on_request(tmp_path: Path) -> None:
             with pytest.raises(InferenceServerError) as missing:
                 client.load_model("nothing_here")
             assert missing.value.code == grpc.StatusCode.NOT_FOUND
+            with pytest.raises(ModelNotFoundError) as typo:
+                client.infer("simpel", {"INPUT0": X, "INPUT1": X})
+            assert "the models served are 'broken', 'simple', 'slow'" in typo.value.message
+            assert "load it (RepositoryModelLoad)" in typo.value.message
             with pytest.raises(InferenceServerError) as traversal:
                 client.load_model("../elsewhere")
             assert traversal.value.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -215,3 +219,24 @@ def test_model_control_is_refused_in_poll_mode(tmp_path: Path) -> None:
         with pytest.raises(UnimplementedError, match="--model-control-mode poll"):
             client.unload_model("simple")
         assert client.is_model_ready("simple")
+        with pytest.raises(ModelNotFoundError, match="loads at the next scan"):
+            client.infer("simpel", {"INPUT0": X, "INPUT1": X})
+
+
+def test_an_unknown_model_names_the_models_served_and_how_to_add_one(tmp_path: Path) -> None:
+    """A typo, or a folder added after the start in mode none: what is served, what to do."""
+    names = [f"model{i:02d}" for i in range(12)]
+    for name in names:
+        add_sub_model(tmp_path / name / "1" / "model.onnx")
+    with RunningServer(tmp_path) as server, Client(server.address) as client:
+        with pytest.raises(ModelNotFoundError) as unknown:
+            client.infer("model", {"INPUT0": X, "INPUT1": X})
+        message = unknown.value.message
+        listed = ", ".join(f"'{n}'" for n in names[:10])
+        assert message.startswith(f"model 'model' is not served: the models served are {listed}")
+        assert "and 2 more (RepositoryIndex lists them)" in message
+        assert "'model11'" not in message
+        assert "--model-control-mode poll (loads new folders)" in message
+        assert "restart the server" in message
+        with pytest.raises(ModelNotFoundError, match="the models served are"):
+            client.model_metadata("model")

@@ -11,6 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from onnxserve.client import Client
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.server.runtime import nvidia_gpu_visible
@@ -97,8 +98,20 @@ def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
+        health_taken = subprocess.run(
+            [*serve, "--grpc-port", str(free_port()), "--metrics-port", "0", "--health-port", busy],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert health_taken.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{first.port}" in health_taken.stderr
+    assert "Failed to add port" not in health_taken.stderr, health_taken.stderr
     assert grpc_taken.returncode == 1
     assert f"cannot listen on 127.0.0.1:{first.port}" in grpc_taken.stderr
+    # onnxserve's line alone: gRPC core's own "Failed to add port" line does not precede it.
+    assert "Failed to add port" not in grpc_taken.stderr, grpc_taken.stderr
+    assert grpc_taken.stderr.count("\n") == 1, grpc_taken.stderr
     assert metrics_taken.returncode == 1
     assert f"cannot serve metrics on 127.0.0.1:{first.port}" in metrics_taken.stderr
     assert "--metrics-port 0 turns metrics off" in metrics_taken.stderr
@@ -146,3 +159,19 @@ def test_hidden_gpus_are_not_offered_to_onnxruntime(monkeypatch: pytest.MonkeyPa
     for hidden in ("", "-1", "none"):
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
         assert nvidia_gpu_visible() is False
+
+
+def test_a_model_whose_config_warns_is_logged_at_every_load(tmp_path: Path) -> None:
+    """The sentiment example trained on its fallback sentences says so in its config."""
+    from onnxserve.examples.common import add_config_warning
+    from onnxserve.examples.sentiment.train import fallback_warning
+
+    add_sub_model(tmp_path / "sentiment" / "1" / "model.onnx")
+    config = tmp_path / "sentiment" / "config.pbtxt"
+    config.write_text('name: "sentiment"\n')
+    add_config_warning(config, fallback_warning(48))
+    with RunningServer(tmp_path) as server, Client(server.address) as client:
+        reported = client.model_config("sentiment").parameters["onnxserve.warning"].string_value
+    assert reported.startswith("trained on the 48 fallback sentences, not on UCI's")
+    (line,) = [line for line in server.log().splitlines() if "fallback sentences" in line]
+    assert "WARNING" in line and "model 'sentiment' version 1: trained on the 48" in line

@@ -162,6 +162,8 @@ def test_the_help_shows_each_subcommand_s_variables_and_plain_defaults() -> None
         "infer": "ONNXSERVE_INFER_MODEL",
         "bench": "ONNXSERVE_BENCH_MODEL",
         "explain": "ONNXSERVE_EXPLAIN_MODEL",
+        "models": "ONNXSERVE_MODELS_URL",
+        "describe": "ONNXSERVE_DESCRIBE_MODEL",
     }
     assert set(shown) == set(SECTIONS)
     for section, variable in shown.items():

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from onnxserve.examples.common import Say, import_keras, write_json
+from onnxserve.examples.common import Say, add_config_warning, import_keras, write_json
 from onnxserve.examples.sentiment.data import Dataset, Split, accuracy_by_source, split_dataset
 
 __all__ = [
@@ -187,6 +187,8 @@ def train_sentiment(
         progress=say,
     )
     entry = repository / MODEL_NAME
+    if dataset.origin == "fallback":
+        add_config_warning(entry / "config.pbtxt", fallback_warning(len(dataset.sentences)))
     metrics = {
         "model": MODEL_NAME,
         "task": "binary sentiment of English review sentences (score > 0.5: positive)",
@@ -222,6 +224,15 @@ def train_sentiment(
     write_json(entry / METRICS_FILE, metrics)
     say(format_accuracy("sentiment held-out accuracy", held_out))
     return metrics
+
+
+def fallback_warning(sentences: int) -> str:
+    """What the config of a model trained on the fallback sentences says (and `serve` logs)."""
+    return (
+        f"trained on the {sentences} fallback sentences, not on UCI's Sentiment Labelled "
+        "Sentences: it has learnt next to nothing and scores most sentences about 0.5; "
+        "rebuild it on the real data (ONNXSERVE_SENTIMENT_DATA=DIR make serve)"
+    )
 
 
 def _best_epoch(history: dict[str, list[float]]) -> int:

@@ -28,6 +28,9 @@ INSTALL_SCRIPT = DOCKER / "install.sh"
 CONSTRAINTS = DOCKER / "constraints.txt"
 SETTINGS_FILE = KUBERNETES / "base" / "onnxserve.toml"
 DOCKERFILES = {"cpu": DOCKER / "Dockerfile", "gpu": DOCKER / "Dockerfile.gpu"}
+# The model image (a repository at /models, for overlays/modelcar).
+MODELS_DOCKERFILE = DOCKER / "Dockerfile.models"
+FILL_SCRIPT = KUBERNETES / "fill-models.sh"
 KUSTOMIZATIONS = sorted(
     str(p.parent.relative_to(KUBERNETES)) for p in KUBERNETES.rglob("kustomization.yaml")
 )

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -25,6 +25,33 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_serving(
+    process: subprocess.Popen[bytes],
+    address: str,
+    timeout: float,
+    log: Callable[[], str],
+    metadata: Sequence[tuple[str, str]] = (),
+) -> None:
+    """Until the server at ``address`` is ready; at once if ``process`` exits first.
+
+    A server that cannot start (a port in use, a bad setting) exits within a
+    second or two: that is reported with its log then, not after ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode}:\n{log()}")
+            try:
+                if stub.ServerReady(pb.ServerReadyRequest(), timeout=1, metadata=metadata).ready:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"server not ready after {timeout}s:\n{log()}")
 
 
 class RunningServer:
