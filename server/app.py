@@ -40,7 +40,7 @@ from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server import event_loop
 from onnxserve.server.control import ModelControl, RepositoryPoller
-from onnxserve.server.guard import CallGuard, TokenFile
+from onnxserve.server.guard import Admission, CallGuard, TokenFile
 from onnxserve.server.logs import configure_logging
 from onnxserve.server.peers import (
     PEER_TIMEOUT_S,
@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# Streams whose every request counts against --max-concurrent-rpcs (the servicer counts).
+PER_REQUEST_METHODS = frozenset({f"/{INFERENCE_SERVICE}/ModelStreamInfer"})
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # A drain stops gRPC once no call has arrived for this long (see the module docstring).
 QUIET_S = 0.25
@@ -132,12 +134,19 @@ class InferenceServer:
             PeerServer(peers.own_address, self.registry.reports) if peers is not None else None
         )
         self.control = ModelControl(self.registry, settings.model_control_mode)
-        self.service = InferenceService(self.registry, self.control, self.peer_client)
+        self.admission = Admission(settings.max_concurrent_rpcs)
+        self.service = InferenceService(
+            self.registry,
+            self.control,
+            self.peer_client,
+            admission=self.admission,
+            stream_window=settings.max_stream_requests_in_flight,
+        )
         self.health = health.aio.HealthServicer()
         self.tokens = TokenFile(settings.auth_token_file) if settings.auth_token_file else None
         interceptors = []
         if self.tokens is not None or settings.max_concurrent_rpcs:
-            interceptors.append(CallGuard(self.tokens, settings.max_concurrent_rpcs))
+            interceptors.append(CallGuard(self.tokens, self.admission, PER_REQUEST_METHODS))
         self.server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
         self.health_server: grpc.aio.Server | None = None
         self.metrics: MetricsEndpoint | None = None

@@ -23,8 +23,9 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from onnxserve.layout import version_number
 from onnxserve.protocol import grpc_service_pb2 as pb
-from onnxserve.server.errors import ConfigError, ModelNotFound, ModelUnavailable
+from onnxserve.server.errors import ConfigError, ModelNotFound, ModelUnavailable, quoted
 from onnxserve.server.lifecycle import ModelEntry, ServingVersion, VersionSlot, VersionState
 from onnxserve.server.model import LoadOptions, ModelVersion, load_model_version
 from onnxserve.server.model_files import check_model_files
@@ -41,6 +42,10 @@ from onnxserve.server.runtime import CUDA, nvidia_gpu_visible
 from onnxserve.server.scheduler import create_scheduler
 
 log = logging.getLogger(__name__)
+
+#: The start of a READY version's reason in RepositoryIndex when its files (or the
+#: model's config) changed on disk and the new ones failed to load in place.
+STALE_REASON = "serving the previously loaded copy; the changed files failed to load"
 
 
 class ModelRegistry:
@@ -145,6 +150,9 @@ class ModelRegistry:
                     source.name,
                     source.error,
                 )
+                for slot in entry.versions.values():
+                    if slot.state is VersionState.READY:
+                        slot.reason = f"{STALE_REASON}: {source.error}"
                 return entry
             log.error("model '%s' is unavailable: %s", source.name, source.error)
             entry.error = source.error
@@ -157,7 +165,9 @@ class ModelRegistry:
                 slot.serving if slot is not None and slot.state is VersionState.READY else None
             )
             if previous is not None and previous.fingerprint == source.fingerprints.get(version):
-                continue  # unchanged on disk
+                assert slot is not None
+                slot.reason = ""  # unchanged on disk (and whatever failed before is gone)
+                continue
             if previous is None:
                 entry.versions[version] = VersionSlot(VersionState.LOADING)
             loaded = await self._load(source, version, path, entry, serving_before)
@@ -191,6 +201,10 @@ class ModelRegistry:
             reason = relative_reason(str(exc), self.repository)
             log.error("model '%s' version %d is unavailable: %s", source.name, version, reason)
             slot = entry.versions[version]
+            if slot.state is VersionState.READY:
+                # Changed on disk and the new files failed: the old copy keeps serving,
+                # and RepositoryIndex says so (READY, with this reason).
+                slot.reason = f"{STALE_REASON}: {reason}"
             if slot.serving is None or slot.state is not VersionState.READY:
                 # A new version that fails while others serve does not block readiness.
                 entry.versions[version] = VersionSlot(
@@ -288,7 +302,7 @@ class ModelRegistry:
     def _entry(self, name: str) -> ModelEntry:
         entry = self._models.get(name)
         if entry is None:
-            raise ModelNotFound(f"model '{name}' is not in the model repository")
+            raise ModelNotFound(f"model '{quoted(name)}' is not in the model repository")
         return entry
 
     def get(self, name: str, version: str = "") -> ServingVersion:
@@ -308,12 +322,12 @@ class ModelRegistry:
             serving = entry.versions[latest].serving
             assert serving is not None  # READY slots always hold one
             return serving
-        try:
-            number = int(version)
-        except ValueError:
+        number = version_number(version)
+        if number is None:
             raise ModelNotFound(
-                f"model '{name}' has no version '{version}'; versions are positive integers"
-            ) from None
+                f"model '{name}' has no version '{quoted(version)}'; versions are positive "
+                "integers in ASCII digits"
+            )
         slot = entry.versions.get(number)
         if slot is None:
             served = ", ".join(map(str, sorted(entry.versions))) or "none"

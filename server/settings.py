@@ -160,8 +160,18 @@ class ServerSettings:
     max_concurrent_rpcs: int = field(
         default=0,
         metadata={
-            "help": "Calls served at once by each server process (grpc.health.v1 excepted); "
-            "one more gets RESOURCE_EXHAUSTED at once. 0: no limit"
+            "help": "Calls served at once by each server process (grpc.health.v1 excepted; each "
+            "request of a ModelStreamInfer stream counts as a call); one more gets "
+            "RESOURCE_EXHAUSTED at once, before its request is read. 0: no limit"
+        },
+    )
+    max_stream_requests_in_flight: int = field(
+        default=32,
+        metadata={
+            "help": "Requests of one ModelStreamInfer stream read and not yet answered to the "
+            "client; past it the server stops reading that stream until the client reads its "
+            "answers (HTTP/2 flow control then holds the client back), so a client that never "
+            "reads costs at most this many answers of memory"
         },
     )
     exit_on_error: bool = field(
@@ -238,6 +248,8 @@ class ServerSettings:
                 "--model-control-mode explicit needs --workers 1: a load or unload call reaches "
                 "one process of several (poll mode works with --workers)"
             )
+        if self.max_stream_requests_in_flight < 1:
+            raise SettingsError("--max-stream-requests-in-flight must be at least 1")
         if self.max_concurrent_rpcs < 0:
             raise SettingsError("--max-concurrent-rpcs must not be negative (0: no limit)")
         try:
