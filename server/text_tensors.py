@@ -103,7 +103,9 @@ def _checked_text(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, nam
     nonempty = lengths > 0
     inside = (data[starts[nonempty]] & _CONTINUATION_MASK) == _CONTINUATION
     if bool(inside.any()):
-        raise _not_text(name, int(np.flatnonzero(nonempty)[int(np.argmax(inside))]))
+        # An element starts inside a character: the one before it ends mid-character.
+        split = int(starts[nonempty][int(np.argmax(inside))])
+        raise _not_text(name, int(np.searchsorted(starts, split - 1, side="right")) - 1)
     return text
 
 
