@@ -71,6 +71,15 @@ class ServerSettings:
             "second; more processes use more cores for the protocol"
         },
     )
+    worker_stall_timeout_s: float = field(
+        default=15.0,
+        metadata={
+            "help": "With --workers: a process whose event loop has not run for this long "
+            "(stopped, deadlocked) is killed and the whole server stops non-zero, so that the "
+            "orchestrator restarts it instead of the kernel routing connections to a process "
+            "that never answers"
+        },
+    )
     grace_period_s: float = field(
         default=10.0,
         metadata={
@@ -212,6 +221,8 @@ class ServerSettings:
             raise SettingsError("--grpc-port, --metrics-port and --health-port must differ")
         if self.workers < 1:
             raise SettingsError(f"--workers must be at least 1, not {self.workers}")
+        if self.worker_stall_timeout_s <= 0:
+            raise SettingsError("--worker-stall-timeout-s must be positive")
         if self.cache_dir is not None and self.cache_dir.resolve().is_relative_to(
             self.model_repository.resolve()
         ):
