@@ -98,8 +98,8 @@ def _supervise(settings: ServerSettings, run_one: RunOne, addresses: list[str]) 
             log.info("stopped before start-up: a stop signal arrived while starting")
             return 0
         for index, worker in enumerate(workers):
-            # Started ignoring the signals (SIG_IGN survives exec), until its own handlers.
-            with _ignoring(handlers):
+            # Started with the signals blocked (the mask survives exec), until its handlers.
+            with _blocking(handlers):
                 worker.start()
             pids[index] = worker.pid or 0
         log.info("started %d server processes sharing port %d", len(workers), settings.grpc_port)
@@ -137,7 +137,10 @@ def _supervise(settings: ServerSettings, run_one: RunOne, addresses: list[str]) 
             signal.signal(sig, handler)
     if failed_code is not None:
         return failed_code
-    code = next((w.exitcode for w in workers if w.exitcode), 0) or 0
+    # A worker ended by the SIGTERM asked of it (it can land once its event loop has
+    # closed and SIGTERM's default is back) stopped as asked.
+    codes = [w.exitcode for w in workers if w.exitcode and w.exitcode != -signal.SIGTERM]
+    code = codes[0] if codes else 0
     return 128 - code if code < 0 else code
 
 
@@ -149,15 +152,15 @@ def _signal_all(workers: list[multiprocessing.process.BaseProcess], signum: int)
 
 
 @contextlib.contextmanager
-def _ignoring(handlers: dict[int, Any]) -> Iterator[None]:
-    """The signals ignored while a worker is forked (it inherits SIG_IGN), then handled again."""
-    for signum in handlers:
-        signal.signal(signum, signal.SIG_IGN)
+def _blocking(handlers: dict[int, Any]) -> Iterator[None]:
+    """The signals blocked while a worker is forked: one arriving then waits (in the
+    supervisor, and in the worker, which inherits the mask and unblocks it once
+    its early handlers are in place), instead of being lost or killing it."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, set(handlers))
     try:
         yield
     finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, set(handlers))
 
 
 class _StallWatch:
@@ -243,6 +246,7 @@ def _die_with_parent(parent_pid: int) -> None:
 def _worker_main(settings: ServerSettings, run_one: RunOne, peers: WorkerPeers) -> None:
     # Until the server's own handlers are in place, signals are remembered, not fatal.
     early_signals.hold()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(early_signals.HANDLED))
     _die_with_parent(peers.parent_pid)
     configure_logging(
         settings.log_level, settings.log_format, multiprocessing.current_process().name
