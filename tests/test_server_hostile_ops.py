@@ -39,6 +39,7 @@ from tests.support.hostile import bytes_request, peak_rss, raw_call, reset_peak_
 from tests.support.infer_requests import infer_request
 from tests.support.models import add_sub_model
 from tests.support.server import RunningServer, free_port
+from tests.test_batching_workers import worker_processes
 
 X = np.ones((1, 16), dtype=np.float32)
 MIB = 1 << 20
@@ -272,26 +273,6 @@ def test_metrics_serves_a_bounded_number_of_connections_and_drops_idle_ones(
 # -- --workers and signals --------------------------------------------------------------------
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
-    return found
-
-
-def _workers_of(pid: int) -> list[int]:
-    """The --workers processes of a supervisor (not multiprocessing's resource tracker)."""
-    workers = []
-    for child in _children(pid):
-        try:
-            command = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"spawn_main" in command and b"resource_tracker" not in command:
-            workers.append(child)
-    return workers
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/status").read_text()
@@ -305,7 +286,7 @@ def test_workers_die_with_their_supervisor(tmp_path: Path) -> None:
     server = RunningServer(tmp_path, ["--workers", "2"])
     with server:
         assert server.process is not None
-        workers = _workers_of(server.process.pid)
+        workers = worker_processes(server.process.pid)
         assert len(workers) == 2
         server.process.kill()  # SIGKILL: no chance to stop them
         server.process.wait()
@@ -318,7 +299,7 @@ def test_a_stopped_worker_is_reported_and_the_server_stops_for_a_restart(tmp_pat
     server = RunningServer(tmp_path, ["--workers", "2", "--worker-stall-timeout-s", "2"])
     with server:
         assert server.process is not None
-        workers = _workers_of(server.process.pid)
+        workers = worker_processes(server.process.pid)
         os.kill(workers[1], signal.SIGSTOP)
         code = server.process.wait(timeout=60)
         log = server.log()
