@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else list(argv)
+    if words[:1] == ["serve"]:
+        # Before the seconds of imports below: a signal now must not kill the server.
+        from onnxserve.server import early_signals
+
+        early_signals.hold()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -33,6 +33,7 @@ __all__ = [
     "is_valid_model_name",
     "parse_input_range",
     "version_folders",
+    "version_number",
 ]
 
 MODEL_FILENAME = "model.onnx"
@@ -46,7 +47,9 @@ CHECKSUMS_FILENAME = "sha256sums"
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+# A version: ASCII digits only (int() also takes " 1" and other scripts' digits).
+_VERSION = re.compile(r"[0-9]{1,18}")
 MODEL_NAME_RULE = (
     "letters, digits, '_', '.', '-' (starting with a letter or digit), at most 128 characters"
 )
@@ -87,7 +90,16 @@ WARNING_PARAMETER = "onnxserve.warning"
 
 def is_valid_model_name(name: str) -> bool:
     """A model (folder) name the server serves: see :data:`MODEL_NAME_RULE`."""
-    return bool(_MODEL_NAME.match(name))
+    # fullmatch: re's "$" also matches before a trailing newline.
+    return _MODEL_NAME.fullmatch(name) is not None
+
+
+def version_number(text: str) -> int | None:
+    """A version folder's or a request's version as a number, or None: positive, ASCII digits."""
+    if _VERSION.fullmatch(text) is None:
+        return None
+    number = int(text)
+    return number if number > 0 else None
 
 
 def version_folders(model_folder: Path) -> dict[int, Path]:
@@ -99,11 +111,12 @@ def version_folders(model_folder: Path) -> dict[int, Path]:
         entries = list(model_folder.iterdir())
     except OSError:
         return {}
-    return {
-        int(entry.name): entry
-        for entry in entries
-        if entry.name.isdigit() and int(entry.name) > 0 and entry.is_dir()
-    }
+    folders = {}
+    for entry in entries:
+        number = version_number(entry.name)
+        if number is not None and entry.is_dir():
+            folders[number] = entry
+    return folders
 
 
 def input_range_key(input_name: str) -> str:

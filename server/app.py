@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 import time
 from typing import TYPE_CHECKING
@@ -38,11 +39,12 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import model_config_pb2 as mc
-from onnxserve.server import event_loop
+from onnxserve.server import early_signals, event_loop
 from onnxserve.server.control import ModelControl, RepositoryPoller
-from onnxserve.server.guard import CallGuard, TokenFile
+from onnxserve.server.guard import Admission, CallGuard, TokenFile
 from onnxserve.server.logs import configure_logging
 from onnxserve.server.peers import (
+    HEARTBEAT_S,
     PEER_TIMEOUT_S,
     PeerClient,
     PeerServer,
@@ -62,6 +64,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# Streams whose every request counts against --max-concurrent-rpcs (the servicer counts).
+PER_REQUEST_METHODS = frozenset({f"/{INFERENCE_SERVICE}/ModelStreamInfer"})
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # A drain stops gRPC once no call has arrived for this long (see the module docstring).
 QUIET_S = 0.25
@@ -137,12 +141,19 @@ class InferenceServer:
         self.control = ModelControl(
             self.registry, settings.model_control_mode, settings.allow_python_load
         )
-        self.service = InferenceService(self.registry, self.control, self.peer_client)
+        self.admission = Admission(settings.max_concurrent_rpcs)
+        self.service = InferenceService(
+            self.registry,
+            self.control,
+            self.peer_client,
+            admission=self.admission,
+            stream_window=settings.max_stream_requests_in_flight,
+        )
         self.health = health.aio.HealthServicer()
         self.tokens = TokenFile(settings.auth_token_file) if settings.auth_token_file else None
         interceptors = []
         if self.tokens is not None or settings.max_concurrent_rpcs:
-            interceptors.append(CallGuard(self.tokens, settings.max_concurrent_rpcs))
+            interceptors.append(CallGuard(self.tokens, self.admission, PER_REQUEST_METHODS))
         self.server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
         self.health_server: grpc.aio.Server | None = None
         self.metrics: MetricsEndpoint | None = None
@@ -313,17 +324,43 @@ class InferenceServer:
 
 
 async def serve(settings: ServerSettings, peers: WorkerPeers | None = None) -> None:
-    server = InferenceServer(settings, peers)
     loop = asyncio.get_running_loop()
+    stopped: list[int] = []
+    for signum in early_signals.HANDLED:
+        loop.add_signal_handler(signum, stopped.append, signum)
+    if peers is not None and peers.heartbeats is not None:
+        peers.heartbeats[peers.index] = time.monotonic()  # handlers in place: the first beat
+    if any(signum in early_signals.STOPS for signum in early_signals.take()):
+        log.info("stopped before start-up: a stop signal arrived while starting")
+        return
+    server = InferenceServer(settings, peers)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.request_stop)
     loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
+    if any(signum in early_signals.STOPS for signum in stopped):
+        server.request_stop()
+    heartbeat = loop.create_task(_heartbeat(server, peers)) if peers is not None else None
     try:
         await server.start()
     except BaseException:
         await server.abort()
         raise
     await server.wait_and_drain()
+    if heartbeat is not None:
+        heartbeat.cancel()
+
+
+async def _heartbeat(server: InferenceServer, peers: WorkerPeers) -> None:
+    """A --workers process: show the supervisor that this event loop runs, and stop
+    when the supervisor is gone (PR_SET_PDEATHSIG's check, for every platform)."""
+    while True:
+        if peers.heartbeats is not None:
+            peers.heartbeats[peers.index] = time.monotonic()
+        if peers.parent_pid and os.getppid() != peers.parent_pid:
+            log.error("the supervising process is gone; stopping")
+            server.request_stop()
+            return
+        await asyncio.sleep(HEARTBEAT_S)
 
 
 def run(settings: ServerSettings) -> int:

@@ -33,6 +33,7 @@ from onnxserve.server.errors import (
     InvalidInput,
     ModelControlRefused,
     ModelLoadFailed,
+    quoted,
 )
 from onnxserve.server.registry import ModelRegistry, ensembles_last
 
@@ -120,7 +121,9 @@ class ModelControl:
                 f"{rpc}: repository_name must be empty (the server has one model repository)"
             )
         if not is_valid_model_name(name):
-            raise InvalidInput(f"{rpc}: '{name}' is not a valid model name ({MODEL_NAME_RULE})")
+            raise InvalidInput(
+                f"{rpc}: '{quoted(name)}' is not a valid model name ({MODEL_NAME_RULE})"
+            )
 
     async def load(self, request: pb.RepositoryModelLoadRequest) -> None:
         """Load (or reload what changed of) a model from its repository folder."""

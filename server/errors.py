@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 import grpc
@@ -31,6 +32,38 @@ FAILURE_REASONS: tuple[FailureReason, ...] = (
 )
 #: What a caller reads when the server failed in a way it does not explain.
 INTERNAL_MESSAGE = "internal server error; see the server log"
+#: The most characters of one caller-sent value (a name, a version, a shape) an
+#: error message quotes: a 50 MiB model name echoed whole made the status
+#: exceed gRPC's 16 KiB metadata limit, and the caller read RESOURCE_EXHAUSTED.
+QUOTE_LIMIT = 200
+#: The most characters of any message a caller reads (grpc-message travels in a
+#: header, percent-encoded: 1,024 characters stay under 16 KiB even as 4-byte
+#: UTF-8 characters, each written as three characters per byte).
+MESSAGE_LIMIT = 1024
+# A shape quoted in a message shows this many dimensions at most.
+_SHAPE_DIMS = 16
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """Caller-sent text as an error message may quote it: at most ``limit`` characters."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    """A caller-sent shape as an error message may quote it: at most 16 dimensions."""
+    if len(shape) <= _SHAPE_DIMS:
+        return str(list(shape))
+    head = ", ".join(str(d) for d in shape[: _SHAPE_DIMS // 2])
+    return f"[{head}, ... ({len(shape)} dimensions)]"
+
+
+def bounded_message(message: str) -> str:
+    """A message cut to :data:`MESSAGE_LIMIT` characters (the last guard before the wire)."""
+    if len(message) <= MESSAGE_LIMIT:
+        return message
+    return message[: MESSAGE_LIMIT - 20] + "... (message cut)"
 
 
 class ServerError(Exception):
@@ -63,6 +96,12 @@ class ModelUnavailable(ServerError):
 
 class QueueFull(ServerError):
     """The model's queue is at max_queue_size; retry later (RESOURCE_EXHAUSTED)."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class ServerBusy(ServerError):
+    """The server serves its --max-concurrent-rpcs; retry later (RESOURCE_EXHAUSTED)."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -126,7 +165,7 @@ def status_of(error: BaseException, where: str) -> tuple[grpc.StatusCode, str]:
     the log (``where`` names the RPC there).
     """
     if isinstance(error, ServerError):
-        return error.code, error.message
+        return error.code, bounded_message(error.message)
     log.error("unexpected error in %s", where, exc_info=error)
     return grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE
 

@@ -33,7 +33,8 @@ from onnxserve.layout import input_range_key
 from onnxserve.protocol import codec
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.config import TensorSpec
-from onnxserve.server.errors import InvalidInput
+from onnxserve.server.errors import InvalidInput, quoted, shape_text
+from onnxserve.server.text_tensors import raw_text_tensor
 
 # Request parameters the protocol reserves (Triton's clients send these).
 _RESERVED_PARAMETERS = frozenset({"priority", "timeout", "binary_data_output", "headers"})
@@ -41,6 +42,10 @@ _RESERVED_PARAMETERS = frozenset({"priority", "timeout", "binary_data_output", "
 CLASSIFICATION = "classification"
 # Datatypes that have no typed contents field: always answered raw.
 _RAW_ONLY = frozenset({"FP16", "BF16"})
+#: The most elements an input's shape may describe, counting only its non-zero
+#: dimensions: [1, 2**62, 0] is empty, but numpy cannot reshape to it (and an
+#: absurd dimension is a client's bug either way).
+MAX_ELEMENTS = 1 << 48
 # What a typed request's tensor without a ``contents`` field holds: nothing.
 _NO_CONTENTS = pb.InferTensorContents()
 
@@ -187,17 +192,35 @@ def _request_int_parameter(parameters: Mapping[str, Parameter], key: str) -> int
     return int(value)
 
 
+def _dims_product(shape: Sequence[int]) -> int:
+    """The product of a shape's non-zero dimensions (stops once past MAX_ELEMENTS)."""
+    product = 1
+    for dim in shape:
+        if dim:
+            product *= dim
+            if product > MAX_ELEMENTS:
+                break
+    return product
+
+
 def _check_shape(spec: TensorSpec, shape: Sequence[int], model: ModelSignature) -> int:
     """Check one input's shape; return its batch size (1 when the model does not batch)."""
     expected_rank = len(spec.dims) + (1 if model.batchable else 0)
     if len(shape) != expected_rank:
         wanted = ["batch", *spec.dims] if model.batchable else list(spec.dims)
         raise InvalidInput(
-            f"input '{spec.name}' has shape {list(shape)} (rank {len(shape)}) but model "
+            f"input '{spec.name}' has shape {shape_text(shape)} (rank {len(shape)}) but model "
             f"'{model.name}' expects rank {expected_rank}: {wanted} (-1 is any size)"
         )
     if any(d < 0 for d in shape):
-        raise InvalidInput(f"input '{spec.name}' has a negative dimension in shape {list(shape)}")
+        raise InvalidInput(
+            f"input '{spec.name}' has a negative dimension in shape {shape_text(shape)}"
+        )
+    if _dims_product(shape) > MAX_ELEMENTS:
+        raise InvalidInput(
+            f"input '{spec.name}' has shape {shape_text(shape)}, whose dimensions multiply past "
+            f"{MAX_ELEMENTS} (counting the non-zero ones): no tensor is that large"
+        )
     batch = 1
     body = shape
     if model.batchable:
@@ -211,8 +234,8 @@ def _check_shape(spec: TensorSpec, shape: Sequence[int], model: ModelSignature) 
     for axis, (got, want) in enumerate(zip(body, spec.dims, strict=True)):
         if want != -1 and got != want:
             raise InvalidInput(
-                f"input '{spec.name}' has shape {list(shape)} but model '{model.name}' expects "
-                f"dimension {axis + (1 if model.batchable else 0)} to be {want} "
+                f"input '{spec.name}' has shape {shape_text(shape)} but model '{model.name}' "
+                f"expects dimension {axis + (1 if model.batchable else 0)} to be {want} "
                 f"(expected {(['batch'] if model.batchable else []) + list(spec.dims)})"
             )
     return batch
@@ -270,7 +293,10 @@ def _as_text(array: np.ndarray, name: str) -> np.ndarray:
 def _checked_values(array: np.ndarray, spec: TensorSpec, model: ModelSignature) -> np.ndarray:
     """BYTES elements as the model takes them (str or bytes), integers within their range."""
     if spec.datatype == "BYTES":
-        array = _as_text(array, spec.name) if model.bytes_as_text else _as_bytes(array)
+        if not model.bytes_as_text:
+            array = _as_bytes(array)
+        elif array.dtype == object:  # typed contents; raw ones are text already (text_tensors)
+            array = _as_text(array, spec.name)
     bounds = model.input_ranges.get(spec.name)
     if bounds is not None:
         _check_range(array, spec.name, bounds, model)
@@ -313,14 +339,14 @@ def decode_parsed(request: ParsedRequest, model: ModelSignature, version: str) -
         spec = model.inputs.get(name)
         if spec is None:
             raise InvalidInput(
-                f"unknown input '{name}' for model '{model.name}'; its inputs are "
+                f"unknown input '{quoted(name)}' for model '{model.name}'; its inputs are "
                 f"{', '.join(model.inputs)}"
             )
         if name in inputs:
             raise InvalidInput(f"input '{name}' appears more than once in the request")
         if datatype != spec.datatype:
             raise InvalidInput(
-                f"input '{name}' has datatype {datatype or '(empty)'} but model "
+                f"input '{name}' has datatype {quoted(datatype) or '(empty)'} but model "
                 f"'{model.name}' expects {spec.datatype}"
             )
         batch_sizes[name] = _check_shape(spec, shape, model)
@@ -330,13 +356,22 @@ def decode_parsed(request: ParsedRequest, model: ModelSignature, version: str) -
                     raise InvalidInput(
                         f"input '{name}' has both raw and typed contents; send one of them"
                     )
-                array = codec.raw_to_array(raw_contents[index], spec.datatype, shape)
+                if spec.datatype == "BYTES":
+                    count = codec.element_count(shape)
+                    array = raw_text_tensor(raw_contents[index], shape, count, name)
+                else:
+                    array = codec.raw_to_array(raw_contents[index], spec.datatype, shape)
             else:
                 array = codec.contents_to_array(
                     contents if contents is not None else _NO_CONTENTS, spec.datatype, shape
                 )
         except codec.CodecError as exc:
             raise InvalidInput(f"input '{name}': {exc}") from None
+        except (ValueError, MemoryError) as exc:
+            # numpy refuses a shape it cannot hold ("array is too big"): the caller's fault.
+            raise InvalidInput(
+                f"input '{name}' has shape {shape_text(shape)}, which numpy cannot hold: {exc}"
+            ) from None
         inputs[name] = _checked_values(array, spec, model)
     _check_complete(model, inputs, batch_sizes)
     if request.output_names:
@@ -344,7 +379,7 @@ def decode_parsed(request: ParsedRequest, model: ModelSignature, version: str) -
         for requested in request.output_names:
             if requested not in model.outputs:
                 raise InvalidInput(
-                    f"unknown output '{requested}' requested from model '{model.name}'; "
+                    f"unknown output '{quoted(requested)}' requested from model '{model.name}'; "
                     f"its outputs are {', '.join(model.outputs)}"
                 )
             if requested not in output_names:

@@ -15,6 +15,8 @@ import logging
 import sys
 from datetime import datetime, timezone
 
+from onnxserve.server import stderr_json
+
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(process_name)s%(name)s: %(message)s"
 
 
@@ -49,8 +51,14 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str, log_format: str, worker: str = "") -> None:
-    """Replace the root logger's handlers with one stderr handler in the chosen format."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Replace the root logger's handlers with one stderr handler in the chosen format.
+
+    JSON: fd 2 itself becomes JSON too (gRPC core's lines, ``stderr_json``).
+    """
+    if log_format == "json":
+        handler = logging.StreamHandler(stderr_json.install(worker))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter(worker))
     else:

@@ -41,14 +41,18 @@ included, so that rate() sees each series from the start.
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import (
     GCCollector,
     PlatformCollector,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -210,25 +214,76 @@ def metrics_registry(
     return registry
 
 
+#: Connections /metrics serves at once; one more is closed at once (Prometheus
+#: scrapes over one connection at a time per target).
+METRICS_CONNECTIONS = 16
+#: A /metrics connection that sends nothing (or trickles its request) for this long is closed.
+METRICS_IDLE_TIMEOUT_S = 10.0
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """One request per connection, a socket timeout, and no access log."""
+
+    timeout = METRICS_IDLE_TIMEOUT_S
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log line per scrape."""
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """prometheus_client's thread-per-connection server, with a bound on the threads.
+
+    prometheus_client's own starts a thread for every connection and waits on
+    it without a timeout, so idle connections pile threads up without end.
+    Here at most METRICS_CONNECTIONS are served at once (the next is closed
+    unanswered) and each read times out after METRICS_IDLE_TIMEOUT_S.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], family: int) -> None:
+        self.address_family = family
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+        super().__init__(address, _QuietHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 class MetricsEndpoint:
-    """The HTTP server of /metrics, on its own daemon thread."""
+    """The HTTP server of /metrics, on its own daemon thread (bounded: _BoundedServer)."""
 
     def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
         self._host = host
         self._port = port
         self._registry = registry
-        self._server: Any = None
+        self._server: _BoundedServer | None = None
 
     def start(self) -> None:
         try:
-            self._server, _ = start_http_server(
-                self._port, addr=self._host, registry=self._registry
-            )
+            family = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0][0]
+            server = _BoundedServer((self._host, self._port), family)
         except OSError as exc:
             raise OSError(
                 f"cannot serve metrics on {self._host}:{self._port} ({exc.strerror}): is the "
                 "port in use? (--metrics-port 0 turns metrics off)"
             ) from None
+        server.set_app(make_wsgi_app(self._registry))
+        self._server = server
+        threading.Thread(target=server.serve_forever, name="onnxserve-metrics", daemon=True).start()
 
     def stop(self) -> None:
         """Blocks until the serving thread has stopped: call it off the event loop."""

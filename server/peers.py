@@ -8,8 +8,10 @@ to its own. The workers talk over private Unix sockets (in a directory only
 this server's user can enter), each served by a small gRPC server of its own
 that offers one method and answers with this worker's :class:`VersionReport`
 list as JSON: no TLS, no tokens, no call limit on that path, and nothing of it
-on the public port. A peer that does not answer in time is left out and
-logged; a peer that died stops the whole server anyway (onnxserve.server.workers).
+on the public port. A peer that does not answer in time counts with its last
+answer (logged): counters summed over the workers must never go down, or
+Prometheus reads a counter reset and rate() jumps; a peer that died or hangs
+stops the whole server anyway (onnxserve.server.workers).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ _METHOD_SERVICE = "onnxserve.internal.WorkerPeers"
 _METHOD_NAME = "Reports"
 # How long the answering worker waits for its peers, at most.
 PEER_TIMEOUT_S = 2.0
+#: How often each worker's event loop writes its heartbeat.
+HEARTBEAT_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,11 @@ class WorkerPeers:
     own_address: str
     peer_addresses: tuple[str, ...]
     pids: Any = None
+    #: A shared array of time.monotonic() per worker, each written by its own
+    #: worker's event loop every HEARTBEAT_S (the supervisor detects a stuck one).
+    heartbeats: Any = None
+    #: The supervisor's process id (a worker stops when it is no longer its parent).
+    parent_pid: int = 0
 
 
 @dataclass
@@ -132,6 +141,8 @@ class PeerClient:
         self.peers = peers
         self._calls: list[grpc.aio.UnaryUnaryMultiCallable] = []
         self._channels: list[grpc.aio.Channel] = []
+        # Each peer's latest answer, used while it does not answer in time.
+        self._last: dict[str, list[VersionReport]] = {}
 
     def _ensure_calls(self) -> list[grpc.aio.UnaryUnaryMultiCallable]:
         # Channels belong to the running event loop: made on first use.
@@ -142,7 +153,7 @@ class PeerClient:
         return self._calls
 
     async def gather(self, timeout_s: float = PEER_TIMEOUT_S) -> list[list[VersionReport]]:
-        """The reports of every peer that answers within ``timeout_s``."""
+        """Every peer's reports: its answer within ``timeout_s``, else its last one."""
         calls = self._ensure_calls()
         answers = await asyncio.gather(
             *(call(b"", timeout=timeout_s) for call in calls), return_exceptions=True
@@ -151,9 +162,18 @@ class PeerClient:
         for address, answer in zip(self.peers.peer_addresses, answers, strict=True):
             if isinstance(answer, BaseException):
                 code = answer.code() if isinstance(answer, grpc.aio.AioRpcError) else answer
-                log.warning("statistics leave out the worker at %s: %s", address, code)
+                last = self._last.get(address)
+                log.warning(
+                    "the worker at %s did not answer for statistics (%s); %s",
+                    address,
+                    code,
+                    "its last answer counts" if last is not None else "it never answered",
+                )
+                if last is not None:
+                    reports.append(last)
             else:
-                reports.append(_decode(answer))
+                self._last[address] = decoded = _decode(answer)
+                reports.append(decoded)
         return reports
 
     async def close(self) -> None:

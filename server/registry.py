@@ -23,12 +23,19 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from onnxserve.layout import version_number
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.caller import ModelCaller
 from onnxserve.server.classification import read_labels
 from onnxserve.server.config import model_kind
 from onnxserve.server.ensemble import ensembles_last, open_ensemble
-from onnxserve.server.errors import ConfigError, ModelLoadRefused, ModelNotFound, ModelUnavailable
+from onnxserve.server.errors import (
+    ConfigError,
+    ModelLoadRefused,
+    ModelNotFound,
+    ModelUnavailable,
+    quoted,
+)
 from onnxserve.server.lifecycle import ModelEntry, ServingVersion, VersionSlot, VersionState
 from onnxserve.server.model import LoadOptions, ModelVersion, load_model_version
 from onnxserve.server.model_files import check_model_files
@@ -50,6 +57,9 @@ log = logging.getLogger(__name__)
 
 # How many names an unknown model's message lists (RepositoryIndex has them all).
 _NAMES_LISTED = 10
+#: The start of a READY version's reason in RepositoryIndex when its files (or the
+#: model's config) changed on disk and the new ones failed to load in place.
+STALE_REASON = "serving the previously loaded copy; the changed files failed to load"
 
 
 class ModelRegistry:
@@ -160,6 +170,9 @@ class ModelRegistry:
                     source.name,
                     source.error,
                 )
+                for slot in entry.versions.values():
+                    if slot.state is VersionState.READY:
+                        slot.reason = f"{STALE_REASON}: {source.error}"
                 return entry
             log.error("model '%s' is unavailable: %s", source.name, source.error)
             entry.error = source.error
@@ -172,7 +185,9 @@ class ModelRegistry:
                 slot.serving if slot is not None and slot.state is VersionState.READY else None
             )
             if previous is not None and previous.fingerprint == source.fingerprints.get(version):
-                continue  # unchanged on disk
+                assert slot is not None
+                slot.reason = ""  # unchanged on disk (and whatever failed before is gone)
+                continue
             if previous is None:
                 entry.versions[version] = VersionSlot(VersionState.LOADING)
             loaded = await self._load(source, version, path, entry, serving_before)
@@ -212,6 +227,10 @@ class ModelRegistry:
             reason = relative_reason(str(exc), self.repository)
             log.error("model '%s' version %d is unavailable: %s", source.name, version, reason)
             slot = entry.versions[version]
+            if slot.state is VersionState.READY:
+                # Changed on disk and the new files failed: the old copy keeps serving,
+                # and RepositoryIndex says so (READY, with this reason).
+                slot.reason = f"{STALE_REASON}: {reason}"
             if slot.serving is None or slot.state is not VersionState.READY:
                 # A new version that fails while others serve does not block readiness.
                 entry.versions[version] = VersionSlot(
@@ -328,7 +347,7 @@ class ModelRegistry:
         """
         scan = await self.scan(name)
         if not scan.models:
-            raise ModelNotFound(f"model '{name}' is not in the model repository")
+            raise ModelNotFound(f"model '{quoted(name)}' is not in the model repository")
         source = scan.models[0]
         if not allow_python and model_kind(source.config) == "python":
             raise ModelLoadRefused(
@@ -392,7 +411,7 @@ class ModelRegistry:
                 "the server, or serve with --model-control-mode poll (loads new folders) or "
                 "explicit (RepositoryModelLoad)"
             )
-        return ModelNotFound(f"model '{name}' is not served: {served}; {how}")
+        return ModelNotFound(f"model '{quoted(name)}' is not served: {served}; {how}")
 
     def get(self, name: str, version: str = "") -> ServingVersion:
         """The READY version asked for ("" means the highest READY version)."""
@@ -411,12 +430,12 @@ class ModelRegistry:
             serving = entry.versions[latest].serving
             assert serving is not None  # READY slots always hold one
             return serving
-        try:
-            number = int(version)
-        except ValueError:
+        number = version_number(version)
+        if number is None:
             raise ModelNotFound(
-                f"model '{name}' has no version '{version}'; versions are positive integers"
-            ) from None
+                f"model '{name}' has no version '{quoted(version)}'; versions are positive "
+                "integers in ASCII digits"
+            )
         slot = entry.versions.get(number)
         if slot is None:
             served = ", ".join(map(str, sorted(entry.versions))) or "none"

@@ -15,6 +15,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
@@ -31,9 +32,11 @@ from onnxserve.server.errors import (
     InvalidInput,
     ModelUnavailable,
     NotImplementedByServer,
-    ServerError,
+    ServerBusy,
+    quoted,
     status_of,
 )
+from onnxserve.server.guard import Admission
 from onnxserve.server.inference import (
     DecodedRequest,
     ModelSignature,
@@ -93,6 +96,29 @@ def _not_offered(why: str) -> Callable[[Handler[Any, Any]], Handler[Any, Any]]:
     return declare
 
 
+#: A request whose BYTES inputs hold more than this many bytes (raw) or elements
+#: (typed) is decoded on a thread: the general framing loop costs ~0.3 us per
+#: element, and 16M elements on the event loop stalled health probes for 19 s.
+SLOW_DECODE_BYTES = 1 << 20
+SLOW_DECODE_ELEMENTS = 1 << 16
+#: Threads that decode such requests (they hold the GIL in turns with the loop).
+DECODE_THREADS = 2
+
+
+def _decodes_slowly(request: ParsedRequest) -> bool:
+    """Whether a request's BYTES inputs are large enough to decode off the event loop."""
+    raw = request.raw_input_contents
+    for index, tensor in enumerate(request.inputs):
+        if tensor.datatype != "BYTES":
+            continue
+        contents = tensor.contents
+        if contents is not None and len(contents.bytes_contents) > SLOW_DECODE_ELEMENTS:
+            return True
+        if index < len(raw) and len(raw[index]) > SLOW_DECODE_BYTES:
+            return True
+    return False
+
+
 def deadline_of(context: grpc.aio.ServicerContext) -> int | None:
     """The caller's gRPC deadline as a time.monotonic_ns() instant, or None."""
     remaining = context.time_remaining()
@@ -109,8 +135,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         registry: ModelRegistry,
         control: ModelControl,
         peers: PeerClient | None = None,
+        admission: Admission | None = None,
+        stream_window: int = 32,
     ) -> None:
         self._registry = registry
+        # Large BYTES inputs are decoded here, off the event loop (see _decodes_slowly).
+        self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="onnxserve-decode")
+        # --max-concurrent-rpcs, which every request of a stream counts against.
+        self._admission = admission if admission is not None else Admission(0)
+        # --max-stream-requests-in-flight: requests read from one stream and not yet answered.
+        self._stream_window = stream_window
         self._control = control
         # The other --workers processes, whose counters statistics include.
         self._peers = peers
@@ -131,8 +165,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         try:
             started = time.monotonic_ns()
             try:
-                decoded = decode_parsed(request, model.signature, model.version_label)
-            except ServerError as exc:
+                if _decodes_slowly(request):
+                    decoded = await asyncio.get_running_loop().run_in_executor(
+                        self._decoder, decode_parsed, request, model.signature, model.version_label
+                    )
+                else:
+                    decoded = decode_parsed(request, model.signature, model.version_label)
+            except Exception as exc:
+                # Counted as a failure whatever it is (a bug shows as reason "internal").
                 serving.statistics.record_failure(time.monotonic_ns() - started, exc)
                 raise
             # The scheduler records the request's success or failure from here on.
@@ -269,21 +309,36 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         A failed request answers with ``error_message`` (from the same mapping
         as a unary call's status) and the stream goes on, as Triton does, so
         one bad request does not end a client's stream.
+
+        Bounds (a client that writes and never reads must not grow the server):
+        each request counts against ``--max-concurrent-rpcs`` while it runs
+        (past it, that request answers RESOURCE_EXHAUSTED in the stream), and
+        at most ``stream_window`` requests are read and not yet answered: the
+        reader waits for a slot before reading the next request, a slot frees
+        once its answer has been handed to gRPC, and gRPC's send waits for
+        the client's HTTP/2 window, so unread answers stop the reading.
         """
         deadline_ns = deadline_of(context)
         answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
         pending: set[asyncio.Task[None]] = set()
+        window = asyncio.Semaphore(self._stream_window)
+        admission = self._admission
 
         async def answer(request: pb.ModelInferRequest) -> None:
             try:
-                response = await self._infer(request, deadline_ns)
+                if not admission.try_enter():
+                    raise ServerBusy(admission.refusal())
+                try:
+                    response = await self._infer(request, deadline_ns)
+                finally:
+                    admission.leave()
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
             except Exception as exc:
                 code, message = status_of(exc, "ModelStreamInfer")
                 failed = pb.ModelInferResponse(
-                    model_name=request.model_name,
-                    model_version=request.model_version,
-                    id=request.id,
+                    model_name=quoted(request.model_name),
+                    model_version=quoted(request.model_version),
+                    id=quoted(request.id),
                 )
                 with_stream_status(failed, code)
                 await answers.put(
@@ -291,7 +346,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 )
 
         async def read_all() -> None:
-            async for request in request_iterator:
+            requests = request_iterator.__aiter__()
+            while True:
+                await window.acquire()
+                try:
+                    request = await requests.__anext__()
+                except StopAsyncIteration:
+                    break
                 self.last_call = time.monotonic()
                 task = asyncio.create_task(answer(request))
                 pending.add(task)
@@ -306,7 +367,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 item = await answers.get()
                 if item is None:
                     break
-                yield item
+                yield item  # resumes once gRPC has taken the message
+                window.release()
             await reader
         finally:
             reader.cancel()

@@ -71,6 +71,15 @@ class ServerSettings:
             "second; more processes use more cores for the protocol"
         },
     )
+    worker_stall_timeout_s: float = field(
+        default=15.0,
+        metadata={
+            "help": "With --workers: a process whose event loop has not run for this long "
+            "(stopped, deadlocked) is killed and the whole server stops non-zero, so that the "
+            "orchestrator restarts it instead of the kernel routing connections to a process "
+            "that never answers"
+        },
+    )
     grace_period_s: float = field(
         default=10.0,
         metadata={
@@ -169,8 +178,18 @@ class ServerSettings:
     max_concurrent_rpcs: int = field(
         default=0,
         metadata={
-            "help": "Calls served at once by each server process (grpc.health.v1 excepted); "
-            "one more gets RESOURCE_EXHAUSTED at once. 0: no limit"
+            "help": "Calls served at once by each server process (grpc.health.v1 excepted; each "
+            "request of a ModelStreamInfer stream counts as a call); one more gets "
+            "RESOURCE_EXHAUSTED at once, before its request is read. 0: no limit"
+        },
+    )
+    max_stream_requests_in_flight: int = field(
+        default=32,
+        metadata={
+            "help": "Requests of one ModelStreamInfer stream read and not yet answered to the "
+            "client; past it the server stops reading that stream until the client reads its "
+            "answers (HTTP/2 flow control then holds the client back), so a client that never "
+            "reads costs at most this many answers of memory"
         },
     )
     exit_on_error: bool = field(
@@ -211,6 +230,8 @@ class ServerSettings:
             raise SettingsError("--grpc-port, --metrics-port and --health-port must differ")
         if self.workers < 1:
             raise SettingsError(f"--workers must be at least 1, not {self.workers}")
+        if self.worker_stall_timeout_s <= 0:
+            raise SettingsError("--worker-stall-timeout-s must be positive")
         if self.cache_dir is not None and self.cache_dir.resolve().is_relative_to(
             self.model_repository.resolve()
         ):
@@ -249,6 +270,8 @@ class ServerSettings:
                 "--model-control-mode explicit needs --workers 1: a load or unload call reaches "
                 "one process of several (poll mode works with --workers)"
             )
+        if self.max_stream_requests_in_flight < 1:
+            raise SettingsError("--max-stream-requests-in-flight must be at least 1")
         if self.max_concurrent_rpcs < 0:
             raise SettingsError("--max-concurrent-rpcs must not be negative (0: no limit)")
         try:

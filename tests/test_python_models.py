@@ -211,9 +211,7 @@ def test_bls_exec_and_its_errors(client: Client) -> None:
     with pytest.raises(InferenceServerError) as info:
         client.infer("bls_missing", {"INPUT0": np.array([[3.0]], np.float32)})
     assert info.value.code == grpc.StatusCode.INTERNAL
-    assert "the call failed: model 'no_such_model' is not in the model repository" in str(
-        info.value.message
-    )
+    assert "the call failed: model 'no_such_model' is not served" in str(info.value.message)
 
 
 def _triton_peer_python() -> Path | None:

@@ -11,6 +11,7 @@ expected, so the server can answer INVALID_ARGUMENT with it as it stands.
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ __all__ = [
     "CodecError",
     "array_to_contents",
     "array_to_raw",
+    "bytes_tensor_frames",
     "contents_to_array",
     "datatype_of",
     "decode_output",
@@ -137,34 +139,70 @@ def serialize_bytes_tensor(array: npt.ArrayLike) -> bytes:
     return b"".join(parts)
 
 
-def deserialize_bytes_tensor(buffer: bytes, count: int | None = None) -> np.ndarray:
+def bytes_tensor_frames(
+    buffer: bytes | memoryview, count: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, lengths): where each framed BYTES element's bytes lie in ``buffer`` (int64).
+
+    With ``count`` given, the buffer must hold exactly that many elements, and
+    parsing stops as soon as it cannot. Elements that all have one length (16M
+    empty strings, fixed-width ids) are found with numpy alone; otherwise a
+    loop reads the lengths and keeps only integers (no object per element).
+    """
+    total = len(buffer)
+    if total >= 4:
+        (first,) = _LENGTH.unpack_from(buffer, 0)
+        stride = 4 + first
+        elements = total // stride
+        if total % stride == 0 and (count is None or elements == count):
+            prefixes = np.ndarray((elements,), "<u4", buffer, 0, (stride,))
+            if bool((prefixes == first).all()):
+                starts = np.arange(elements, dtype=np.int64) * stride + 4
+                return starts, np.full(elements, first, dtype=np.int64)
+    found = array("q")
+    append = found.append
+    unpack = _LENGTH.unpack_from
+    limit = total + 1 if count is None else count
+    offset = 0
+    while offset < total:
+        if len(found) == limit:
+            raise CodecError(f"BYTES tensor holds more elements than the {count} its shape needs")
+        if offset + 4 > total:
+            raise CodecError(
+                f"malformed BYTES tensor: element {len(found)} has a truncated "
+                f"4-byte length prefix at byte {offset}"
+            )
+        (length,) = unpack(buffer, offset)
+        offset += 4
+        if offset + length > total:
+            raise CodecError(
+                f"malformed BYTES tensor: element {len(found)} declares {length} bytes "
+                f"but only {total - offset} remain"
+            )
+        append(offset)
+        offset += length
+    if count is not None and len(found) != count:
+        raise CodecError(f"BYTES tensor holds {len(found)} elements but its shape needs {count}")
+    starts = np.frombuffer(found, dtype=np.int64) if found else np.zeros(0, dtype=np.int64)
+    lengths = np.empty_like(starts)
+    if len(starts):
+        lengths[:-1] = starts[1:] - 4 - starts[:-1]
+        lengths[-1] = total - starts[-1]
+    return starts, lengths
+
+
+def deserialize_bytes_tensor(buffer: bytes | memoryview, count: int | None = None) -> np.ndarray:
     """Parse framed BYTES elements into a 1-D object array of ``bytes``.
 
     With ``count`` given, the buffer must hold exactly that many elements.
     """
+    starts, lengths = bytes_tensor_frames(buffer, count)
     view = memoryview(buffer)
-    elements: list[bytes] = []
-    offset = 0
-    total = len(view)
-    while offset < total:
-        if offset + 4 > total:
-            raise CodecError(
-                f"malformed BYTES tensor: element {len(elements)} has a truncated "
-                f"4-byte length prefix at byte {offset}"
-            )
-        (length,) = _LENGTH.unpack_from(view, offset)
-        offset += 4
-        if offset + length > total:
-            raise CodecError(
-                f"malformed BYTES tensor: element {len(elements)} declares {length} bytes "
-                f"but only {total - offset} remain"
-            )
-        elements.append(bytes(view[offset : offset + length]))
-        offset += length
-    if count is not None and len(elements) != count:
-        raise CodecError(f"BYTES tensor holds {len(elements)} elements but its shape needs {count}")
-    result = np.empty(len(elements), dtype=object)
-    result[:] = elements
+    result = np.empty(len(starts), dtype=object)
+    result[:] = [
+        view[start : start + length].tobytes()
+        for start, length in zip(starts.tolist(), lengths.tolist(), strict=True)
+    ]
     return result
 
 
