@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from onnxserve.client.casting import sentences_as_rows
 from onnxserve.client.errors import (
     InferenceServerError,
     InvalidInputError,
@@ -174,7 +175,7 @@ def build_infer_request(
     raws = []
     for name, value in inputs.items():
         try:
-            tensor, raw = codec.encode_input(name, _sentences(value))
+            tensor, raw = codec.encode_input(name, sentences_as_rows(value))
         except codec.CodecError as exc:
             message = str(exc)
             if not message.startswith(f"input '{name}'"):
@@ -187,17 +188,6 @@ def build_infer_request(
     for name in outputs or ():
         request.outputs.add(name=name)
     return request
-
-
-def _sentences(value: Any) -> Any:
-    """A str is one sentence and a list or tuple of str a batch of them: a BYTES tensor
-    of shape (n, 1), one sentence per row, as text models take them (the converter's
-    ``keras.Input(shape=(1,), dtype="string")``). Anything else is sent as it is."""
-    if isinstance(value, str):
-        return np.asarray([[value]], dtype=object)
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
-        return np.asarray(value, dtype=object).reshape(-1, 1)
-    return value
 
 
 def request_from(item: InferRequest) -> pb.ModelInferRequest:

@@ -31,7 +31,18 @@ import numpy.typing as npt
 from onnxserve.client.errors import InvalidInputError
 from onnxserve.protocol import codec
 
-__all__ = ["cast_inputs", "to_declared"]
+__all__ = ["cast_inputs", "sentences_as_rows", "to_declared"]
+
+
+def sentences_as_rows(value: Any) -> Any:
+    """A str is one sentence and a list or tuple of str a batch of them: a BYTES tensor
+    of shape (n, 1), one sentence per row, as text models take them (the converter's
+    ``keras.Input(shape=(1,), dtype="string")``). Anything else is returned as it is."""
+    if isinstance(value, str):
+        return np.asarray([[value]], dtype=object)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        return np.asarray(value, dtype=object).reshape(-1, 1)
+    return value
 
 
 def _is_float(dtype: np.dtype[Any]) -> bool:
@@ -92,8 +103,9 @@ def cast_inputs(
     """Each input as its declared datatype (``declared``: input name -> datatype).
 
     Inputs the model does not declare are passed as they are (the server
-    names them in its answer). A list of strings for a BYTES input becomes an
-    object array.
+    names them in its answer). For a BYTES input a str or a list of str is a
+    batch of sentences, one per row (:func:`sentences_as_rows`); other lists of
+    strings become an object array of their own shape.
     """
     cast: dict[str, npt.ArrayLike] = {}
     for name, value in inputs.items():
@@ -102,6 +114,8 @@ def cast_inputs(
             cast[name] = value
             continue
         try:
+            if datatype == "BYTES":
+                value = sentences_as_rows(value)
             array = np.asarray(value, dtype=object if datatype == "BYTES" else None)
         except (TypeError, ValueError, OverflowError):
             raise InvalidInputError(

@@ -272,8 +272,8 @@ def test_string_input_layer_is_a_clear_error(tmp_path: Path) -> None:
     [
         (lambda d: d / "missing.keras", "does not exist"),
         (lambda d: _write(d / "notes.txt", b"hello"), "not a Keras model"),
-        (lambda d: _write(d / "garbage.keras", b"this is not a zip file"), "Keras cannot load"),
-        (lambda d: _write(d / "garbage.h5", b"neither is this an HDF5 file"), "Keras cannot load"),
+        (lambda d: _write(d / "garbage.keras", b"not a zip file"), "a .keras file is a zip"),
+        (lambda d: _write(d / "garbage.h5", b"not an HDF5 file"), "a .h5 file is an HDF5"),
         (lambda d: _mkdir(d / "empty_dir"), "not a TensorFlow SavedModel"),
     ],
 )

@@ -1,11 +1,11 @@
 """Explanations of the seed's LSTM (the sentiment example), through the server.
 
 The example's repository is built as tests/test_examples.py builds it (quick:
-the files, the tokenizer and the wiring are real, the weights barely trained),
-served by a real server, and explained with the example's own tokenizer,
-which maps the ids back to words. Occlusion must agree in sign with the change
-in score when each word is left out of the sentence and the shorter sentence
-is scored on its own.
+the files, the TextVectorization inside the model and the wiring are real, the
+weights barely trained) and served by a real server; the model takes sentences,
+so the explanation's features are the sentence's words. Occlusion must agree
+in sign with the change in score when each word is left out of the sentence
+and the shorter sentence is scored on its own.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from onnxserve.client import Client
 from onnxserve.client.explain import explain
 from onnxserve.examples.common import REPOSITORY_ENVIRONMENT_VARIABLE
 from onnxserve.examples.sentiment.predict import score_sentences
-from onnxserve.examples.sentiment.tokenizer import Tokenizer, words_of
 from tests.support.server import RunningServer
 from tests.test_examples import ROOT, _build_command, _build_env
 
@@ -55,11 +54,6 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(repository: Path) -> Tokenizer:
-    return Tokenizer.load(repository / "sentiment" / "vocabulary.json")
-
-
-@pytest.fixture(scope="module")
 def server_address(repository: Path) -> Iterator[str]:
     with RunningServer(repository) as server:
         yield server.address
@@ -71,18 +65,15 @@ def client(server_address: str) -> Iterator[Client]:
         yield client
 
 
-def test_occlusion_agrees_in_sign_with_leaving_each_word_out(
-    client: Client, tokenizer: Tokenizer
-) -> None:
-    result = explain(client, "sentiment", text=SENTENCE, tokenizer=tokenizer)
-    words = words_of(SENTENCE)
-    assert result.kind == "tokens" and len(result.attributions) == len(words)
-    known = set(tokenizer.words)
-    assert [a.label for a in result.attributions] == [w if w in known else "<unk>" for w in words]
-    (full,) = score_sentences(client, [SENTENCE], tokenizer)
+def test_occlusion_agrees_in_sign_with_leaving_each_word_out(client: Client) -> None:
+    result = explain(client, "sentiment", text=SENTENCE)
+    words = SENTENCE.split()
+    assert result.kind == "text"
+    assert [a.label for a in result.attributions] == words  # "friendly," keeps its comma
+    (full,) = score_sentences(client, [SENTENCE])
     assert result.score == pytest.approx(float(full), abs=NOISE)
     without = [" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))]
-    removed = float(full) - score_sentences(client, without, tokenizer)
+    removed = float(full) - score_sentences(client, without)
     assert result.values == pytest.approx(removed, abs=1e-5)
     clear = np.abs(removed) > NOISE
     assert clear.sum() >= len(words) // 2  # the comparison says something
@@ -91,12 +82,11 @@ def test_occlusion_agrees_in_sign_with_leaving_each_word_out(
 
 @pytest.mark.parametrize("method", ["kernel-shap", "partition-shap", "lime"])
 def test_sampling_methods_explain_the_lstm_within_their_samples(
-    client: Client, tokenizer: Tokenizer, method: str
+    client: Client, method: str
 ) -> None:
     sentence = TWENTY_WORDS
-    result = explain(client, "sentiment", text=sentence, tokenizer=tokenizer, method=method,
-                     samples=500)  # fmt: skip
-    assert len(result.attributions) == len(words_of(sentence)) == 20
+    result = explain(client, "sentiment", text=sentence, method=method, samples=500)
+    assert len(result.attributions) == len(sentence.split()) == 20
     assert result.inferences <= 500 + 3 and result.calls <= result.inferences
     assert np.isfinite(result.values).all()
     if method != "lime":  # Shapley values add up to the change from nothing to everything
@@ -131,7 +121,7 @@ def test_readme_snippet_explains_through_the_server(
     assert len(lines) == 4, result.stdout
     score, inferences, calls, _seconds, unit = lines[0].split()
     assert 0 <= float(score) <= 1 and int(inferences) <= 503 and int(calls) >= 8 and unit == "s"
-    words = set(words_of("The food was great, but the service was slow."))
+    words = {"The", "food", "was", "great,", "but", "the", "service", "slow."}
     assert all(line.split()[0] in words for line in lines[1:])
 
 
@@ -140,17 +130,16 @@ def test_examples_readme_commands_run(
 ) -> None:
     """The explain steps of examples/README.md, against this build (other weights, same output
     shape): the sentiment sentence by occlusion, the held-out digit with a heat map."""
-    vocabulary = repository / "sentiment" / "vocabulary.json"
     command = [sys.executable, "-m", "onnxserve", "explain", "--url", server_address]
     sentence = "The food was great, but the service was slow and the room was dirty."
-    words = _run([*command, "sentiment", "--vocabulary", str(vocabulary), "--text", sentence,
-                  "--top", "5", "--color", "never"], repository, tmp_path)  # fmt: skip
+    words = _run([*command, "sentiment", "--text", sentence, "--top", "5", "--color", "never"],
+                 repository, tmp_path)  # fmt: skip
     assert words.returncode == 0, words.stderr[-3000:]
     lines = words.stdout.splitlines()
     assert lines[0].startswith("occlusion on sentiment: score[0] = ")
-    assert "14 tokens features; 15 inferences in 2 calls (<= 64 rows each" in lines[0]
+    assert "14 text features; 15 inferences in 2 calls (<= 64 rows each" in lines[0]
     assert lines[1].split() == ["rank", "feature", "position", "value", "attribution"]
-    assert len(lines) == 8 and lines[7].startswith("the(")
+    assert len(lines) == 8 and lines[7].startswith("The(")
     save = (
         "import numpy as np; from onnxserve.examples.digits.data import held_out_split; "
         "np.save('digit.npy', held_out_split().test_images[0])"

@@ -42,7 +42,7 @@ is --output (default: the first) at --target (default: the predicted class).
 
 examples:
   onnxserve explain sentiment --text "the food was great but the service awful" \\
-      --vocabulary build/model_repository/sentiment/vocabulary.json --method kernel-shap
+      --method kernel-shap
   onnxserve explain digits --input image=digit.npy --heatmap digit.png
   onnxserve explain reviews --text "not bad at all" --format json
 """
@@ -66,14 +66,7 @@ class ExplainSettings(ConnectionSettings):
     timeout: float = field(default=60.0, metadata={"help": "Deadline of each call in seconds"})
     text: str = field(
         default="",
-        metadata={"help": "The sentence to explain (a text input, or token ids via --vocabulary)"},
-    )
-    vocabulary: Path | None = field(
-        default=None,
-        metadata={
-            "help": "Tokenizer file of a token-id model (the sentiment example's vocabulary.json)",
-            "metavar": "FILE",
-        },
+        metadata={"help": "The sentence to explain, for a model with a text (BYTES) input"},
     )
     input_name: str = field(
         default="", metadata={"help": "The input to explain (default: the model's only input)"}
@@ -149,19 +142,6 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def _tokenizer(path: Path | None) -> Any:
-    if path is None:
-        return None
-    from onnxserve.examples.sentiment.tokenizer import Tokenizer
-
-    try:
-        return Tokenizer.load(path)
-    except FileNotFoundError:
-        raise SettingsError(f"--vocabulary {path} does not exist") from None
-    except (ValueError, KeyError) as exc:
-        raise SettingsError(f"--vocabulary {path}: not a tokenizer file ({exc})") from None
-
-
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Resolve settings, explain, print; 1 with the server's message when a call fails."""
     from onnxserve.client import InferenceServerError
@@ -174,7 +154,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     settings = resolve(ExplainSettings, args, section="explain", config_file=args.config)
     if not settings.text and not args.inputs:
         raise SettingsError("give --text SENTENCE or --input NAME=VALUE")
-    tokenizer = _tokenizer(settings.vocabulary)
     version = settings.model_version or None
     with open_client(settings, settings.url, settings.timeout) as client:
         try:
@@ -187,7 +166,6 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
                 text=settings.text or None,
                 input=settings.input_name or None,
                 kind=settings.kind,
-                tokenizer=tokenizer,
                 output=settings.output or None,
                 target=settings.target,
                 method=settings.method,

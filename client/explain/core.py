@@ -175,8 +175,8 @@ def _explained_value(name: str, datatype: str, options: _Options) -> Any:
         return np.array([options.text], dtype=object)
     if options.tokenizer is None:
         raise ValueError(
-            f"input '{name}' takes {datatype} token ids: give the tokenizer that turns the text "
-            "into ids (the sentiment example's: Tokenizer.load('.../vocabulary.json'))"
+            f"input '{name}' takes {datatype} token ids: give the ids as an input, or a tokenizer "
+            "(encode and decode) that turns the text into ids"
         )
     return options.tokenizer.encode([options.text])
 
@@ -353,12 +353,10 @@ def explain(
 
         from onnxserve.client import Client
         from onnxserve.client.explain import explain
-        from onnxserve.examples.sentiment.tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.load("build/model_repository/sentiment/vocabulary.json")
-        with Client("localhost:8001") as client:
+        with Client("localhost:8001") as client:  # the sentiment example takes sentences
             result = explain(client, "sentiment", text="great food, awful service",
-                             tokenizer=tokenizer, method="kernel-shap", samples=500)
+                             method="kernel-shap", samples=500)
         for item in result.ranked()[:5]:
             print(item.label, round(item.attribution, 3))
     """

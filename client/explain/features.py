@@ -45,7 +45,8 @@ _PIECE = re.compile(rf"{MASK_MARK}|[^\s{MASK_MARK}]+")
 
 
 class TokenCodec(Protocol):
-    """What explanations need of a tokenizer (``onnxserve.examples.sentiment.tokenizer``'s has it).
+    """What explanations need of a token-id model's tokenizer (for Keras' TextVectorization,
+    a few lines around its call and ``get_vocabulary()``).
 
     ``encode`` turns sentences into one row of ids each; ``decode`` gives the
     words behind ids, dropping padding.
