@@ -189,6 +189,11 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "sentiment" / "9").mkdir(parents=True)
     (root / "sentiment" / "9" / "model.onnx").write_bytes(b"half written")
     (root / "digits").mkdir()
+    return build_quick_repository(root)
+
+
+def build_quick_repository(root: Path) -> Path:
+    """``root`` built by the example's own command, quickly (other test modules use it too)."""
     result = subprocess.run(
         _build_command(root),
         cwd=ROOT,

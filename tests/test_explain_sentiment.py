@@ -24,7 +24,7 @@ from onnxserve.client.explain import explain
 from onnxserve.examples.common import REPOSITORY_ENVIRONMENT_VARIABLE
 from onnxserve.examples.sentiment.predict import score_sentences
 from tests.support.server import RunningServer
-from tests.test_examples import ROOT, _build_command, _build_env
+from tests.test_examples import ROOT, build_quick_repository
 
 pytestmark = pytest.mark.slow
 
@@ -39,18 +39,7 @@ NOISE = 1e-6
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("explain-examples") / "model_repository"
-    result = subprocess.run(
-        _build_command(root),
-        cwd=ROOT,
-        env=_build_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
+    return build_quick_repository(tmp_path_factory.mktemp("explain-examples") / "model_repository")
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ output [ { name: "Y" data_type: TYPE_FP32 dims: [ 1 ] } ]
     ensemble(root, "bad_unmapped", head, [_step("adder", {"INPUT0": "X"}, {"OUTPUT0": "Y"})])
     ensemble(root, "bad_output", head, [_step("adder", adder, {"OUTPUT1": "Z"})])
     return {
-        "bad_unknown": "step 1 (model 'nope') cannot be used: model 'nope' is not in the model",
+        "bad_unknown": "step 1 (model 'nope') cannot be used: model 'nope' is not served",
         "bad_types": "tensor 't' (step 1 (model 'tokenizer') -> step 2 (model 'adder') input "
         "'INPUT0') is INT64 but FP32 is expected",
         "bad_cycle": "the steps form a cycle: step 1 (model 'adder') -> step 2 (model 'adder') "
