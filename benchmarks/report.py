@@ -263,13 +263,15 @@ def markdown(
     notes: Sequence[str],
     args: argparse.Namespace,
     settings: Mapping[str, str] | None = None,
+    origin: str | None = None,
 ) -> str:
     load = environment.get("load_average_at_start"), environment.get("load_average_at_end")
     lines = [
         "# onnxserve against Triton and raw onnxruntime: the seed LSTM",
         "",
         f"- Model: `{model}` (Embedding(1000, 32) -> LSTM(128, return_sequences) -> LSTM(128) "
-        "-> Dense(1, sigmoid), 50 tokens), one sample per request",
+        "-> Dense(1, sigmoid), 50 tokens), one sample per request"
+        + (f"; from {origin}" if origin else ""),
         f"- Run: {environment.get('started_at')}, commit {environment.get('commit')}, "
         f"{len(rounds)} rounds (the servers' order rotating), each: h2load, "
         f"{args.warmup:g} s warm-up, {args.duration:g} s at 64 concurrent calls, the same at 1",

@@ -4,8 +4,10 @@
 A thin driver over ``onnxserve bench`` (onnxserve.bench.run_bench, the h2load
 driver) and the test suite's server launcher. It serves the seed model
 (Embedding(1000, 32) -> LSTM(128, return_sequences) -> LSTM(128) ->
-Dense(1, sigmoid), 50 tokens, one sample per request; ``make examples``
-builds it) from each contestant in turn (benchmarks/contestants.py: this
+Dense(1, sigmoid) on 50 token ids, one sample per request), which it builds
+itself once into ``build/bench_repository`` (benchmarks/seed_model.py: Keras,
+one training step, onnxserve's converter; the sentiment example takes
+sentences now, not token ids), from each contestant in turn (benchmarks/contestants.py: this
 checkout, optionally another revision, the empty handler, Triton), and in
 every round, the order rotating from round to round so that each server meets
 the machine's good and bad moments alike:
@@ -27,7 +29,7 @@ It writes ``benchmarks/results/latest.md`` and ``latest.json`` (git-ignored)
 and prints the page: medians over the rounds with their ranges, each round's
 figures, the verdicts of issue 14, and the README's rows.
 
-    python benchmarks/run_benchmark.py --repository build/model_repository \\
+    python benchmarks/run_benchmark.py \\
         [--peers triton,empty] [--before main] [--rounds 5] [--duration 10] \\
         [--variant=--workers=2] [--triton default --triton threads=1]
 """
@@ -46,7 +48,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,14 +58,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: benchmarks/ and tests/ are packages here
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import contestants  # noqa: E402
+from benchmarks import contestants, seed_model  # noqa: E402
 from benchmarks.report import Measurement, RawFigures, markdown  # noqa: E402
 from onnxserve.bench.settings import BenchSettings  # noqa: E402
 from onnxserve.protocol import model_config_pb2 as mc  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-SEQUENCE = 50
-LSTM_HIDDEN = 128
+SEQUENCE = seed_model.SEQUENCE
+LSTM_HIDDEN = seed_model.LSTM_HIDDEN
 
 
 @dataclass(frozen=True)
@@ -273,7 +275,10 @@ def _describe(bench: Bench, repository: Path) -> mc.ModelConfig:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         metadata = stub.ModelMetadata(pb.ModelMetadataRequest(name=bench.seed.name))
         config = stub.ModelConfig(pb.ModelConfigRequest(name=bench.seed.name)).config
-        info = model_info(metadata, config, {})
+        # A seed converted with a dynamic sequence gets the article's 50 tokens.
+        dims = next(t.dims for t in config.input if t.name == bench.seed.input_name)
+        shapes = {bench.seed.input_name: (SEQUENCE,)} if list(dims) != [SEQUENCE] else {}
+        info = model_info(metadata, config, shapes)
         arrays = build_inputs(info, 1, "random", int_range=(0, 99), seed=0)
         bench.payload = encode_request(bench.seed.name, "", info, arrays[0])
         stub.ModelInfer(pb.ModelInferRequest.FromString(bench.payload), timeout=60)
@@ -317,22 +322,54 @@ def onnxserve_settings(log: str, flags: Sequence[str], config: mc.ModelConfig) -
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    seed = find_seed(args.repository, args.model)
-    if seed is None:
-        raise SystemExit(
-            f"no seed LSTM model in {args.repository}: build it with `make examples` "
-            "(or give --repository and --model)"
+def choose_seed(
+    repository: Path | None,
+    model: str | None,
+    notes: list[str],
+    build: Callable[[], Path] = seed_model.ensure_bench_repository,
+) -> SeedModel:
+    """The seed model to measure: ``--repository``'s when it holds one, else the benchmark's own.
+
+    Without ``--repository`` (or with one that holds no token-id seed LSTM, as
+    ``build/model_repository`` since its sentiment example takes sentences) the
+    benchmark's own seed is built once into ``build/bench_repository`` and
+    used, with a note. ``--model`` names a model that must be the seed.
+    """
+    if repository is not None:
+        seed = find_seed(repository, model)
+        if seed is not None:
+            return seed
+        if model:
+            raise SystemExit(f"no model {model!r} in {repository}")
+        notes.append(
+            f"{repository} holds no token-id seed LSTM (2 LSTM(128) on 50 token ids; the "
+            "sentiment example takes sentences now): the benchmark's own seed was measured"
         )
+    elif model:
+        raise SystemExit("--model names a model in --repository: give --repository too")
+    own = build()
+    seed = find_seed(own, seed_model.MODEL_NAME)
+    assert seed is not None  # find_seed exits when the named model is not the seed
+    folder = Path(seed.origin)
+    where = folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder
+    return dataclasses.replace(
+        seed, origin=f"{where}, built by benchmarks/seed_model.py ({seed_model.RECIPE['training']})"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
     if shutil.which("h2load") is None:
         raise SystemExit(
             "h2load is not installed (Debian/Ubuntu: apt-get install nghttp2-client); the "
             "benchmark needs it: a Python load generator would take the servers' CPUs"
         )
+    notes: list[str] = []
+    seed = choose_seed(args.repository, args.model, notes)
+    print(f"seed model: {seed.origin}", file=sys.stderr)
     args.results.mkdir(parents=True, exist_ok=True)
     version = sorted((p for p in (seed.repository / seed.name).glob("*") if p.name.isdigit()),
                      key=lambda p: int(p.name))[-1]  # fmt: skip
-    bench = Bench(seed, version / "model.onnx", args)
+    bench = Bench(seed, version / "model.onnx", args, notes=notes)
     names = ["onnxserve"]
     if args.before:
         args.before_site = contestants.revision_tree(args.before, ROOT / "build" / "bench-before")
@@ -380,8 +417,9 @@ def run(args: argparse.Namespace) -> int:
             flags = [*args.server_arg, *args.variants.get(name, [])]
             bench.settings_of[name] = onnxserve_settings(log.read_text(), flags, served)
     page = markdown(
-        seed.name, names, measurements, raws, environment, bench.notes, args, bench.settings_of
-    )
+        seed.name, names, measurements, raws, environment, bench.notes, args, bench.settings_of,
+        origin=seed.origin,
+    )  # fmt: skip
     (args.results / "latest.md").write_text(page)
     (args.results / "latest.json").write_text(
         json.dumps(
@@ -392,6 +430,7 @@ def run(args: argparse.Namespace) -> int:
                 "raw": [dataclasses.asdict(r) for r in raws],
                 "notes": bench.notes,
                 "settings": bench.settings_of,
+                "model": {"name": seed.name, "origin": seed.origin},
             },
             indent=2,
         )
@@ -405,15 +444,19 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="Needs h2load (apt-get install nghttp2-client) and the seed model (make examples).",
+        epilog="Needs h2load (apt-get install nghttp2-client). The seed model is built once "
+        "into build/bench_repository (python -m benchmarks.seed_model).",
     )
     parser.add_argument(
         "--repository",
         type=Path,
-        default=ROOT / "build" / "model_repository",
-        help="Model repository holding the seed model (make examples builds it)",
+        help="Model repository to take the seed model from (a token-id LSTM: 2 LSTM(128), "
+        "length 50); where it holds none, or without it, the benchmark's own seed in "
+        "build/bench_repository is used (built when missing)",
     )
-    parser.add_argument("--model", help="Name of the seed model (default: found by its graph)")
+    parser.add_argument(
+        "--model", help="Name of the seed model in --repository (default: found by its graph)"
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="Where to write results")
     parser.add_argument(
         "--peers",

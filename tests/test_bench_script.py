@@ -17,54 +17,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from benchmarks import run_benchmark
+from benchmarks import run_benchmark, seed_model
 from benchmarks.contestants import process_tree_cpu_s
 from benchmarks.report import Measurement, RawFigures, markdown
-from benchmarks.run_benchmark import find_seed
+from benchmarks.run_benchmark import choose_seed, find_seed
+from benchmarks.seed_model import onnx_seed_lstm as lstm_model
 from tests.support.models import add_sub_model
-
-
-def lstm_model(path: Path, hidden: int = 128, length: int | str = 50, vocabulary: int = 10) -> Path:
-    """Two stacked ONNX LSTMs over embedded tokens: the seed's graph shape, tiny weights."""
-    embed, rng = 4, np.random.default_rng(0)
-
-    def weights(name: str, shape: list[int]) -> onnx.TensorProto:
-        return helper.make_tensor(
-            name, TensorProto.FLOAT, shape, rng.random(int(np.prod(shape))).tolist()
-        )
-
-    nodes = [
-        helper.make_node("Gather", ["table", "tokens"], ["embedded"]),
-        helper.make_node("Transpose", ["embedded"], ["seq"], perm=[1, 0, 2]),
-        helper.make_node("LSTM", ["seq", "W1", "R1"], ["y1"], hidden_size=hidden),
-        helper.make_node("Squeeze", ["y1", "axis1"], ["h1"]),
-        helper.make_node("LSTM", ["h1", "W2", "R2"], ["", "last"], hidden_size=hidden),
-        helper.make_node("Squeeze", ["last", "axis0"], ["positive"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "seed",
-        [helper.make_tensor_value_info("tokens", TensorProto.INT32, ["batch", length])],
-        [helper.make_tensor_value_info("positive", TensorProto.FLOAT, ["batch", hidden])],
-        initializer=[
-            weights("table", [vocabulary, embed]),
-            weights("W1", [1, 4 * hidden, embed]),
-            weights("R1", [1, 4 * hidden, hidden]),
-            weights("W2", [1, 4 * hidden, hidden]),
-            weights("R2", [1, 4 * hidden, hidden]),
-            helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
-            helper.make_tensor("axis0", TensorProto.INT64, [1], [0]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
 
 
 def test_the_seed_is_found_by_its_graph_and_others_are_not(tmp_path: Path) -> None:
@@ -81,6 +41,93 @@ def test_the_seed_is_found_by_its_graph_and_others_are_not(tmp_path: Path) -> No
     empty = tmp_path / "empty"
     add_sub_model(empty / "simple" / "1" / "model.onnx")
     assert find_seed(empty, None) is None
+
+
+def _tiny_seed(repository: Path, say: seed_model.Say) -> None:
+    """What ensure_bench_repository's writer writes, without TensorFlow: the seed's shape."""
+    entry = repository / seed_model.MODEL_NAME
+    lstm_model(entry / "1" / "model.onnx", vocabulary=100)
+    (entry / "config.pbtxt").write_text("max_batch_size: 64\ndynamic_batching { }\n")
+    say("tiny seed written")
+
+
+def test_the_benchmark_builds_its_own_seed_once_and_rebuilds_a_stale_one(tmp_path: Path) -> None:
+    repository = tmp_path / "build" / "bench_repository"
+    said: list[str] = []
+    assert seed_model.ensure_bench_repository(repository, write=_tiny_seed, say=said.append) == (
+        repository
+    )
+    assert said[0].startswith(f"building the benchmark's seed model into {repository}")
+    assert seed_model.is_current(repository)
+    assert [p.name for p in repository.parent.iterdir()] == ["bench_repository"]  # no staging
+    seed = find_seed(repository, seed_model.MODEL_NAME)
+    assert seed is not None and (seed.input_name, seed.input_dtype) == ("tokens", np.int32)
+
+    def fails(folder: Path, say: seed_model.Say) -> None:
+        raise AssertionError("a current build is reused, never written again")
+
+    seed_model.ensure_bench_repository(repository, write=fails, say=said.append)
+    # An older recipe (or a half-written build, which has no marker) is built again.
+    (repository / seed_model.MARKER).write_text('{"fingerprint": "older"}')
+    assert not seed_model.is_current(repository)
+    said.clear()
+    seed_model.ensure_bench_repository(repository, write=_tiny_seed, say=said.append)
+    assert seed_model.is_current(repository) and "tiny seed written" in said
+
+    def interrupted(folder: Path, say: seed_model.Say) -> None:
+        _tiny_seed(folder, say)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        seed_model.ensure_bench_repository(repository, force=True, write=interrupted)
+    assert seed_model.is_current(repository)  # the complete build is kept
+    assert [p.name for p in repository.parent.iterdir()] == ["bench_repository"]
+
+
+def test_a_repository_without_a_token_id_seed_gets_the_benchmarks_own(tmp_path: Path) -> None:
+    own = tmp_path / "bench_repository"
+
+    def build() -> Path:
+        return seed_model.ensure_bench_repository(own, write=_tiny_seed, say=lambda _: None)
+
+    # The example repository as it is now: a text-in sentiment model (no LSTM on token ids).
+    examples = tmp_path / "model_repository"
+    add_sub_model(examples / "sentiment" / "1" / "model.onnx")
+    notes: list[str] = []
+    seed = choose_seed(examples, None, notes, build)
+    assert (seed.repository, seed.name) == (own, seed_model.MODEL_NAME)
+    assert "built by benchmarks/seed_model.py" in seed.origin
+    assert len(notes) == 1 and "holds no token-id seed LSTM" in notes[0]
+    # Without --repository: the benchmark's own, without a note.
+    notes.clear()
+    assert choose_seed(None, None, notes, build).repository == own and notes == []
+    # A repository that holds a seed is measured as it is.
+    lstm_model(tmp_path / "mine" / "lstm" / "1" / "model.onnx")
+    assert choose_seed(tmp_path / "mine", None, notes, build).name == "lstm" and notes == []
+    with pytest.raises(SystemExit, match="no model 'missing'"):
+        choose_seed(examples, "missing", notes, build)
+    with pytest.raises(SystemExit, match="not the seed"):
+        choose_seed(examples, "sentiment", notes, build)
+    with pytest.raises(SystemExit, match="give --repository too"):
+        choose_seed(None, "lstm", notes, build)
+
+
+@pytest.mark.slow
+def test_the_real_seed_is_the_articles_lstm_with_the_examples_batching(tmp_path: Path) -> None:
+    from google.protobuf import text_format
+
+    from onnxserve.protocol import model_config_pb2 as mc
+
+    repository = seed_model.ensure_bench_repository(tmp_path / "bench", say=lambda _: None)
+    seed = find_seed(repository, None)
+    assert seed is not None and seed.name == seed_model.MODEL_NAME
+    assert (seed.input_name, seed.input_dtype) == ("tokens", np.int32)
+    entry = repository / seed_model.MODEL_NAME
+    config = text_format.Parse((entry / "config.pbtxt").read_text(), mc.ModelConfig())
+    assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
+    assert not config.dynamic_batching.max_queue_delay_microseconds
+    assert [list(t.dims) for t in config.input] == [[50]]
+    assert [list(t.dims) for t in config.output] == [[1]]
 
 
 def measurement(name: str, c64: float, c1_ms: float, failures: int = 0) -> Measurement:
