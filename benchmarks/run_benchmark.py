@@ -285,6 +285,38 @@ def _describe(bench: Bench, repository: Path) -> mc.ModelConfig:
     return config
 
 
+def workers_of(flags: Sequence[str]) -> int:
+    """The ``--workers`` count serve flags ask for (1 when they do not)."""
+    workers = 1
+    for index, flag in enumerate(flags):
+        value = None
+        if flag.startswith("--workers="):
+            value = flag.split("=", 1)[1]
+        elif flag == "--workers" and index + 1 < len(flags):
+            value = flags[index + 1]
+        if value is not None and value.isdigit():
+            workers = int(value)
+    return workers
+
+
+def connection_notes(args: argparse.Namespace) -> list[str]:
+    """A note per onnxserve contestant with more processes than h2load has connections."""
+    contestants_flags = {"onnxserve": list(args.server_arg)}
+    contestants_flags.update(
+        {name: [*args.server_arg, *flags] for name, flags in args.variants.items()}
+    )
+    notes = []
+    for name, flags in contestants_flags.items():
+        workers = workers_of(flags)
+        if workers > args.connections:
+            notes.append(
+                f"{name}: {workers} processes but {args.connections} h2load connection(s); the "
+                "kernel spreads connections, not calls, so some processes served nothing "
+                "(give --connections 16, for every contestant alike)"
+            )
+    return notes
+
+
 def _available(peers: Sequence[str], triton: Sequence[str], notes: list[str]) -> list[str]:
     """The peers that can run here (Triton as each of its variants); a note for each that cannot."""
     usable = []
@@ -363,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
             "h2load is not installed (Debian/Ubuntu: apt-get install nghttp2-client); the "
             "benchmark needs it: a Python load generator would take the servers' CPUs"
         )
-    notes: list[str] = []
+    notes = connection_notes(args)
     seed = choose_seed(args.repository, args.model, notes)
     print(f"seed model: {seed.origin}", file=sys.stderr)
     args.results.mkdir(parents=True, exist_ok=True)

@@ -257,6 +257,19 @@ def test_onnxserve_settings_are_read_from_its_log() -> None:
     assert "without a queue delay" in text
 
 
+def test_a_workers_variant_with_fewer_connections_than_processes_gets_a_note() -> None:
+    assert run_benchmark.workers_of(["--workers=2"]) == 2
+    assert run_benchmark.workers_of(["--cpu-threads", "1", "--workers", "3"]) == 3
+    assert run_benchmark.workers_of([]) == 1
+    args = argparse.Namespace(
+        server_arg=[], variants={"onnxserve --workers=2": ["--workers=2"]}, connections=1
+    )
+    (note,) = run_benchmark.connection_notes(args)
+    assert note.startswith("onnxserve --workers=2: 2 processes but 1 h2load connection(s)")
+    args.connections = 16
+    assert run_benchmark.connection_notes(args) == []
+
+
 def test_process_tree_cpu_counts_this_process() -> None:
     import os
 
