@@ -1,0 +1,178 @@
+//! The listening socket, TLS, HTTP/2, and the connections' lifetimes (age, drain).
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig};
+use tokio_rustls::TlsAcceptor;
+use tonic::service::Routes;
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The PEM files' contents for TLS (mutual with `client_ca`).
+pub struct TlsFiles {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub client_ca: Option<Vec<u8>>,
+}
+
+pub struct Connections {
+    pub max_age: Option<Duration>,
+    pub age_grace: Option<Duration>,
+    pub max_concurrent_streams: Option<u32>,
+    pub open: AtomicUsize,
+}
+
+struct Open(Arc<Connections>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A TLS acceptor from PEM bytes, offering h2 by ALPN; the error says which part is wrong.
+pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    let certs = CertificateDer::pem_slice_iter(&files.cert)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("--tls-cert holds no readable PEM certificate: {e}"))?;
+    if certs.is_empty() {
+        return Err("--tls-cert holds no PEM certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&files.key)
+        .map_err(|e| format!("--tls-key holds no readable PEM private key: {e}"))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?;
+    let builder = match &files.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(ca) {
+                let cert = cert.map_err(|e| format!("--tls-client-ca: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("--tls-client-ca: {e}"))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| format!("--tls-client-ca: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("--tls-cert and --tls-key do not make a certificate: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Bind `host:port` (SO_REUSEPORT when --workers share it); an error a user can act on.
+pub fn bind(host: &str, port: u16, reuse_port: bool) -> Result<std::net::TcpListener, String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let address: SocketAddr = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {host}"))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )
+    .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
+    let in_use =
+        |e: std::io::Error| format!("cannot listen on {host}:{port}: is the port in use? ({e})");
+    socket.set_reuse_address(true).map_err(in_use)?;
+    if reuse_port {
+        socket.set_reuse_port(true).map_err(in_use)?;
+    }
+    socket.bind(&address.into()).map_err(in_use)?;
+    socket.listen(1024).map_err(in_use)?;
+    socket.set_nonblocking(true).map_err(in_use)?;
+    Ok(socket.into())
+}
+
+/// Accept connections until `stop` turns true; then each connection is told to go
+/// away (GOAWAY: calls in progress finish) and ends on its own.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    routes: Routes,
+    stop: watch::Receiver<bool>,
+    connections: Arc<Connections>,
+) {
+    let mut stopping = stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopping.wait_for(|stop| *stop) => break,
+        };
+        let Ok((stream, _)) = accepted else {
+            // EMFILE and the like: wait a moment instead of spinning.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        connections.open.fetch_add(1, Ordering::AcqRel);
+        let open = Open(connections.clone());
+        let routes = routes.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _open = open;
+            match tls {
+                None => drive(stream, routes, stop, &_open.0).await,
+                Some(acceptor) => {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        drive(stream, routes, stop, &_open.0).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn drive<I>(io: I, routes: Routes, mut stop: watch::Receiver<bool>, connections: &Connections)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    builder.max_concurrent_streams(connections.max_concurrent_streams);
+    builder.max_pending_accept_reset_streams(Some(1024));
+    let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(routes));
+    let mut connection = std::pin::pin!(connection);
+    let aged = async {
+        match connections.max_age {
+            Some(age) => tokio::time::sleep(age).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stop.wait_for(|stop| *stop) => connection.as_mut().graceful_shutdown(),
+        () = aged => connection.as_mut().graceful_shutdown(),
+    }
+    match connections.age_grace {
+        Some(grace) => {
+            let _ = tokio::time::timeout(grace, connection).await;
+        }
+        None => {
+            let _ = connection.await;
+        }
+    }
+}

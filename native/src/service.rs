@@ -1,0 +1,337 @@
+//! The gRPC services on the port: `inference.GRPCInferenceService` (ModelInfer and
+//! ModelStreamInfer here, every other method by Python from the request's bytes),
+//! behind [`Guarded`], which checks tokens and the call limit from the headers,
+//! before any body is read.
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tonic::body::Body;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::server::{Grpc, NamedService};
+use tonic::{Status, Streaming};
+use tower::Service;
+
+use crate::core::Core;
+
+pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
+const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+const STREAM_METHOD: &str = "ModelStreamInfer";
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+type HttpResponse = http::Response<Body>;
+
+/// Messages as bytes, untouched: the handlers decode what they need themselves.
+#[derive(Clone, Copy, Default)]
+pub struct BytesCodec;
+
+impl Codec for BytesCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        let length = src.remaining();
+        Ok(Some(src.copy_to_bytes(length)))
+    }
+}
+
+/// The caller's `grpc-timeout` as an instant (the gRPC spec's units: H M S m u n).
+pub fn deadline_of(headers: &http::HeaderMap) -> Option<Instant> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
+}
+
+/// Limits every gRPC method here applies.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+}
+
+#[derive(Clone)]
+pub struct InferenceService {
+    core: Arc<Core>,
+    limits: Limits,
+}
+
+impl InferenceService {
+    pub fn new(core: Arc<Core>, limits: Limits) -> Self {
+        Self { core, limits }
+    }
+
+    fn grpc(&self) -> Grpc<BytesCodec> {
+        Grpc::new(BytesCodec)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Deflate)
+            .max_decoding_message_size(self.limits.max_message_bytes)
+            .max_encoding_message_size(self.limits.max_message_bytes)
+    }
+}
+
+impl NamedService for InferenceService {
+    const NAME: &'static str = INFERENCE_SERVICE;
+}
+
+impl Service<http::Request<Body>> for InferenceService {
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<HttpResponse, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let method = request
+            .uri()
+            .path()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let deadline = deadline_of(request.headers());
+        let core = self.core.clone();
+        let mut grpc = self.grpc();
+        if method == STREAM_METHOD {
+            let handler = tower::service_fn(move |call: tonic::Request<Streaming<Bytes>>| {
+                let core = core.clone();
+                async move {
+                    Ok::<_, Status>(tonic::Response::new(stream_answers(
+                        core,
+                        call.into_inner(),
+                        deadline,
+                    )))
+                }
+            });
+            return Box::pin(async move { Ok(grpc.streaming(handler, request).await) });
+        }
+        let handler = tower::service_fn(move |call: tonic::Request<Bytes>| {
+            let core = core.clone();
+            let method = method.clone();
+            async move {
+                let body = call.into_inner();
+                let answer = if method == "ModelInfer" {
+                    core.model_infer(body, deadline).await
+                } else {
+                    core.unary_for_python(&method, body, deadline).await
+                };
+                answer.map(tonic::Response::new)
+            }
+        });
+        Box::pin(async move { Ok(grpc.unary(handler, request).await) })
+    }
+}
+
+type AnswerStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, Status>> + Send + 'static>>;
+
+/// A stream's answers, each sent when ready. At most `stream_window` requests
+/// are read and not yet answered: the reader waits for a slot before the next
+/// read, and a slot frees once its answer is taken by the transport, which
+/// waits for the client's HTTP/2 window, so a client that never reads stops
+/// the reading instead of growing the server.
+fn stream_answers(
+    core: Arc<Core>,
+    mut requests: Streaming<Bytes>,
+    deadline: Option<Instant>,
+) -> AnswerStream {
+    let window = Arc::new(tokio::sync::Semaphore::new(core.stream_window));
+    let (sender, receiver) =
+        tokio::sync::mpsc::unbounded_channel::<(Bytes, tokio::sync::OwnedSemaphorePermit)>();
+    tokio::spawn(async move {
+        loop {
+            let Ok(slot) = window.clone().acquire_owned().await else {
+                break;
+            };
+            let message = tokio::select! {
+                message = requests.next() => message,
+                () = sender.closed() => break,
+            };
+            match message {
+                Some(Ok(body)) => {
+                    let core = core.clone();
+                    let sender = sender.clone();
+                    tokio::spawn(async move {
+                        let answer = core.stream_request(body, deadline).await;
+                        let _ = sender.send((answer, slot));
+                    });
+                }
+                // The client ended its side (or broke it): answer what was read, then end.
+                Some(Err(_)) | None => break,
+            }
+        }
+    });
+    Box::pin(
+        tokio_stream::wrappers::UnboundedReceiverStream::new(receiver).map(|(answer, slot)| {
+            drop(slot);
+            Ok(answer)
+        }),
+    )
+}
+
+/// Bearer tokens and `--max-concurrent-rpcs`, decided from the headers alone.
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    core: Arc<Core>,
+}
+
+impl<S> Guarded<S> {
+    pub fn new(inner: S, core: Arc<Core>) -> Self {
+        Self { inner, core }
+    }
+}
+
+impl<S: NamedService> NamedService for Guarded<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+/// The token of an `authorization: Bearer <token>` header, if any.
+fn bearer_token(headers: &http::HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let scheme = value.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case("bearer ")
+        .then(|| value[7..].trim())
+}
+
+/// Whether the token is one of the accepted, in time independent of which or how close.
+fn allowed(digests: &[[u8; 32]], token: Option<&str>) -> bool {
+    let presented: [u8; 32] = Sha256::digest(token.unwrap_or_default().as_bytes()).into();
+    let mut matched = subtle::Choice::from(0);
+    for digest in digests {
+        matched |= presented.ct_eq(digest);
+    }
+    bool::from(matched) && token.is_some()
+}
+
+fn refuse(status: Status) -> HttpResponse {
+    status.into_http()
+}
+
+impl<S> Service<http::Request<Body>> for Guarded<S>
+where
+    S: Service<http::Request<Body>, Response = HttpResponse, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<HttpResponse, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let path = request.uri().path();
+        if path.starts_with(HEALTH_PREFIX) {
+            return Box::pin(self.inner.call(request));
+        }
+        if let Some(digests) = self.core.tokens.read().as_ref() {
+            let token = bearer_token(request.headers());
+            if !allowed(digests, token) {
+                let messages = &self.core.messages;
+                let message = if token.is_none() {
+                    &messages.token_required
+                } else {
+                    &messages.token_invalid
+                };
+                let status = Status::unauthenticated(message.clone());
+                return Box::pin(async move { Ok(refuse(status)) });
+            }
+        }
+        let counted =
+            !path.ends_with(STREAM_METHOD) && path.starts_with(&format!("/{INFERENCE_SERVICE}/"));
+        let permit = match (&self.core.admission, counted) {
+            (Some(admission), true) => match admission.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let status = Status::resource_exhausted(self.core.messages.busy.clone());
+                    return Box::pin(async move { Ok(refuse(status)) });
+                }
+            },
+            _ => None,
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await;
+            drop(permit);
+            response
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-timeout", http::HeaderValue::from_static("250m"));
+        let deadline = deadline_of(&headers).expect("parsed");
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(left <= Duration::from_millis(250) && left > Duration::from_millis(200));
+        headers.insert("grpc-timeout", http::HeaderValue::from_static("bogus"));
+        assert!(deadline_of(&headers).is_none());
+    }
+
+    #[test]
+    fn tokens_compare_by_digest() {
+        let digest: [u8; 32] = Sha256::digest(b"secret").into();
+        assert!(allowed(&[digest], Some("secret")));
+        assert!(!allowed(&[digest], Some("secreT")));
+        assert!(!allowed(&[digest], None));
+        assert!(!allowed(&[], Some("secret")));
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "authorization",
+            http::HeaderValue::from_static("bEaReR  secret "),
+        );
+        assert_eq!(bearer_token(&headers), Some("secret"));
+    }
+}
