@@ -24,7 +24,7 @@ SERVE_FLAGS := $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT)) $(if $(METRICS_PORT),
 SENTIMENT_DATA ?= $(firstword $(wildcard ../shared/data/sentiment-labelled-sentences))
 export ONNXSERVE_SENTIMENT_DATA ?= $(SENTIMENT_DATA)
 
-.PHONY: install serve test lint examples protos bench clean kserve-env deploy-tools triton-env keras-hub wheel
+.PHONY: native native-check install serve test lint examples protos bench clean kserve-env deploy-tools triton-env keras-hub wheel
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The native front end (native/, Rust): built when cargo is present (incremental,
+# a no-op when nothing changed); without cargo only --frontend python is offered.
+native: $(STAMP)
+	$(PY) scripts/build_native.py
+
+install: $(STAMP) native
 
 # Built once, then reused: the build records what it was made from (the
 # training code, the sentiment data) and builds again only when that changed,
@@ -71,7 +76,15 @@ KERAS_HUB ?= keras-hub>=0.32,<0.33
 keras-hub: install
 	$(PY) -m pip install --quiet --no-deps '$(KERAS_HUB)'
 
-test: install kserve-env deploy-tools keras-hub
+# The crate's own checks: formatting, clippy with warnings as errors, its tests.
+native-check:
+	@if command -v cargo >/dev/null; then \
+		cargo fmt --manifest-path native/Cargo.toml --check && \
+		cargo clippy --quiet --release --manifest-path native/Cargo.toml --all-targets -- -D warnings && \
+		cargo test --quiet --release --manifest-path native/Cargo.toml; \
+	else echo "cargo not found: the native crate's checks are skipped"; fi
+
+test: install kserve-env deploy-tools keras-hub native-check
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 -rs --durations=15
 

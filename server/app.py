@@ -54,12 +54,13 @@ from onnxserve.server.peers import (
 from onnxserve.server.ports import port_in_use
 from onnxserve.server.registry import ModelRegistry
 from onnxserve.server.runtime import available_cpus
-from onnxserve.server.service import InferenceService
+from onnxserve.server.service import DRAINING_MESSAGE, InferenceService
 from onnxserve.server.settings import ServerSettings
 from onnxserve.server.wire.handlers import add_inference_service
 
 if TYPE_CHECKING:
     from onnxserve.server.metrics import MetricsEndpoint
+    from onnxserve.server.native import NativeFrontEnd
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,21 @@ class InferenceServer:
         if self.tokens is not None or settings.max_concurrent_rpcs:
             interceptors.append(CallGuard(self.tokens, self.admission, PER_REQUEST_METHODS))
         self.server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
+        # --frontend native: Rust answers the port (onnxserve.server.native).
+        self.native: NativeFrontEnd | None = None
+        if settings.frontend == "native":
+            from onnxserve.server.native import NativeFrontEnd
+
+            tokens = self.tokens
+            self.native = NativeFrontEnd(
+                settings,
+                self.service,
+                tokens.digests if tokens is not None else None,
+                self.admission.refusal(),
+            )
+            native = self.native
+            self.registry.wrap_scheduler = native.scheduler_for
+            self.registry.on_change = lambda: native.refresh_routes(self.registry)
         self.health_server: grpc.aio.Server | None = None
         self.metrics: MetricsEndpoint | None = None
         self.poller = (
@@ -163,6 +179,13 @@ class InferenceServer:
             else None
         )
         self._stopping = asyncio.Event()
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse
+        for service in ("", INFERENCE_SERVICE):
+            await self.health.set(service, status.SERVING if serving else status.NOT_SERVING)
+        if self.native is not None:
+            self.native.set_serving(serving)
 
     async def start(self) -> None:
         settings = self.settings
@@ -174,8 +197,7 @@ class InferenceServer:
             pool=reflection_pool(),
         )
         address = f"{settings.host}:{settings.grpc_port}"
-        for service in ("", INFERENCE_SERVICE):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._set_serving(False)
         if self.tokens is not None and not settings.tls:
             log.warning(
                 "bearer tokens travel in plaintext without --tls-cert; use TLS unless a "
@@ -206,8 +228,7 @@ class InferenceServer:
             )
             await self._load()
         if self.registry.is_ready():
-            for service in ("", INFERENCE_SERVICE):
-                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self._set_serving(True)
             log.info("ready: %s", ", ".join(self.registry.model_names()) or "no models")
         else:
             log.error("not ready: some models failed to load (see RepositoryIndex for reasons)")
@@ -239,14 +260,17 @@ class InferenceServer:
         reuse_port = settings.workers > 1
         if port_in_use(settings.host, settings.grpc_port, reuse_port=reuse_port):
             raise OSError(f"cannot listen on {address}: is the port in use?")
-        try:
-            if credentials is None:
-                self.server.add_insecure_port(address)
-            else:
-                self.server.add_secure_port(address, credentials)
-        except RuntimeError:
-            raise OSError(f"cannot listen on {address}: is the port in use?") from None
-        await self.server.start()
+        if self.native is not None:
+            self.native.start()
+        else:
+            try:
+                if credentials is None:
+                    self.server.add_insecure_port(address)
+                else:
+                    self.server.add_secure_port(address, credentials)
+            except RuntimeError:
+                raise OSError(f"cannot listen on {address}: is the port in use?") from None
+            await self.server.start()
         if settings.health_port:
             # Every --workers process serves health on this port too, as on the gRPC port.
             reuse = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
@@ -287,6 +311,8 @@ class InferenceServer:
             log.info("SIGHUP: no --auth-token-file to re-read")
         else:
             self.tokens.reload()
+            if self.native is not None:
+                self.native.reload_tokens()
 
     async def wait_and_drain(self) -> None:
         await self._stopping.wait()
@@ -294,20 +320,37 @@ class InferenceServer:
         deadline = time.monotonic() + grace
         log.info("stopping: readiness off, new calls get UNAVAILABLE, %.1fs to drain", grace)
         self.service.draining = True
+        native = self.native
+        if native is not None:
+            native.drain(DRAINING_MESSAGE)
+            native.set_serving(False)
         await self.health.enter_graceful_shutdown()
         if self.poller is not None:
             await self.poller.stop()
-        while self.registry.in_flight() and time.monotonic() < deadline:
+
+        def busy() -> bool:
+            return bool(self.registry.in_flight() or (native is not None and native.in_flight()))
+
+        def idle_s() -> float:
+            idle = time.monotonic() - self.service.last_call
+            return idle if native is None else min(idle, native.idle_s())
+
+        while busy() and time.monotonic() < deadline:
             await asyncio.sleep(_DRAIN_POLL_S)
-        while time.monotonic() - self.service.last_call < QUIET_S and time.monotonic() < deadline:
+        while idle_s() < QUIET_S and time.monotonic() < deadline:
             await asyncio.sleep(_DRAIN_POLL_S)
-        await self.server.stop(max(0.0, deadline - time.monotonic()))
+        if native is not None:
+            await native.stop(max(0.0, deadline - time.monotonic()))
+        else:
+            await self.server.stop(max(0.0, deadline - time.monotonic()))
         await self.stop_sidecars()
         await self.registry.close()
         log.info("stopped")
 
     async def abort(self) -> None:
         """Start-up failed: close everything at once."""
+        if self.native is not None:
+            await self.native.stop(0.0)
         await self.server.stop(None)
         await self.stop_sidecars()
         await self.registry.close()

@@ -108,6 +108,10 @@ class TokenFile:
             log.info("accepting %d bearer token(s)", len(tokens))
         return True
 
+    def digests(self) -> list[bytes]:
+        """The SHA-256 digests of the accepted tokens (what the native front end checks)."""
+        return list(self._digests)
+
     def allows(self, token: str | None) -> bool:
         """Whether ``token`` is one of the file's, in time independent of which or how close."""
         presented = _digest(token or "")
@@ -115,6 +119,12 @@ class TokenFile:
         for digest in self._digests:
             matched |= hmac.compare_digest(presented, digest)
         return matched and token is not None
+
+
+def token_refusal(missing: bool) -> str:
+    """What a call without a token (``missing``) or with a wrong one is told."""
+    why = "a bearer token is required" if missing else "the token is not valid"
+    return f"{why}: send 'authorization: Bearer <token>'"
 
 
 def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | None:
@@ -218,13 +228,10 @@ class CallGuard(grpc.aio.ServerInterceptor):
         if self.tokens is not None:
             token = bearer_token(handler_call_details.invocation_metadata)
             if not self.tokens.allows(token):
-                why = "a bearer token is required" if token is None else "the token is not valid"
                 return _reading_lazily(
                     handler,
                     _refusal(
-                        handler,
-                        grpc.StatusCode.UNAUTHENTICATED,
-                        f"{why}: send 'authorization: Bearer <token>'",
+                        handler, grpc.StatusCode.UNAUTHENTICATED, token_refusal(token is None)
                     ),
                 )
         if self.admission.limit and method not in self.per_request:

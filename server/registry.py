@@ -51,7 +51,7 @@ from onnxserve.server.repository import (
     scan_repository,
 )
 from onnxserve.server.runtime import CUDA, nvidia_gpu_visible
-from onnxserve.server.scheduler import ClosingScheduler, create_scheduler
+from onnxserve.server.scheduler import ClosingScheduler, Scheduler, create_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,15 @@ class ModelRegistry:
         self.loaded = False
         # Ensemble steps and BLS calls reach served models through this.
         self.caller = ModelCaller(self.get)
+        # The native front end's hooks (onnxserve.server.native): the scheduler an
+        # ONNX model version gets, given the one it would have, and a call after
+        # every change of what serves.
+        self.wrap_scheduler: Callable[[ModelVersion, Scheduler], Scheduler] | None = None
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     # -- driving the lifecycle -----------------------------------------------------------
 
@@ -148,11 +157,14 @@ class ModelRegistry:
             for name in missing:
                 log.error("--load-model names '%s', which is not in the model repository", name)
         self.loaded = True
+        self._changed()
 
     async def apply(self, source: ModelSource) -> ModelEntry:
         """Bring one model in line with a fresh scan of its folder (load, reload, drain)."""
         async with self._control:
-            return await self._apply(source)
+            entry = await self._apply(source)
+        self._changed()
+        return entry
 
     def changed(self, source: ModelSource) -> bool:
         """Whether a scan of a model differs from the one last applied (config, files, error)."""
@@ -245,7 +257,10 @@ class ModelRegistry:
         if model.cuda_requested and self._cuda_usable is None:
             # Settle once whether CUDA works, so later models skip a doomed attempt.
             self._cuda_usable = CUDA in model.providers
-        return ServingVersion(model, create_scheduler(model), source.fingerprints.get(version, ()))
+        scheduler = create_scheduler(model)
+        if self.wrap_scheduler is not None:
+            scheduler = self.wrap_scheduler(model, scheduler)
+        return ServingVersion(model, scheduler, source.fingerprints.get(version, ()))
 
     async def _load_python(self, source: ModelSource, version: int, path: Path) -> ServingVersion:
         """Start the model's instance processes (each runs its initialize) off the event loop."""
@@ -318,6 +333,7 @@ class ModelRegistry:
             await serving.drain(self._drain_timeout_s)
             if then is not None:
                 then()
+            self._changed()
             log.info("model '%s' version %s unloaded", serving.name, serving.label)
 
         task = asyncio.get_running_loop().create_task(drain())
@@ -331,6 +347,7 @@ class ModelRegistry:
             entry.loaded = False
             entry.error = None
             self._drain_versions(entry, list(entry.versions))
+        self._changed()
         await self.wait_drained()
 
     async def forget(self, name: str) -> None:
@@ -493,6 +510,7 @@ class ModelRegistry:
         async with self._control:
             for entry in self._models.values():
                 self._drain_versions(entry, list(entry.versions))
+        self._changed()
         await self.wait_drained()
 
 

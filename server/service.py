@@ -60,6 +60,8 @@ Request = TypeVar("Request")
 Response = TypeVar("Response")
 Handler = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Response]]
 
+#: What inference calls get (UNAVAILABLE) once a drain began; clients retry elsewhere.
+DRAINING_MESSAGE = "the server is shutting down; retry on another replica"
 _SHARED_MEMORY = "tensors travel in the request; shared-memory regions are not supported"
 
 
@@ -119,6 +121,18 @@ def _decodes_slowly(request: ParsedRequest) -> bool:
     return False
 
 
+def stream_failure(request: pb.ModelInferRequest, error: Exception) -> pb.ModelStreamInferResponse:
+    """A failed stream request's answer: the stream goes on, as Triton's does."""
+    code, message = status_of(error, "ModelStreamInfer")
+    failed = pb.ModelInferResponse(
+        model_name=quoted(request.model_name),
+        model_version=quoted(request.model_version),
+        id=quoted(request.id),
+    )
+    with_stream_status(failed, code)
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
+
+
 def deadline_of(context: grpc.aio.ServicerContext) -> int | None:
     """The caller's gRPC deadline as a time.monotonic_ns() instant, or None."""
     remaining = context.time_remaining()
@@ -158,7 +172,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     ) -> tuple[DecodedRequest, dict[str, np.ndarray], ModelSignature]:
         """Validate and run one request: (the request, its outputs, the model's signature)."""
         if self.draining:
-            raise ModelUnavailable("the server is shutting down; retry on another replica")
+            raise ModelUnavailable(DRAINING_MESSAGE)
         serving = self._registry.get(request.model_name, request.model_version)
         model = serving.model
         serving.enter()
@@ -187,6 +201,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, deadline_ns: int | None
     ) -> pb.ModelInferResponse:
         return encode_response(*await self._run(parse_message(request), deadline_ns))
+
+    async def stream_answer(
+        self, request: pb.ModelInferRequest, deadline_ns: int | None
+    ) -> pb.ModelStreamInferResponse:
+        """One request of a stream, answered: its response, or its failure as a stream
+        answer (``error_message`` and the status code as a parameter)."""
+        try:
+            response = await self._infer(request, deadline_ns)
+        except Exception as exc:
+            return stream_failure(request, exc)
+        return pb.ModelStreamInferResponse(infer_response=response)
 
     async def reports(self, timeout_s: float = PEER_TIMEOUT_S) -> list[VersionReport]:
         """Every model version's numbers, over all --workers processes (for statistics).
@@ -325,25 +350,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         admission = self._admission
 
         async def answer(request: pb.ModelInferRequest) -> None:
+            if not admission.try_enter():
+                await answers.put(stream_failure(request, ServerBusy(admission.refusal())))
+                return
             try:
-                if not admission.try_enter():
-                    raise ServerBusy(admission.refusal())
-                try:
-                    response = await self._infer(request, deadline_ns)
-                finally:
-                    admission.leave()
-                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
-            except Exception as exc:
-                code, message = status_of(exc, "ModelStreamInfer")
-                failed = pb.ModelInferResponse(
-                    model_name=quoted(request.model_name),
-                    model_version=quoted(request.model_version),
-                    id=quoted(request.id),
-                )
-                with_stream_status(failed, code)
-                await answers.put(
-                    pb.ModelStreamInferResponse(error_message=message, infer_response=failed)
-                )
+                response = await self.stream_answer(request, deadline_ns)
+            finally:
+                admission.leave()
+            await answers.put(response)
 
         async def read_all() -> None:
             requests = request_iterator.__aiter__()

@@ -12,6 +12,7 @@ from onnxserve.settings import LogLevel, SettingsError
 Device = Literal["auto", "cpu", "cuda"]
 ModelControlMode = Literal["none", "poll", "explicit"]
 LogFormat = Literal["text", "json"]
+Frontend = Literal["python", "native"]
 
 
 @dataclass(frozen=True)
@@ -205,6 +206,15 @@ class ServerSettings:
         default="text",
         metadata={"help": "Log lines as text or as one JSON object per line"},
     )
+    frontend: Frontend = field(
+        default="python",
+        metadata={
+            "help": "What answers the gRPC port: python (grpc.aio, the default until the "
+            "native front end passes the whole test suite) or native (Rust: the port, TLS, "
+            "tokens, decoding, validation and the batching queue, Python running each batch "
+            "once; built by `make install` when cargo is present)"
+        },
+    )
     event_loop: EventLoop = field(
         default="auto",
         metadata={
@@ -278,6 +288,15 @@ class ServerSettings:
             uses_uvloop(self.event_loop)
         except EventLoopUnavailable as exc:
             raise SettingsError(str(exc)) from None
+        if self.frontend == "native":
+            from onnxserve.server.native import native_available
+
+            if not native_available():
+                raise SettingsError(
+                    "--frontend native: the native module (onnxserve._native) is not built; "
+                    "`make install` builds it when Rust's cargo is installed "
+                    "(https://rustup.rs), or use --frontend python"
+                )
 
     @property
     def tls(self) -> bool:

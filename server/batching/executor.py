@@ -88,6 +88,18 @@ class BatchExecutor:
             return ExecutedBatch.failed(1, self._failure(exc, log_it=True))
         return ExecutedBatch(list(results), [timing] * len(requests), [timing])
 
+    def execute_whole(self, request: DecodedRequest) -> tuple[Outputs, ExecutionTiming]:
+        """Run one request (the native front end's merged batch) and time it; raises
+        what the run raised: a ServerError is the model's fault, anything else
+        onnxruntime's refusal, which :meth:`isolate` can tell apart by request."""
+        results, timing = self._execute([request])
+        return results[0], timing
+
+    def isolate(self, requests: Sequence[DecodedRequest], error: Exception) -> ExecutedBatch:
+        """Re-run requests whose merged run failed with ``error`` apart (see the module
+        docstring)."""
+        return self._isolate(requests, error)
+
     def _isolate(self, requests: Sequence[DecodedRequest], error: Exception) -> ExecutedBatch:
         """Re-run a failed batch's requests in halves until each failure is one request's."""
         count = len(requests)
@@ -133,6 +145,10 @@ class BatchExecutor:
             count - failed,
         )
         return ExecutedBatch(final, timings, executions, isolated=True)
+
+    def failure(self, error: Exception) -> ServerError:
+        """The status of one request that onnxruntime failed on, alone (logged)."""
+        return self._failure(error, log_it=True)
 
     def _failure(self, error: Exception, log_it: bool) -> ServerError:
         """The status of one request that onnxruntime failed on, alone."""
