@@ -92,6 +92,12 @@ class ServingVersion:
     def statistics(self) -> VersionStatistics:
         return self.model.statistics
 
+    @property
+    def pending(self) -> int:
+        """Requests accepted and not yet answered, with those a native queue holds."""
+        native = getattr(self.scheduler, "native_pending", None)
+        return self.in_flight + (native() if native is not None else 0)
+
     def enter(self) -> None:
         """A request is accepted (call on the event loop, right after the lookup)."""
         self.in_flight += 1

@@ -192,6 +192,11 @@ class NativeBatcher:
     ) -> dict[str, np.ndarray]:
         return await self._fallback.infer(request, deadline_ns)
 
+    def native_pending(self) -> int:
+        """Requests the Rust queue holds or runs (for the pending-request gauge)."""
+        count: int = self.queue.in_flight()
+        return count
+
     async def close(self) -> None:
         self.queue.close()
         loop = asyncio.get_running_loop()
@@ -308,7 +313,7 @@ class NativeBatcher:
         if datatype == "BYTES":
             return name, list(array.shape), codec.array_to_raw(array, datatype)
         wire = np.ascontiguousarray(array, dtype=codec.numpy_dtype(datatype))
-        return name, list(wire.shape), memoryview(wire.reshape(-1)).cast("B")
+        return name, list(wire.shape), memoryview(wire.reshape(-1).view(np.uint8))
 
 
 def file_descriptor_set() -> bytes:
@@ -357,6 +362,8 @@ class NativeFrontEnd:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pump: threading.Thread | None = None
         self._stopping = threading.Event()
+        # Delegated calls in progress, by the id Rust gave them.
+        self._tasks: dict[int, asyncio.Task[None]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -437,14 +444,31 @@ class NativeFrontEnd:
         loop = self._loop
         assert loop is not None, "started on the event loop"
         while not self._stopping.is_set():
-            call = self.frontend.next_call(_WAIT_S)
-            if call is None:
+            item = self.frontend.next_call(_WAIT_S)
+            if item is None:
                 continue
             try:
-                loop.call_soon_threadsafe(_spawn, self._answer(call))
+                if isinstance(item, int):  # its caller went away (cancelled, deadline)
+                    loop.call_soon_threadsafe(self._cancel, item)
+                else:
+                    loop.call_soon_threadsafe(self._spawn, item)
             except RuntimeError:  # the loop is closed: the server is stopping
-                call.fail(_code(grpc.StatusCode.UNAVAILABLE), "the server is stopping")
+                if not isinstance(item, int):
+                    item.fail(_code(grpc.StatusCode.UNAVAILABLE), "the server is stopping")
                 return
+
+    def _spawn(self, call: Any) -> None:
+        """Run a delegated call as a task, cancelled if its caller goes away (as grpc.aio
+        cancels a handler): a cancelled call never reaches the model if still queued."""
+        task = asyncio.ensure_future(self._answer(call))
+        identity: int = call.id
+        self._tasks[identity] = task
+        task.add_done_callback(lambda _: self._tasks.pop(identity, None))
+
+    def _cancel(self, identity: int) -> None:
+        task = self._tasks.get(identity)
+        if task is not None:
+            task.cancel()
 
     async def _answer(self, call: Any) -> None:
         method: str = call.method
@@ -475,13 +499,3 @@ class NativeFrontEnd:
         except Exception as exc:  # a bug or an undecodable request: never a silent hang
             code, message = status_of(exc, method)
             call.fail(_code(code), message)
-
-
-def _spawn(coroutine: Any) -> None:
-    task = asyncio.ensure_future(coroutine)
-    _TASKS.add(task)
-    task.add_done_callback(_TASKS.discard)
-
-
-#: Delegated calls in progress (a task without a reference may be collected mid-run).
-_TASKS: set[asyncio.Task[None]] = set()

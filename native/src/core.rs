@@ -16,7 +16,7 @@ use crate::proto::{
     infer_parameter::ParameterChoice, model_infer_response::InferOutputTensor, InferParameter,
     ModelInferRequest, ModelInferResponse, ModelStreamInferResponse,
 };
-use crate::queue::{timeout_message, Failure, FailureKind, ModelQueue, Outcome, Refusal};
+use crate::queue::{timeout_message, FailureKind, ModelQueue, Outcome, Refusal};
 
 /// The parameter that carries a failed stream answer's status code (the Python
 /// side's `onnxserve.protocol.parameters.STREAM_STATUS_PARAMETER`).
@@ -121,7 +121,7 @@ impl Core {
         body: Bytes,
         deadline: Option<Instant>,
     ) -> Result<Bytes, Status> {
-        match self.hub.submit(method, body, deadline).await {
+        match self.hub.submit(method, body, deadline).wait().await {
             Ok(Ok(bytes)) => Ok(bytes),
             Ok(Err((code, message))) => Err(Status::new(code, message)),
             Err(_) => Err(Status::unavailable("the server is stopping")),
@@ -194,6 +194,8 @@ impl Core {
     }
 
     async fn fast_path(&self, body: &Bytes, deadline: Option<Instant>) -> Fast {
+        // A request arrives when its decoding starts, as in the Python batcher.
+        let arrival = Instant::now();
         let Ok(mut request) = ModelInferRequest::decode(body.clone()) else {
             return Fast::Declined;
         };
@@ -211,16 +213,21 @@ impl Core {
         let Some(accepted) = queue.spec.accept(&mut request) else {
             return Fast::Declined;
         };
-        let id = accepted.id.clone();
+        let request_id = accepted.id.clone();
         let outputs = accepted.outputs.clone();
         let (reply, answer) = oneshot::channel();
-        let arrival = Instant::now();
-        let reject_at = match queue.push(accepted, deadline, reply) {
-            Ok(at) => at,
+        let (id, reject_at) = match queue.push(accepted, arrival, deadline, reply) {
+            Ok(queued) => queued,
             Err(Refusal::Closed(_)) => return Fast::Declined,
             Err(Refusal::Status(code, message)) => {
                 return Fast::Answered(Err(Status::new(code, message)))
             }
+        };
+        // Dropped with the call (the client went away): the entry leaves unrun.
+        let mut waiting = Waiting {
+            queue: &queue,
+            id,
+            kind: Some(FailureKind::Cancelled),
         };
         let outcome = match reject_at {
             None => answer.await,
@@ -228,20 +235,21 @@ impl Core {
                 tokio::select! {
                     outcome = answer => outcome,
                     () = tokio::time::sleep_until(at.into()) => {
+                        waiting.kind = Some(FailureKind::TimedOut);
                         let waited = arrival.elapsed();
-                        queue.record(Failure { kind: FailureKind::TimedOut, duration: waited });
                         return Fast::Answered(Err(Status::deadline_exceeded(timeout_message(&queue.spec.name, waited))));
                     }
                 }
             }
         };
+        waiting.kind = None;
         let result = match outcome {
             Ok(Outcome::Done(tensors)) => {
                 let spec = &queue.spec;
                 let mut response = ModelInferResponse {
                     model_name: spec.name.clone(),
                     model_version: spec.version.clone(),
-                    id,
+                    id: request_id,
                     parameters: HashMap::new(),
                     outputs: Vec::with_capacity(outputs.len()),
                     raw_output_contents: Vec::with_capacity(outputs.len()),
@@ -266,6 +274,22 @@ impl Core {
             ))),
         };
         Fast::Answered(result)
+    }
+}
+
+/// A queued call's hold on its entry: dropped before the answer came, it takes
+/// the entry out of the queue ([`ModelQueue::abandon`]).
+struct Waiting<'a> {
+    queue: &'a ModelQueue,
+    id: u64,
+    kind: Option<FailureKind>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(kind) = self.kind {
+            self.queue.abandon(self.id, kind);
+        }
     }
 }
 

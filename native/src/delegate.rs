@@ -16,6 +16,8 @@ pub type Answer = Result<Bytes, (tonic::Code, String)>;
 
 /// One call for Python.
 pub struct Call {
+    /// Names the call to Python, so that a caller who went away can be cancelled there.
+    pub id: u64,
     /// The RPC's method name, e.g. "ModelMetadata"; "ModelStreamInfer" is one
     /// request of a stream, answered as a ModelStreamInferResponse.
     pub method: String,
@@ -24,10 +26,44 @@ pub struct Call {
     pub reply: oneshot::Sender<Answer>,
 }
 
+/// What the pump gets: a call to answer, or the id of one whose caller went away.
+pub enum Item {
+    Call(Call),
+    Cancelled(u64),
+}
+
 #[derive(Default)]
 struct State {
     calls: VecDeque<Call>,
+    /// Calls Python holds whose caller went away: Python cancels their tasks.
+    cancelled: VecDeque<u64>,
+    next_id: u64,
     closed: bool,
+}
+
+/// Held while a caller waits for Python's answer: dropped unanswered (the client
+/// cancelled or its deadline passed), it tells Python to cancel the call.
+pub struct Pending<'a> {
+    hub: &'a Hub,
+    id: u64,
+    pub answer: oneshot::Receiver<Answer>,
+    answered: bool,
+}
+
+impl Pending<'_> {
+    pub async fn wait(mut self) -> Result<Answer, oneshot::error::RecvError> {
+        let answer = (&mut self.answer).await;
+        self.answered = true;
+        answer
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.hub.cancel(self.id);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -43,35 +79,51 @@ impl Hub {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Ask Python; the answer arrives on the receiver (closed if Python is gone).
-    pub fn submit(
-        &self,
-        method: &str,
-        body: Bytes,
-        deadline: Option<Instant>,
-    ) -> oneshot::Receiver<Answer> {
+    /// Ask Python; await the answer with [`Pending::wait`] (an error if Python is gone).
+    pub fn submit(&self, method: &str, body: Bytes, deadline: Option<Instant>) -> Pending<'_> {
         let (reply, answer) = oneshot::channel();
         let mut state = self.lock();
+        state.next_id += 1;
+        let id = state.next_id;
         if state.closed {
             let _ = reply.send(Err((
                 tonic::Code::Unavailable,
                 "the server is stopping".into(),
             )));
-            return answer;
+        } else {
+            state.calls.push_back(Call {
+                id,
+                method: method.to_owned(),
+                body,
+                deadline,
+                reply,
+            });
+            drop(state);
+            self.ready.notify_one();
         }
-        state.calls.push_back(Call {
-            method: method.to_owned(),
-            body,
-            deadline,
-            reply,
-        });
-        drop(state);
-        self.ready.notify_one();
-        answer
+        Pending {
+            hub: self,
+            id,
+            answer,
+            answered: false,
+        }
     }
 
-    /// The next call, waiting at most `wait`; None when none came or the hub closed.
-    pub fn next(&self, wait: Duration) -> Option<Call> {
+    fn cancel(&self, id: u64) {
+        let mut state = self.lock();
+        if let Some(position) = state.calls.iter().position(|c| c.id == id) {
+            state.calls.remove(position); // Python never saw it
+            return;
+        }
+        if !state.closed {
+            state.cancelled.push_back(id);
+            drop(state);
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next item, waiting at most `wait`; None when none came or the hub closed.
+    pub fn next(&self, wait: Duration) -> Option<Item> {
         let until = Instant::now() + wait;
         let mut state = self.lock();
         loop {
@@ -79,8 +131,11 @@ impl Hub {
             while state.calls.front().is_some_and(|c| c.reply.is_closed()) {
                 state.calls.pop_front();
             }
+            if let Some(id) = state.cancelled.pop_front() {
+                return Some(Item::Cancelled(id));
+            }
             if let Some(call) = state.calls.pop_front() {
-                return Some(call);
+                return Some(Item::Call(call));
             }
             let now = Instant::now();
             if state.closed || now >= until {
@@ -97,6 +152,7 @@ impl Hub {
     pub fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
+        state.cancelled.clear();
         for call in state.calls.drain(..) {
             let _ = call.reply.send(Err((
                 tonic::Code::Unavailable,

@@ -36,7 +36,7 @@ pub mod spec;
 pub mod split;
 
 use crate::core::{Core, Messages};
-use crate::delegate::Answer;
+use crate::delegate::{Answer, Item};
 use crate::queue::{Entry, FailureKind, ModelQueue, Outcome, OutputTensor};
 use crate::server::{Connections, TlsFiles};
 use crate::service::{Guarded, InferenceService, Limits, INFERENCE_SERVICE};
@@ -288,17 +288,28 @@ impl Frontend {
         Ok(())
     }
 
-    /// The next call for the Python handlers, waiting at most `wait_s`; None if none came.
-    fn next_call(&self, py: Python<'_>, wait_s: f64) -> Option<DelegatedCall> {
+    /// The next call for the Python handlers, or the id (an int) of one whose caller
+    /// went away, waiting at most `wait_s`; None if nothing came.
+    fn next_call(&self, py: Python<'_>, wait_s: f64) -> PyResult<Option<Py<PyAny>>> {
         let wait = Duration::from_secs_f64(wait_s.max(0.0));
         let core = self.core.clone();
-        let call = py.detach(move || core.hub.next(wait))?;
-        Some(DelegatedCall {
-            method: call.method,
-            body: call.body,
-            deadline: call.deadline,
-            reply: Mutex::new(Some(call.reply)),
-        })
+        let Some(item) = py.detach(move || core.hub.next(wait)) else {
+            return Ok(None);
+        };
+        Ok(Some(match item {
+            Item::Cancelled(id) => id.into_pyobject(py)?.into_any().unbind(),
+            Item::Call(call) => Py::new(
+                py,
+                DelegatedCall {
+                    id: call.id,
+                    method: call.method,
+                    body: call.body,
+                    deadline: call.deadline,
+                    reply: Mutex::new(Some(call.reply)),
+                },
+            )?
+            .into_any(),
+        }))
     }
 
     /// A queue for one model version that Python serves from its instance threads.
@@ -365,6 +376,9 @@ impl Frontend {
 /// One call for the Python handlers: answer it once, with bytes or a status.
 #[pyclass(frozen)]
 pub struct DelegatedCall {
+    /// What a later cancellation names.
+    #[pyo3(get)]
+    id: u64,
     #[pyo3(get)]
     method: String,
     body: Bytes,

@@ -60,6 +60,8 @@ pub struct Failure {
 /// A queued request.
 #[derive(Debug)]
 pub struct Entry {
+    /// Names the entry for [`ModelQueue::abandon`].
+    pub id: u64,
     pub request: Accepted,
     pub arrival: Instant,
     /// When it fails unrun (the earlier of its deadline and its queue timeout).
@@ -83,6 +85,7 @@ struct State {
     closed: bool,
     /// Entries handed to instance threads and not yet answered.
     running: usize,
+    next_id: u64,
 }
 
 pub struct ModelQueue {
@@ -119,14 +122,16 @@ impl ModelQueue {
     pub fn push(
         &self,
         request: Accepted,
+        arrival: Instant,
         deadline: Option<Instant>,
         reply: oneshot::Sender<Outcome>,
-    ) -> Result<Option<Instant>, Refusal> {
-        let arrival = Instant::now();
+    ) -> Result<(u64, Option<Instant>), Refusal> {
         let mut state = self.lock();
         if state.closed {
             return Err(Refusal::Closed(request));
         }
+        // Callers that went away leave before the size is checked (counted as cancelled).
+        Self::drop_closed(&mut state);
         let spec = &self.spec;
         if spec.max_queue_size > 0 && state.entries.len() >= spec.max_queue_size {
             state.failures.push(Failure {
@@ -149,7 +154,7 @@ impl ModelQueue {
             let at = arrival + timeout;
             reject_at = Some(reject_at.map_or(at, |d| d.min(at)));
         }
-        if reject_at.is_some_and(|at| at <= arrival) {
+        if reject_at.is_some_and(|at| at <= Instant::now()) {
             state.failures.push(Failure {
                 kind: FailureKind::TimedOut,
                 duration: Duration::ZERO,
@@ -162,7 +167,10 @@ impl ModelQueue {
                 ),
             ));
         }
+        state.next_id += 1;
+        let id = state.next_id;
         state.entries.push_back(Entry {
+            id,
             request,
             arrival,
             reject_at,
@@ -170,12 +178,38 @@ impl ModelQueue {
         });
         drop(state);
         self.ready.notify_one();
-        Ok(reject_at)
+        Ok((id, reject_at))
     }
 
-    /// Count a request the call's own timer failed (its deadline passed while queued).
-    pub fn record(&self, failure: Failure) {
-        self.lock().failures.push(failure);
+    /// The call of entry `id` ended without its answer (`kind`: the client went away, or
+    /// its own timer expired): if still queued, it leaves unrun and is counted. A
+    /// running entry is not: its batch counts it, as the Python batcher does.
+    pub fn abandon(&self, id: u64, kind: FailureKind) {
+        let mut state = self.lock();
+        if let Some(position) = state.entries.iter().position(|e| e.id == id) {
+            if let Some(entry) = state.entries.remove(position) {
+                let duration = entry.arrival.elapsed();
+                state.failures.push(Failure { kind, duration });
+            }
+        }
+    }
+
+    /// Entries whose callers went away (not yet abandoned) leave, counted as cancelled.
+    fn drop_closed(state: &mut State) {
+        if state.entries.iter().any(|e| e.reply.is_closed()) {
+            let mut failures = Vec::new();
+            state.entries.retain(|e| {
+                let open = !e.reply.is_closed();
+                if !open {
+                    failures.push(Failure {
+                        kind: FailureKind::Cancelled,
+                        duration: e.arrival.elapsed(),
+                    });
+                }
+                open
+            });
+            state.failures.extend(failures);
+        }
     }
 
     /// No new requests; those queued are still served. Wakes every waiting thread.
@@ -200,12 +234,9 @@ impl ModelQueue {
     fn purge(&self, state: &mut State, now: Instant) -> Option<Instant> {
         let mut earliest: Option<Instant> = None;
         let model = &self.spec.name;
+        Self::drop_closed(state);
         let mut kept = VecDeque::with_capacity(state.entries.len());
         for entry in state.entries.drain(..) {
-            if entry.reply.is_closed() {
-                // The call's own timer or the client's cancel answered it (and counted it).
-                continue;
-            }
             if let Some(at) = entry.reject_at {
                 if at <= now {
                     let waited = now - entry.arrival;
@@ -340,7 +371,7 @@ mod tests {
 
     fn push(q: &ModelQueue, rows: usize, width: i64) -> oneshot::Receiver<Outcome> {
         let (tx, rx) = oneshot::channel();
-        q.push(accepted(rows, width), None, tx)
+        q.push(accepted(rows, width), Instant::now(), None, tx)
             .map_err(|_| ())
             .expect("queued");
         rx
@@ -399,7 +430,7 @@ mod tests {
         let a = push(&q, 1, 1);
         let _b = push(&q, 1, 1);
         let (tx, _rx) = oneshot::channel();
-        match q.push(accepted(1, 1), None, tx) {
+        match q.push(accepted(1, 1), Instant::now(), None, tx) {
             Err(Refusal::Status(code, message)) => {
                 assert_eq!(code, tonic::Code::ResourceExhausted);
                 assert!(message.contains("max_queue_size"), "{message}");
@@ -413,8 +444,8 @@ mod tests {
             1,
             "the cancelled one is dropped"
         );
-        assert_eq!(failures.len(), 1);
-        assert_eq!(failures[0].kind, FailureKind::QueueFull);
+        let kinds: Vec<FailureKind> = failures.iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, vec![FailureKind::QueueFull, FailureKind::Cancelled]);
     }
 
     #[test]
@@ -422,7 +453,7 @@ mod tests {
         let q = queue(8, Duration::from_millis(100), 0);
         let (tx, mut rx) = oneshot::channel();
         let deadline = Instant::now() + Duration::from_millis(5);
-        q.push(accepted(1, 1), Some(deadline), tx)
+        q.push(accepted(1, 1), Instant::now(), Some(deadline), tx)
             .map_err(|_| ())
             .expect("queued");
         let (batch, failures) = q.next_batch(Duration::from_millis(50));
@@ -444,7 +475,7 @@ mod tests {
         q.close();
         let (tx, _rx) = oneshot::channel();
         assert!(matches!(
-            q.push(accepted(1, 1), None, tx),
+            q.push(accepted(1, 1), Instant::now(), None, tx),
             Err(Refusal::Closed(_))
         ));
         let (batch, _) = q.next_batch(Duration::from_secs(1));

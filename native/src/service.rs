@@ -144,7 +144,9 @@ impl Service<http::Request<Body>> for InferenceService {
                     )))
                 }
             });
-            return Box::pin(async move { Ok(grpc.streaming(handler, request).await) });
+            return Box::pin(
+                async move { Ok(as_grpc_core(grpc.streaming(handler, request).await)) },
+            );
         }
         let handler = tower::service_fn(move |call: tonic::Request<Bytes>| {
             let core = core.clone();
@@ -159,8 +161,69 @@ impl Service<http::Request<Body>> for InferenceService {
                 answer.map(tonic::Response::new)
             }
         });
-        Box::pin(async move { Ok(grpc.unary(handler, request).await) })
+        Box::pin(async move { Ok(as_grpc_core(grpc.unary(handler, request).await)) })
     }
+}
+
+/// gRPC's own status for a message over the limit: RESOURCE_EXHAUSTED "Received (or
+/// Sent) message larger than max (N vs. M)", where tonic answers OUT_OF_RANGE; the
+/// clients and the Python front end agree on gRPC core's.
+fn as_grpc_core(response: HttpResponse) -> HttpResponse {
+    let (mut parts, body) = response.into_parts();
+    rewrite_limit_status(&mut parts.headers);
+    let body = http_body_util::BodyExt::map_frame(body, |frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            rewrite_limit_status(&mut trailers);
+            http_body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    http::Response::from_parts(parts, Body::new(body))
+}
+
+fn rewrite_limit_status(headers: &mut http::HeaderMap) {
+    if headers.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+        return;
+    }
+    let Some(message) = headers.get("grpc-message").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    let message = percent_decoded(message);
+    let direction = if message.contains("decoded message length too large") {
+        "Received"
+    } else if message.contains("encoded message length too large") {
+        "Sent"
+    } else {
+        return;
+    };
+    let numbers: Vec<&str> = message
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|part| !part.is_empty())
+        .collect();
+    let [found, limit] = numbers[..] else { return };
+    let text = format!("{direction} message larger than max ({found} vs. {limit})");
+    if let Ok(value) = http::HeaderValue::from_str(&text.replace(' ', "%20")) {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+        headers.insert("grpc-message", value);
+    }
+}
+
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' && index + 2 < bytes.len() {
+            if let Ok(byte) = u8::from_str_radix(&text[index + 1..index + 3], 16) {
+                out.push(byte);
+                index += 3;
+                continue;
+            }
+        }
+        out.push(bytes[index]);
+        index += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 type AnswerStream =
@@ -318,6 +381,24 @@ mod tests {
         assert!(left <= Duration::from_millis(250) && left > Duration::from_millis(200));
         headers.insert("grpc-timeout", http::HeaderValue::from_static("bogus"));
         assert!(deadline_of(&headers).is_none());
+    }
+
+    #[test]
+    fn over_the_limit_reads_as_grpc_core_says_it() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("grpc-status", http::HeaderValue::from_static("11"));
+        headers.insert(
+            "grpc-message",
+            http::HeaderValue::from_static(
+                "Error,%20decoded%20message%20length%20too%20large:%20found%205160%20bytes,%20the%20limit%20is:%204096%20bytes",
+            ),
+        );
+        rewrite_limit_status(&mut headers);
+        assert_eq!(headers["grpc-status"], "8");
+        assert_eq!(
+            percent_decoded(headers["grpc-message"].to_str().unwrap_or_default()),
+            "Received message larger than max (5160 vs. 4096)"
+        );
     }
 
     #[test]

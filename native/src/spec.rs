@@ -14,6 +14,10 @@ use bytes::Bytes;
 
 use crate::proto::{infer_parameter::ParameterChoice, ModelInferRequest};
 
+/// The most elements an input's non-zero dimensions may describe
+/// (`onnxserve.server.inference.MAX_ELEMENTS`).
+pub const MAX_ELEMENTS: u64 = 1 << 48;
+
 /// One input or output of the model, as its completed config declares it.
 #[derive(Clone, Debug)]
 pub struct TensorSpec {
@@ -131,6 +135,14 @@ impl ModelSpec {
                 .zip(&spec.dims)
                 .any(|(got, want)| *want != -1 && got != want)
             {
+                return None;
+            }
+            // Python's MAX_ELEMENTS: the non-zero dimensions may describe at most 2**48.
+            let described = shape
+                .iter()
+                .filter(|d| **d != 0)
+                .try_fold(1u64, |acc, d| acc.checked_mul(*d as u64))?;
+            if described > MAX_ELEMENTS {
                 return None;
             }
             let elements = shape
@@ -295,6 +307,9 @@ mod tests {
             "range"
         );
         assert!(s.accept(&mut request(vec![2], &[1, 2])).is_none(), "rank");
+        let mut absurd = request(vec![1, 0], &[]);
+        absurd.inputs[0].shape = vec![1, 1 << 62];
+        assert!(s.accept(&mut absurd).is_none(), "absurd");
         let mut typed = request(vec![1, 1], &[1]);
         typed.raw_input_contents.clear();
         assert!(s.accept(&mut typed).is_none(), "typed");
