@@ -30,6 +30,7 @@ pub mod core;
 pub mod delegate;
 pub mod proto;
 pub mod queue;
+pub mod reflection;
 pub mod server;
 pub mod service;
 pub mod spec;
@@ -177,7 +178,7 @@ impl Frontend {
             .thread_name("onnxserve-native")
             .build()
             .map_err(|e| PyOSError::new_err(format!("cannot start the native runtime: {e}")))?;
-        let descriptors: &'static [u8] = Box::leak(self.descriptors.clone().into_boxed_slice());
+        let descriptors = self.descriptors.clone();
         let core = self.core.clone();
         let limits = self.limits;
         let connections = self.connections.clone();
@@ -192,13 +193,7 @@ impl Frontend {
                         .set_service_status(name, tonic_health::ServingStatus::NotServing)
                         .await;
                 }
-                let mut reflection = tonic_reflection::server::Builder::configure();
-                if !descriptors.is_empty() {
-                    reflection = reflection.register_encoded_file_descriptor_set(descriptors);
-                }
-                let reflection = reflection
-                    .build_v1alpha()
-                    .map_err(|e| format!("reflection: {e}"))?;
+                let reflection = reflection::service(&descriptors)?;
                 let inference = InferenceService::new(core.clone(), limits);
                 let routes = Routes::new(Guarded::new(inference, core.clone()))
                     .add_service(Guarded::new(health_service, core.clone()))
