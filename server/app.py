@@ -170,6 +170,7 @@ class InferenceServer:
             )
             native = self.native
             self.registry.wrap_scheduler = native.scheduler_for
+            self.registry.front_end_cpus = 0
             self.registry.on_change = lambda: native.refresh_routes(self.registry)
         self.health_server: grpc.aio.Server | None = None
         self.metrics: MetricsEndpoint | None = None
