@@ -49,17 +49,34 @@ class Connection:
         self, target: str, extra_options: Sequence[tuple[str, Any]] = (), **kwargs: Any
     ) -> grpc.aio.Channel:
         """An asyncio channel to ``target`` (secure when the plan says TLS)."""
-        options = [*self.options, *extra_options]
+        options = [*self.options, *extra_options, *authority_option(target, self.options)]
         if self.credentials is not None:
             return grpc.aio.secure_channel(target, self.credentials, options=options, **kwargs)
         return grpc.aio.insecure_channel(target, options=options, **kwargs)
 
     def sync_channel(self, target: str, **kwargs: Any) -> grpc.Channel:
         """A blocking channel to ``target`` (secure when the plan says TLS)."""
-        options = list(self.options)
+        options = [*self.options, *authority_option(target, self.options)]
         if self.credentials is not None:
             return grpc.secure_channel(target, self.credentials, options=options, **kwargs)
         return grpc.insecure_channel(target, options=options, **kwargs)
+
+
+def authority_option(target: str, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``grpc.default_authority`` for a target listing several addresses (``ipv4:a,b``).
+
+    gRPC sends such a target whole as the HTTP/2 ``:authority``, commas and all,
+    which is not a valid authority: the native front end's HTTP/2 stack (hyper)
+    resets the stream with PROTOCOL_ERROR. The first address is a valid one (and
+    what the server never reads anyway); a ``grpc.default_authority`` given in
+    ``channel_args`` wins.
+    """
+    scheme, _, addresses = target.partition(":")
+    if scheme not in ("ipv4", "ipv6") or "," not in addresses:
+        return []
+    if any(key == "grpc.default_authority" for key, _ in options):
+        return []
+    return [("grpc.default_authority", addresses.split(",")[0].strip("/"))]
 
 
 def plan_connection(

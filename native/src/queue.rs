@@ -138,6 +138,7 @@ impl ModelQueue {
                 kind: FailureKind::QueueFull,
                 duration: Duration::ZERO,
             });
+            self.ready.notify_one();
             return Err(Refusal::Status(
                 tonic::Code::ResourceExhausted,
                 format!(
@@ -190,6 +191,8 @@ impl ModelQueue {
             if let Some(entry) = state.entries.remove(position) {
                 let duration = entry.arrival.elapsed();
                 state.failures.push(Failure { kind, duration });
+                drop(state);
+                self.ready.notify_one();
             }
         }
     }
@@ -313,9 +316,9 @@ impl ModelQueue {
                 }
                 wake = wake.min(leave_at);
             }
-            state.failures = failures;
-            if now >= until {
-                return (Some(Vec::new()), std::mem::take(&mut state.failures));
+            // Refusals and drops reach Python's statistics at once, not with the next batch.
+            if now >= until || !failures.is_empty() {
+                return (Some(Vec::new()), failures);
             }
             if let Some(at) = earliest_reject {
                 wake = wake.min(at);
