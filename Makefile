@@ -84,9 +84,25 @@ native-check:
 		cargo test --quiet --release --manifest-path native/Cargo.toml; \
 	else echo "cargo not found: the native crate's checks are skipped"; fi
 
+# The suites that start servers run a second time against the native front end (when it
+# is built): both front ends must give the same answers until the Python one goes.
+NATIVE_SUITE ?= tests/test_client_server.py tests/test_triton_client.py tests/test_client_kserve.py \
+	tests/test_client_stream_errors.py tests/test_client_transport.py tests/test_client_cli.py \
+	tests/test_server_protocol.py tests/test_server_security.py tests/test_server_drain.py \
+	tests/test_server_hostile.py tests/test_server_hostile_ops.py tests/test_server_control.py \
+	tests/test_server_metrics.py tests/test_server_lifecycle.py tests/test_server_peers.py \
+	tests/test_server_repository.py tests/test_batching_server.py \
+	tests/test_batching_isolation_server.py tests/test_batching_workers.py tests/test_wire.py \
+	tests/test_input_ranges.py tests/test_python_models.py tests/test_text_model.py \
+	tests/test_bench.py tests/test_deploy_load_spreading.py
+
 test: install kserve-env deploy-tools keras-hub native-check
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 -rs --durations=15
+	@if [ -f onnxserve/_native.abi3.so ]; then \
+		echo "the server suites again, against --frontend native"; \
+		ONNXSERVE_FRONTEND=native $(PY) -m pytest -n 2 -q -rs $(NATIVE_SUITE); \
+	else echo "the native front end is not built: its run of the server suites is skipped"; fi
 
 lint: install
 	$(PY) -m ruff check .
