@@ -20,15 +20,16 @@ rare call, never per request of the hot path:
   answered on its own;
 - **delegated calls**: everything else (metadata, config, statistics,
   repository and model control, and inference requests the fast path does not
-  take: typed contents, BYTES, classification, Python models, ensembles,
+  take: typed contents, classification, Python models, ensembles,
   anything invalid) reaches the existing servicer as the request's bytes
   through one pump thread, and its answer goes back as bytes or a status. The
   rules and messages are written once, in Python.
 
 A model version is served natively when its scheduler would be the dynamic
 batcher with one priority level, the REJECT timeout action, no
-``preserve_ordering`` and no padding to ``allowed_batch_sizes``, and its
-inputs are numeric (:func:`native_refusal` says why not otherwise); the
+``preserve_ordering`` and no padding to ``allowed_batch_sizes``
+(:func:`native_refusal` says why not otherwise; BYTES inputs are checked in
+Rust, framing and UTF-8, and decoded per batch by ``raw_text_tensor``); the
 others run as before, through the delegated path. Requests to a natively
 served model that the fast path declines run on that model's Python batcher.
 """
@@ -64,6 +65,7 @@ from onnxserve.server.guard import token_refusal
 from onnxserve.server.inference import DecodedRequest
 from onnxserve.server.model import ModelVersion
 from onnxserve.server.scheduler import Scheduler
+from onnxserve.server.text_tensors import raw_text_tensor
 
 if TYPE_CHECKING:
     from onnxserve.server.registry import ModelRegistry
@@ -115,8 +117,6 @@ def native_refusal(model: ModelVersion) -> str | None:
         return "allowed_batch_sizes"
     if any(policy.delay_on_timeout for policy in batching.policies):
         return "the DELAY timeout action"
-    if any(spec.datatype == "BYTES" for spec in model.signature.inputs.values()):
-        return "BYTES inputs"
     return None
 
 
@@ -159,7 +159,11 @@ class NativeBatcher:
         policy = config.policies[0]
         signature = model.signature
         names = list(signature.inputs)
-        self._dtypes = {n: codec.numpy_dtype(s.datatype) for n, s in signature.inputs.items()}
+        # Numeric inputs by their numpy dtype; BYTES ones (None) as the text onnxruntime takes.
+        self._dtypes = {
+            n: None if s.datatype == "BYTES" else codec.numpy_dtype(s.datatype)
+            for n, s in signature.inputs.items()
+        }
         self._output_types = {n: s.datatype for n, s in signature.outputs.items()}
         self._executor = BatchExecutor(model)
         self.queue = frontend.open_queue(
@@ -232,10 +236,7 @@ class NativeBatcher:
         model = self._model
         rows: list[int] = batch.rows
         names = tuple(batch.output_names)
-        inputs = {
-            name: np.frombuffer(data, dtype=self._dtypes[name]).reshape(shape)
-            for name, data, shape in batch.inputs()
-        }
+        inputs = {name: self._array(name, data, shape) for name, data, shape in batch.inputs()}
         dispatched_ns = time.monotonic_ns()
         whole = DecodedRequest(
             model_name=model.name,
@@ -306,6 +307,13 @@ class NativeBatcher:
                 answers.append([self._wire(name, outcome[name]) for name in names])
         batch.complete_each(answers)
         self._executor.record(requests, executed, dispatched_ns)
+
+    def _array(self, name: str, data: bytes, shape: list[int]) -> np.ndarray:
+        """A merged input as onnxruntime takes it (Rust checked its size, framing, UTF-8)."""
+        dtype = self._dtypes[name]
+        if dtype is None:
+            return raw_text_tensor(data, shape, codec.element_count(shape), name)
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
 
     def _wire(self, name: str, array: np.ndarray) -> tuple[str, list[int], Any]:
         """An output as Rust takes it: (name, shape, a buffer of its raw wire bytes)."""

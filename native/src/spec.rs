@@ -119,7 +119,10 @@ impl ModelSpec {
             if slots[index].is_some() || tensor.datatype != spec.datatype {
                 return None;
             }
-            let size = itemsize(&spec.datatype)?;
+            let size = itemsize(&spec.datatype);
+            if size.is_none() && spec.datatype != "BYTES" {
+                return None;
+            }
             let shape = &tensor.shape;
             if shape.len() != spec.dims.len() + 1 || shape.iter().any(|d| *d < 0) {
                 return None;
@@ -148,7 +151,11 @@ impl ModelSpec {
             let elements = shape
                 .iter()
                 .try_fold(1u64, |acc, d| acc.checked_mul(*d as u64))?;
-            if (elements as u128) * (size as u128) != bytes.len() as u128 {
+            let sized = match size {
+                Some(size) => (elements as u128) * (size as u128) == bytes.len() as u128,
+                None => text_framing_holds(&bytes, elements),
+            };
+            if !sized {
                 return None;
             }
             if let Some(bounds) = self.ranges.get(&index) {
@@ -204,6 +211,24 @@ impl ModelSpec {
         }
         default
     }
+}
+
+/// Whether raw BYTES contents hold exactly `count` length-prefixed elements (4-byte
+/// little-endian lengths), each valid UTF-8: ONNX string tensors hold text, and the
+/// Python side's batch decoder (`text_tensors.raw_text_tensor`) takes it from here.
+fn text_framing_holds(bytes: &[u8], count: u64) -> bool {
+    let mut rest = bytes;
+    for _ in 0..count {
+        let Some((header, tail)) = rest.split_first_chunk::<4>() else {
+            return false;
+        };
+        let length = u32::from_le_bytes(*header) as usize;
+        if tail.len() < length || std::str::from_utf8(&tail[..length]).is_err() {
+            return false;
+        }
+        rest = &tail[length..];
+    }
+    rest.is_empty()
 }
 
 /// Whether every value of an integer tensor lies within the bounds.
@@ -319,6 +344,35 @@ mod tests {
             ..Default::default()
         });
         assert!(s.accept(&mut unknown).is_none(), "unknown output");
+    }
+
+    #[test]
+    fn text_needs_exact_framing_and_utf8() {
+        let frame = |words: &[&[u8]]| -> Vec<u8> {
+            words
+                .iter()
+                .flat_map(|w| {
+                    (w.len() as u32)
+                        .to_le_bytes()
+                        .into_iter()
+                        .chain(w.iter().copied())
+                })
+                .collect()
+        };
+        assert!(text_framing_holds(
+            &frame(&[b"good", b"", "caf\u{e9}".as_bytes()]),
+            3
+        ));
+        assert!(!text_framing_holds(&frame(&[b"good"]), 2), "too few");
+        assert!(
+            !text_framing_holds(&frame(&[b"good", b"x"]), 1),
+            "trailing bytes"
+        );
+        assert!(!text_framing_holds(&frame(&[b"\xff"]), 1), "not UTF-8");
+        assert!(
+            !text_framing_holds(&[9, 0, 0, 0, b'a'], 1),
+            "length past the end"
+        );
     }
 
     #[test]
