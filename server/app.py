@@ -272,7 +272,14 @@ class InferenceServer:
             except RuntimeError:
                 raise OSError(f"cannot listen on {address}: is the port in use?") from None
             await self.server.start()
-        if settings.health_port:
+        if settings.health_port and self.native is not None:
+            # The native front end serves it (opened with the gRPC port).
+            log.info(
+                "grpc.health.v1 alone on %s:%d (plaintext, no token)",
+                settings.host,
+                settings.health_port,
+            )
+        elif settings.health_port:
             # Every --workers process serves health on this port too, as on the gRPC port.
             reuse = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
             self.health_server = grpc.aio.server(options=reuse)

@@ -352,6 +352,7 @@ class NativeFrontEnd:
         self.frontend = _native().Frontend(
             host=settings.host,
             port=settings.grpc_port,
+            health_port=settings.health_port,
             reuse_port=settings.workers > 1,
             max_message_bytes=settings.max_message_bytes,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,

@@ -58,6 +58,8 @@ pub struct Frontend {
     core: Arc<Core>,
     host: String,
     port: u16,
+    /// grpc.health.v1 alone, in plaintext (0: none).
+    health_port: u16,
     reuse_port: bool,
     tls: Option<TlsFiles>,
     limits: Limits,
@@ -83,7 +85,7 @@ fn digests(tokens: Option<Vec<Vec<u8>>>) -> PyResult<Option<Vec<[u8; 32]>>> {
 #[pymethods]
 impl Frontend {
     #[new]
-    #[pyo3(signature = (*, host, port, reuse_port, max_message_bytes, max_concurrent_rpcs, stream_window,
+    #[pyo3(signature = (*, host, port, health_port, reuse_port, max_message_bytes, max_concurrent_rpcs, stream_window,
         max_connection_age_s, max_connection_age_grace_s, descriptors, busy_message,
         token_required_message, token_invalid_message, token_digests=None, tls_cert=None,
         tls_key=None, tls_client_ca=None))]
@@ -91,6 +93,7 @@ impl Frontend {
     fn new(
         host: String,
         port: u16,
+        health_port: u16,
         reuse_port: bool,
         max_message_bytes: usize,
         max_concurrent_rpcs: usize,
@@ -135,6 +138,7 @@ impl Frontend {
             core: Arc::new(core),
             host,
             port,
+            health_port,
             reuse_port,
             tls,
             limits: Limits { max_message_bytes },
@@ -173,6 +177,13 @@ impl Frontend {
             .local_addr()
             .map_err(|e| PyOSError::new_err(e.to_string()))?
             .port();
+        let health_listener = match self.health_port {
+            0 => None,
+            health_port => Some(
+                server::bind(&self.host, health_port, self.reuse_port)
+                    .map_err(PyOSError::new_err)?,
+            ),
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("onnxserve-native")
@@ -192,6 +203,14 @@ impl Frontend {
                     health
                         .set_service_status(name, tonic_health::ServingStatus::NotServing)
                         .await;
+                }
+                if let Some(listener) = health_listener {
+                    // Probes only: plaintext, no token (health is exempt everywhere), one status.
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+                    let routes = Routes::new(health_service.clone()).prepare();
+                    let (stop, connections) = (stop.clone(), connections.clone());
+                    tokio::spawn(server::serve(listener, None, routes, stop, connections));
                 }
                 let reflection = reflection::service(&descriptors)?;
                 let inference = InferenceService::new(core.clone(), limits);
