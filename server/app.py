@@ -158,7 +158,7 @@ class InferenceServer:
         self.server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
         # --frontend native: Rust answers the port (onnxserve.server.native).
         self.native: NativeFrontEnd | None = None
-        if settings.frontend == "native":
+        if settings.native_frontend:
             from onnxserve.server.native import NativeFrontEnd
 
             tokens = self.tokens
@@ -213,19 +213,21 @@ class InferenceServer:
             # Binding queues connections in this socket's backlog: bind only
             # once loaded, so that the kernel routes none here before then.
             log.info(
-                "loading models before joining port %s (gRPC, %s event loop)",
+                "loading models before joining port %s (gRPC, %s event loop) with the %s front end",
                 address,
                 event_loop.describe(asyncio.get_running_loop()),
+                "native" if self.native is not None else "python",
             )
             await self._load()
             await self._listen(address)
         else:
             await self._listen(address)
             log.info(
-                "listening on %s (gRPC%s, %s event loop); loading models",
+                "listening on %s (gRPC%s, %s event loop) with the %s front end; loading models",
                 address,
                 ", TLS" if settings.tls else "",
                 event_loop.describe(asyncio.get_running_loop()),
+                "native" if self.native is not None else "python",
             )
             await self._load()
         if self.registry.is_ready():

@@ -12,7 +12,7 @@ from onnxserve.settings import LogLevel, SettingsError
 Device = Literal["auto", "cpu", "cuda"]
 ModelControlMode = Literal["none", "poll", "explicit"]
 LogFormat = Literal["text", "json"]
-Frontend = Literal["python", "native"]
+Frontend = Literal["auto", "native", "python"]
 
 
 @dataclass(frozen=True)
@@ -207,12 +207,12 @@ class ServerSettings:
         metadata={"help": "Log lines as text or as one JSON object per line"},
     )
     frontend: Frontend = field(
-        default="python",
+        default="auto",
         metadata={
-            "help": "What answers the gRPC port: python (grpc.aio, the default until the "
-            "native front end passes the whole test suite) or native (Rust: the port, TLS, "
-            "tokens, decoding, validation and the batching queue, Python running each batch "
-            "once; built by `make install` when cargo is present)"
+            "help": "What answers the gRPC port: native (Rust: the port, TLS, tokens, "
+            "decoding, validation and the batching queue, Python running each batch once; "
+            "built by `make install` when cargo is present), python (grpc.aio), or auto "
+            "(native where it is built, else python; the start-up line says which)"
         },
     )
     event_loop: EventLoop = field(
@@ -297,6 +297,15 @@ class ServerSettings:
                     "`make install` builds it when Rust's cargo is installed "
                     "(https://rustup.rs), or use --frontend python"
                 )
+
+    @property
+    def native_frontend(self) -> bool:
+        """Whether the native front end answers the port (``auto``: where it is built)."""
+        if self.frontend == "auto":
+            from onnxserve.server.native import native_available
+
+            return native_available()
+        return self.frontend == "native"
 
     @property
     def tls(self) -> bool:
