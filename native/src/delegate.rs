@@ -163,3 +163,36 @@ impl Hub {
         self.ready.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_caller_who_leaves_is_cancelled_in_python_or_never_reaches_it() {
+        let hub = Hub::default();
+        let taken = hub.submit("ModelMetadata", Bytes::from_static(b"x"), None);
+        let Some(Item::Call(call)) = hub.next(Duration::from_millis(10)) else {
+            panic!("the call reaches the pump");
+        };
+        assert_eq!(call.method, "ModelMetadata");
+        drop(taken); // the client went away while Python held the call
+        assert!(
+            matches!(hub.next(Duration::from_millis(10)), Some(Item::Cancelled(id)) if id == call.id)
+        );
+        let queued = hub.submit("ModelConfig", Bytes::new(), None);
+        drop(queued); // gone before the pump took it: Python never sees it
+        assert!(hub.next(Duration::from_millis(10)).is_none());
+    }
+
+    #[test]
+    fn a_closed_hub_answers_unavailable() {
+        let hub = Hub::default();
+        hub.close();
+        let pending = hub.submit("ServerLive", Bytes::new(), None);
+        let answer = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map(|runtime| runtime.block_on(pending.wait()));
+        assert!(matches!(answer, Ok(Ok(Err((tonic::Code::Unavailable, _))))));
+    }
+}

@@ -189,3 +189,59 @@ impl ServerReflection for Reflection {
         Ok(Response::new(Box::pin(answers)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost_types::ServiceDescriptorProto;
+
+    #[test]
+    fn a_file_comes_with_what_it_imports() {
+        let mut index = Index::default();
+        index.add_file(
+            FileDescriptorProto {
+                name: Some("base.proto".into()),
+                package: Some("p".into()),
+                message_type: vec![DescriptorProto {
+                    name: Some("Shared".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            true,
+        );
+        index.add_file(
+            FileDescriptorProto {
+                name: Some("service.proto".into()),
+                package: Some("p".into()),
+                dependency: vec!["base.proto".into()],
+                service: vec![ServiceDescriptorProto {
+                    name: Some("Svc".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            true,
+        );
+        let files = index.with_dependencies("service.proto").unwrap_or_default();
+        let names: Vec<String> = files
+            .iter()
+            .filter_map(|raw| FileDescriptorProto::decode(raw.as_slice()).ok())
+            .map(|file| file.name().to_owned())
+            .collect();
+        assert_eq!(names, ["service.proto", "base.proto"]);
+        assert_eq!(
+            index.symbols.get("p.Svc").map(String::as_str),
+            Some("service.proto")
+        );
+        assert_eq!(
+            index.symbols.get("p.Shared").map(String::as_str),
+            Some("base.proto")
+        );
+        assert_eq!(index.services, ["p.Svc"]);
+        assert!(matches!(
+            index.answer(Some(MessageRequest::FileByFilename("nope".into()))),
+            MessageResponse::ErrorResponse(_)
+        ));
+    }
+}
