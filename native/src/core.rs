@@ -115,7 +115,8 @@ impl Core {
             .map(|message| Status::unavailable(message.clone()))
     }
 
-    async fn delegate(
+    /// A call Python answers from the request's bytes.
+    pub async fn delegate(
         &self,
         method: &str,
         body: Bytes,
@@ -126,16 +127,6 @@ impl Core {
             Ok(Err((code, message))) => Err(Status::new(code, message)),
             Err(_) => Err(Status::unavailable("the server is stopping")),
         }
-    }
-
-    /// A unary RPC Python answers from the request's bytes.
-    pub async fn unary_for_python(
-        &self,
-        method: &str,
-        body: Bytes,
-        deadline: Option<Instant>,
-    ) -> Result<Bytes, Status> {
-        self.delegate(method, body, deadline).await
     }
 
     /// One ModelInfer call: the fast path, or Python.
@@ -218,7 +209,7 @@ impl Core {
         let (reply, answer) = oneshot::channel();
         let (id, reject_at) = match queue.push(accepted, arrival, deadline, reply) {
             Ok(queued) => queued,
-            Err(Refusal::Closed(_)) => return Fast::Declined,
+            Err(Refusal::Closed) => return Fast::Declined,
             Err(Refusal::Status(code, message)) => {
                 return Fast::Answered(Err(Status::new(code, message)))
             }

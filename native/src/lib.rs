@@ -146,7 +146,6 @@ impl Frontend {
             connections: Arc::new(Connections {
                 max_age: seconds(max_connection_age_s),
                 age_grace: seconds(max_connection_age_grace_s),
-                max_concurrent_streams: None,
                 open: Default::default(),
             }),
             stop: watch::channel(false).0,

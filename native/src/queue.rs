@@ -73,7 +73,7 @@ pub struct Entry {
 #[derive(Debug)]
 pub enum Refusal {
     /// The queue is closed (its model version is going away): Python answers.
-    Closed(Accepted),
+    Closed,
     /// Answer at once with this status.
     Status(tonic::Code, String),
 }
@@ -128,7 +128,7 @@ impl ModelQueue {
     ) -> Result<(u64, Option<Instant>), Refusal> {
         let mut state = self.lock();
         if state.closed {
-            return Err(Refusal::Closed(request));
+            return Err(Refusal::Closed);
         }
         // Callers that went away leave before the size is checked (counted as cancelled).
         Self::drop_closed(&mut state);
@@ -479,7 +479,7 @@ mod tests {
         let (tx, _rx) = oneshot::channel();
         assert!(matches!(
             q.push(accepted(1, 1), Instant::now(), None, tx),
-            Err(Refusal::Closed(_))
+            Err(Refusal::Closed)
         ));
         let (batch, _) = q.next_batch(Duration::from_secs(1));
         assert_eq!(batch.expect("still serving").len(), 1);

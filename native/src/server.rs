@@ -29,7 +29,6 @@ pub struct TlsFiles {
 pub struct Connections {
     pub max_age: Option<Duration>,
     pub age_grace: Option<Duration>,
-    pub max_concurrent_streams: Option<u32>,
     pub open: AtomicUsize,
 }
 
@@ -152,7 +151,8 @@ where
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder.timer(TokioTimer::new());
-    builder.max_concurrent_streams(connections.max_concurrent_streams);
+    // No per-connection stream limit, as gRPC core's server (hyper's own default is 200).
+    builder.max_concurrent_streams(None);
     builder.max_pending_accept_reset_streams(Some(1024));
     let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(routes));
     let mut connection = std::pin::pin!(connection);

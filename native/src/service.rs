@@ -23,6 +23,8 @@ use crate::core::Core;
 
 pub const INFERENCE_SERVICE: &str = "inference.GRPCInferenceService";
 const HEALTH_PREFIX: &str = "/grpc.health.v1.Health/";
+/// The path prefix of the inference service's methods.
+const INFERENCE_PREFIX: &str = "/inference.GRPCInferenceService/";
 const STREAM_METHOD: &str = "ModelStreamInfer";
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -156,7 +158,7 @@ impl Service<http::Request<Body>> for InferenceService {
                 let answer = if method == "ModelInfer" {
                     core.model_infer(body, deadline).await
                 } else {
-                    core.unary_for_python(&method, body, deadline).await
+                    core.delegate(&method, body, deadline).await
                 };
                 answer.map(tonic::Response::new)
             }
@@ -347,8 +349,7 @@ where
                 return Box::pin(async move { Ok(refuse(status)) });
             }
         }
-        let counted =
-            !path.ends_with(STREAM_METHOD) && path.starts_with(&format!("/{INFERENCE_SERVICE}/"));
+        let counted = !path.ends_with(STREAM_METHOD) && path.starts_with(INFERENCE_PREFIX);
         let permit = match (&self.core.admission, counted) {
             (Some(admission), true) => match admission.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
@@ -371,6 +372,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefix_names_the_service() {
+        assert_eq!(INFERENCE_PREFIX, format!("/{INFERENCE_SERVICE}/"));
+    }
 
     #[test]
     fn grpc_timeout_units() {
