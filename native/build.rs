@@ -13,6 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
     let descriptors = protox::compile(&files, [&proto])?;
+    // The same set for the REST routes' JSON forms of the messages (prost-reflect).
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("descriptors.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     let mut config = prost_build::Config::new();
     // bytes fields as `bytes::Bytes`: raw tensors are slices of the received buffer.
     config.bytes(["."]);

@@ -264,8 +264,27 @@ class InferenceServer:
         if port_in_use(settings.host, settings.grpc_port, reuse_port=reuse_port):
             raise OSError(f"cannot listen on {address}: is the port in use?")
         if self.native is not None:
-            self.native.start()
+            if settings.http_port and port_in_use(
+                settings.host, settings.http_port, reuse_port=reuse_port
+            ):
+                raise OSError(
+                    f"cannot listen on {settings.host}:{settings.http_port} (--http-port): "
+                    "is the port in use?"
+                )
+            _, http_port = self.native.start()
+            if http_port is not None:
+                log.info(
+                    "HTTP/REST on %s:%d (%s)",
+                    settings.host,
+                    http_port,
+                    "https" if settings.tls else "HTTP/1.1 and h2c",
+                )
         else:
+            if settings.http_port:
+                log.warning(
+                    "no HTTP/REST port: the Python front end serves gRPC only; REST needs the "
+                    "native front end (`make install` builds it with Rust's cargo)"
+                )
             try:
                 if credentials is None:
                     self.server.add_insecure_port(address)

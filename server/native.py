@@ -353,6 +353,7 @@ class NativeFrontEnd:
             host=settings.host,
             port=settings.grpc_port,
             health_port=settings.health_port,
+            http_port=settings.http_port or None,
             reuse_port=settings.workers > 1,
             max_message_bytes=settings.max_message_bytes,
             max_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -376,15 +377,16 @@ class NativeFrontEnd:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self) -> int:
-        """Open the port (OSError when it cannot) and start the pump; the port bound."""
+    def start(self) -> tuple[int, int | None]:
+        """Open the ports (OSError when one cannot be) and start the pump; the gRPC and
+        REST ports bound (REST: None when off)."""
         self._loop = asyncio.get_running_loop()
-        port: int = self.frontend.start()
+        ports: tuple[int, int | None] = self.frontend.start()
         self._pump = threading.Thread(
             target=self._pump_calls, name="onnxserve-native-pump", daemon=True
         )
         self._pump.start()
-        return port
+        return ports
 
     def set_serving(self, serving: bool) -> None:
         self.frontend.set_serving(serving)

@@ -31,6 +31,14 @@ class ServerSettings:
         metadata={"help": "Address to listen on; 0.0.0.0 lets Kubernetes probes reach the pod IP"},
     )
     grpc_port: int = field(default=8001, metadata={"help": "gRPC port (Triton's default is 8001)"})
+    http_port: int = field(
+        default=8000,
+        metadata={
+            "help": "HTTP/REST port of the Open Inference Protocol (KServe v2 REST with Triton's "
+            "binary tensor extension; HTTP/1.1 and h2c, https with --tls-cert; Triton's default "
+            "is 8000); 0 turns it off. Served by the native front end only"
+        },
+    )
     device: Device = field(
         default="auto",
         metadata={
@@ -230,14 +238,18 @@ class ServerSettings:
             )
         for flag, port in (
             ("--grpc-port", self.grpc_port),
+            ("--http-port", self.http_port),
             ("--metrics-port", self.metrics_port),
             ("--health-port", self.health_port),
         ):
             if not 0 <= port <= 65535:
                 raise SettingsError(f"{flag} must be a port number (0 to 65535), not {port}")
-        taken = [p for p in (self.grpc_port, self.metrics_port, self.health_port) if p]
+        ports = (self.grpc_port, self.http_port, self.metrics_port, self.health_port)
+        taken = [p for p in ports if p]
         if len(taken) != len(set(taken)):
-            raise SettingsError("--grpc-port, --metrics-port and --health-port must differ")
+            raise SettingsError(
+                "--grpc-port, --http-port, --metrics-port and --health-port must differ"
+            )
         if self.workers < 1:
             raise SettingsError(f"--workers must be at least 1, not {self.workers}")
         if self.worker_stall_timeout_s <= 0:

@@ -17,6 +17,9 @@ from tests.support.server import RunningServer
 # 2-core CI machine that also runs a server.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The servers tests start answer REST only where a test gives them a port: the
+# default (8000) would collide between servers, and with a `make serve` running.
+os.environ.setdefault("ONNXSERVE_HTTP_PORT", "0")
 
 
 @pytest.fixture(scope="session")

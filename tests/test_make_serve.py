@@ -1,8 +1,8 @@
 """`make serve` and `make test` at once, as README's quick start lists them.
 
 The real `make serve` of this checkout runs on the ports the environment
-gives it (ONNXSERVE_GRPC_PORT, ONNXSERVE_METRICS_PORT: free ones here, since
-another `make serve` may hold 8001 and 8002 on this machine), serving a small
+gives it (ONNXSERVE_GRPC_PORT, ONNXSERVE_HTTP_PORT, ONNXSERVE_METRICS_PORT: free
+ones here, since another `make serve` may hold 8001, 8000 and 8002 on this machine), serving a small
 repository (MODEL_REPOSITORY=..., so that the examples are not trained here);
 while it serves, a few of the suite's own server tests run in a pytest of
 their own, on free ports. Then `make serve` still answers, and stops on
@@ -11,6 +11,7 @@ SIGTERM. About 15 s of CPU on the 2-core machine.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 
 from onnxserve.client import Client
+from onnxserve.server.native import native_available
 from tests.support.models import add_sub_model
 from tests.support.server import free_port, wait_serving
 
@@ -46,11 +48,12 @@ def test_make_serve_takes_its_ports_from_the_environment_while_the_suite_runs(
 ) -> None:
     repository = tmp_path / "models"
     add_sub_model(repository / "simple" / "1" / "model.onnx")
-    grpc_port, metrics_port = free_port(), free_port()
+    grpc_port, metrics_port, http_port = free_port(), free_port(), free_port()
     venv = Path(sys.prefix)
     make_serve_ports = {
         "ONNXSERVE_GRPC_PORT": str(grpc_port),
         "ONNXSERVE_METRICS_PORT": str(metrics_port),
+        "ONNXSERVE_HTTP_PORT": str(http_port),
     }
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **make_serve_ports}
     # This environment is installed already (-o: do not reinstall it).
@@ -67,6 +70,10 @@ def test_make_serve_takes_its_ports_from_the_environment_while_the_suite_runs(
         wait_serving(serving, address, 60, lambda: log.read_text(errors="replace"))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
         assert b"nv_inference_request_success" in metrics.read()
+        if native_available():  # REST is the native front end's
+            url = f"http://127.0.0.1:{http_port}/v2/health/ready"
+            ready = urllib.request.urlopen(url, timeout=10)
+            assert json.loads(ready.read()) == {"ready": True}
         suite = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *_SUITE_SAMPLE],
             cwd=ROOT, env={k: v for k, v in env.items() if k not in make_serve_ports},
@@ -80,7 +87,7 @@ def test_make_serve_takes_its_ports_from_the_environment_while_the_suite_runs(
                 client.infer("simple", {"INPUT0": x, "INPUT1": x})["OUTPUT0"], 2 * x
             )
         text = log.read_text(errors="replace")
-        assert f"127.0.0.1:{grpc_port}" in text and ":8001" not in text
+        assert f"127.0.0.1:{grpc_port}" in text and ":8001" not in text and ":8000" not in text
     finally:
         if serving.poll() is None:
             os.killpg(serving.pid, signal.SIGTERM)

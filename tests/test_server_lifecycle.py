@@ -14,6 +14,7 @@ import pytest
 from onnxserve.client import Client
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
+from onnxserve.server.native import native_available
 from onnxserve.server.runtime import nvidia_gpu_visible
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import add_sub_model, write_config
@@ -104,6 +105,15 @@ def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
+        http_taken = subprocess.run(
+            [*serve, "--grpc-port", str(free_port()), "--metrics-port", "0", "--http-port", busy],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    if native_available():  # REST is the native front end's
+        assert http_taken.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{first.port} (--http-port)" in http_taken.stderr
     assert health_taken.returncode == 1
     assert f"cannot listen on 127.0.0.1:{first.port}" in health_taken.stderr
     assert "Failed to add port" not in health_taken.stderr, health_taken.stderr

@@ -232,7 +232,9 @@ def test_operations_settings_check_themselves_naming_the_flag(tmp_path: Path) ->
         (["--tls-cert", str(pem)], "TLS needs both --tls-cert and --tls-key"),
         (["--tls-client-ca", str(pem)], r"--tls-client-ca \(mutual TLS\) needs --tls-cert"),
         (["--auth-token-file", str(tmp_path / "nope")], "--auth-token-file: .* is not a readable"),
-        (["--metrics-port", "8001"], "--grpc-port, --metrics-port and --health-port must differ"),
+        (["--metrics-port", "8001"], "--grpc-port, --http-port, --metrics-port and --health-port"),
+        (["--http-port", "8002"], "--grpc-port, --http-port, --metrics-port and --health-port"),
+        (["--http-port", "-1"], "--http-port must be a port number"),
         (["--metrics-port", "70000"], "--metrics-port must be a port number"),
         (["--load-model", "a"], "--load-model needs --model-control-mode explicit"),
         (

@@ -152,17 +152,9 @@ impl Core {
             return stream_failure(&body, &status);
         }
         // Each request of a stream counts against --max-concurrent-rpcs while it runs.
-        let permit = match &self.admission {
-            None => None,
-            Some(admission) => match admission.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    return stream_failure(
-                        &body,
-                        &Status::resource_exhausted(self.messages.busy.clone()),
-                    )
-                }
-            },
+        let permit = match crate::service::admit(self) {
+            Ok(permit) => permit,
+            Err(status) => return stream_failure(&body, &status),
         };
         let answer = match self.fast_path(&body, deadline).await {
             Fast::Answered(Ok(response)) => ModelStreamInferResponse {

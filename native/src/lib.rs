@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use hyper_util::service::TowerToHyperService;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -28,9 +29,11 @@ use tonic::service::Routes;
 
 pub mod core;
 pub mod delegate;
+pub mod json_tensors;
 pub mod proto;
 pub mod queue;
 pub mod reflection;
+pub mod rest;
 pub mod server;
 pub mod service;
 pub mod spec;
@@ -39,7 +42,8 @@ pub mod split;
 use crate::core::{Core, Messages};
 use crate::delegate::{Answer, Item};
 use crate::queue::{Entry, FailureKind, ModelQueue, Outcome, OutputTensor};
-use crate::server::{Connections, TlsFiles};
+use crate::rest::Rest;
+use crate::server::{Connections, TlsFiles, Versions};
 use crate::service::{Guarded, InferenceService, Limits, INFERENCE_SERVICE};
 use crate::spec::{ModelSpec, TensorSpec};
 
@@ -60,6 +64,8 @@ pub struct Frontend {
     port: u16,
     /// grpc.health.v1 alone, in plaintext (0: none).
     health_port: u16,
+    /// The REST routes, HTTP/1.1 and h2c (or https with the same TLS files; None: off).
+    http_port: Option<u16>,
     reuse_port: bool,
     tls: Option<TlsFiles>,
     limits: Limits,
@@ -85,7 +91,7 @@ fn digests(tokens: Option<Vec<Vec<u8>>>) -> PyResult<Option<Vec<[u8; 32]>>> {
 #[pymethods]
 impl Frontend {
     #[new]
-    #[pyo3(signature = (*, host, port, health_port, reuse_port, max_message_bytes, max_concurrent_rpcs, stream_window,
+    #[pyo3(signature = (*, host, port, health_port, http_port, reuse_port, max_message_bytes, max_concurrent_rpcs, stream_window,
         max_connection_age_s, max_connection_age_grace_s, descriptors, busy_message,
         token_required_message, token_invalid_message, token_digests=None, tls_cert=None,
         tls_key=None, tls_client_ca=None))]
@@ -94,6 +100,7 @@ impl Frontend {
         host: String,
         port: u16,
         health_port: u16,
+        http_port: Option<u16>,
         reuse_port: bool,
         max_message_bytes: usize,
         max_concurrent_rpcs: usize,
@@ -139,6 +146,7 @@ impl Frontend {
             host,
             port,
             health_port,
+            http_port,
             reuse_port,
             tls,
             limits: Limits { max_message_bytes },
@@ -153,8 +161,9 @@ impl Frontend {
         })
     }
 
-    /// Open the port and serve; returns the port bound. Raises OSError when it cannot.
-    fn start(&self, py: Python<'_>) -> PyResult<u16> {
+    /// Open the ports and serve; returns the gRPC and REST ports bound (REST: None
+    /// when off). Raises OSError when it cannot.
+    fn start(&self, py: Python<'_>) -> PyResult<(u16, Option<u16>)> {
         let mut running = self
             .running
             .lock()
@@ -164,25 +173,31 @@ impl Frontend {
                 "the native front end is already serving",
             ));
         }
-        let acceptor = self
-            .tls
-            .as_ref()
-            .map(server::tls_acceptor)
-            .transpose()
-            .map_err(PyOSError::new_err)?;
-        let listener =
-            server::bind(&self.host, self.port, self.reuse_port).map_err(PyOSError::new_err)?;
-        let port = listener
-            .local_addr()
-            .map_err(|e| PyOSError::new_err(e.to_string()))?
-            .port();
+        let acceptor = |versions| {
+            self.tls
+                .as_ref()
+                .map(|files| server::tls_acceptor(files, versions))
+                .transpose()
+                .map_err(PyOSError::new_err)
+        };
+        let grpc_tls = acceptor(Versions::Http2)?;
+        let rest_tls = acceptor(Versions::Http1And2)?;
+        let bind =
+            |port| server::bind(&self.host, port, self.reuse_port).map_err(PyOSError::new_err);
+        let bound = |listener: &std::net::TcpListener| {
+            listener
+                .local_addr()
+                .map(|a| a.port())
+                .map_err(|e| PyOSError::new_err(e.to_string()))
+        };
+        let listener = bind(self.port)?;
+        let port = bound(&listener)?;
         let health_listener = match self.health_port {
             0 => None,
-            health_port => Some(
-                server::bind(&self.host, health_port, self.reuse_port)
-                    .map_err(PyOSError::new_err)?,
-            ),
+            health_port => Some(bind(health_port)?),
         };
+        let http_listener = self.http_port.map(bind).transpose()?;
+        let http_port = http_listener.as_ref().map(bound).transpose()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .thread_name("onnxserve-native")
@@ -195,8 +210,9 @@ impl Frontend {
         let stop = self.stop.subscribe();
         let health = py.detach(|| {
             runtime.block_on(async move {
-                let listener =
-                    tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+                let listen = |listener| {
+                    tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())
+                };
                 let (health, health_service) = tonic_health::server::health_reporter();
                 for name in ["", INFERENCE_SERVICE] {
                     health
@@ -205,11 +221,28 @@ impl Frontend {
                 }
                 if let Some(listener) = health_listener {
                     // Probes only: plaintext, no token (health is exempt everywhere), one status.
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
                     let routes = Routes::new(health_service.clone()).prepare();
-                    let (stop, connections) = (stop.clone(), connections.clone());
-                    tokio::spawn(server::serve(listener, None, routes, stop, connections));
+                    tokio::spawn(server::serve(
+                        listen(listener)?,
+                        None,
+                        TowerToHyperService::new(routes),
+                        Versions::Http2,
+                        stop.clone(),
+                        connections.clone(),
+                    ));
+                }
+                if let Some(listener) = http_listener {
+                    let rest = Rest::new(core.clone(), limits.max_message_bytes);
+                    let service =
+                        hyper::service::service_fn(move |request| rest.clone().handle(request));
+                    tokio::spawn(server::serve(
+                        listen(listener)?,
+                        rest_tls,
+                        service,
+                        Versions::Http1And2,
+                        stop.clone(),
+                        connections.clone(),
+                    ));
                 }
                 let reflection = reflection::service(&descriptors)?;
                 let inference = InferenceService::new(core.clone(), limits);
@@ -217,13 +250,20 @@ impl Frontend {
                     .add_service(Guarded::new(health_service, core.clone()))
                     .add_service(Guarded::new(reflection, core))
                     .prepare();
-                tokio::spawn(server::serve(listener, acceptor, routes, stop, connections));
+                tokio::spawn(server::serve(
+                    listen(listener)?,
+                    grpc_tls,
+                    TowerToHyperService::new(routes),
+                    Versions::Http2,
+                    stop,
+                    connections,
+                ));
                 Ok::<_, String>(health)
             })
         });
         let health = health.map_err(PyOSError::new_err)?;
         *running = Some(Running { runtime, health });
-        Ok(port)
+        Ok((port, http_port))
     }
 
     /// grpc.health.v1 for the server ("") and the inference service.

@@ -4,8 +4,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
+use hyper_util::server::conn::auto;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,10 +15,11 @@ use tokio::sync::watch;
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
-use tonic::service::Routes;
 
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an HTTP/1.1 client may take over a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The PEM files' contents for TLS (mutual with `client_ca`).
 pub struct TlsFiles {
@@ -40,8 +42,8 @@ impl Drop for Open {
     }
 }
 
-/// A TLS acceptor from PEM bytes, offering h2 by ALPN; the error says which part is wrong.
-pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+/// A TLS acceptor from PEM bytes, offering `versions` by ALPN; the error says which part is wrong.
+pub fn tls_acceptor(files: &TlsFiles, versions: Versions) -> Result<TlsAcceptor, String> {
     let certs = CertificateDer::pem_slice_iter(&files.cert)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("--tls-cert holds no readable PEM certificate: {e}"))?;
@@ -73,7 +75,10 @@ pub fn tls_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
     let mut config = builder
         .with_single_cert(certs, key)
         .map_err(|e| format!("--tls-cert and --tls-key do not make a certificate: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = match versions {
+        Versions::Http2 => vec![b"h2".to_vec()],
+        Versions::Http1And2 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+    };
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -103,15 +108,37 @@ pub fn bind(host: &str, port: u16, reuse_port: bool) -> Result<std::net::TcpList
     Ok(socket.into())
 }
 
+/// Which HTTP versions a port speaks: gRPC's is HTTP/2 alone; REST's HTTP/1.1
+/// and HTTP/2 (h2c by prior knowledge, or h2 by ALPN under TLS).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    Http2,
+    Http1And2,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Accept connections until `stop` turns true; then each connection is told to go
-/// away (GOAWAY: calls in progress finish) and ends on its own.
-pub async fn serve(
+/// away (HTTP/2 GOAWAY, HTTP/1.1 closes once idle: calls in progress finish) and
+/// ends on its own.
+pub async fn serve<S, B>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    routes: Routes,
+    service: S,
+    versions: Versions,
     stop: watch::Receiver<bool>,
     connections: Arc<Connections>,
-) {
+) where
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
     let mut stopping = stop.clone();
     loop {
         let accepted = tokio::select! {
@@ -126,18 +153,18 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         connections.open.fetch_add(1, Ordering::AcqRel);
         let open = Open(connections.clone());
-        let routes = routes.clone();
+        let service = service.clone();
         let stop = stop.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _open = open;
             match tls {
-                None => drive(stream, routes, stop, &_open.0).await,
+                None => drive(stream, service, versions, stop, &_open.0).await,
                 Some(acceptor) => {
                     if let Ok(Ok(stream)) =
                         tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        drive(stream, routes, stop, &_open.0).await;
+                        drive(stream, service, versions, stop, &_open.0).await;
                     }
                 }
             }
@@ -145,16 +172,39 @@ pub async fn serve(
     }
 }
 
-async fn drive<I>(io: I, routes: Routes, mut stop: watch::Receiver<bool>, connections: &Connections)
-where
+async fn drive<I, S, B>(
+    io: I,
+    service: S,
+    versions: Versions,
+    mut stop: watch::Receiver<bool>,
+    connections: &Connections,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
 {
-    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-    builder.timer(TokioTimer::new());
-    // No per-connection stream limit, as gRPC core's server (hyper's own default is 200).
-    builder.max_concurrent_streams(None);
-    builder.max_pending_accept_reset_streams(Some(1024));
-    let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(routes));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if versions == Versions::Http2 {
+        builder = builder.http2_only();
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // No per-connection stream limit, as gRPC core's server (hyper's own default is 200).
+        .max_concurrent_streams(None)
+        .max_pending_accept_reset_streams(Some(1024));
+    // HTTP/1.1: a client has 30 s to send a request's headers (slow clients hold no slot).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(io), service);
     let mut connection = std::pin::pin!(connection);
     let aged = async {
         match connections.max_age {

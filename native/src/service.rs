@@ -13,6 +13,7 @@ use bytes::{Buf, BufMut, Bytes};
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::body::Body;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::{Grpc, NamedService};
@@ -210,7 +211,7 @@ fn rewrite_limit_status(headers: &mut http::HeaderMap) {
     }
 }
 
-fn percent_decoded(text: &str) -> String {
+pub fn percent_decoded(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
@@ -336,29 +337,17 @@ where
         if path.starts_with(HEALTH_PREFIX) {
             return Box::pin(self.inner.call(request));
         }
-        if let Some(digests) = self.core.tokens.read().as_ref() {
-            let token = bearer_token(request.headers());
-            if !allowed(digests, token) {
-                let messages = &self.core.messages;
-                let message = if token.is_none() {
-                    &messages.token_required
-                } else {
-                    &messages.token_invalid
-                };
-                let status = Status::unauthenticated(message.clone());
-                return Box::pin(async move { Ok(refuse(status)) });
-            }
+        if let Err(status) = check_token(&self.core, request.headers()) {
+            return Box::pin(async move { Ok(refuse(status)) });
         }
         let counted = !path.ends_with(STREAM_METHOD) && path.starts_with(INFERENCE_PREFIX);
-        let permit = match (&self.core.admission, counted) {
-            (Some(admission), true) => match admission.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    let status = Status::resource_exhausted(self.core.messages.busy.clone());
-                    return Box::pin(async move { Ok(refuse(status)) });
-                }
-            },
-            _ => None,
+        let permit = if counted {
+            match admit(&self.core) {
+                Ok(permit) => permit,
+                Err(status) => return Box::pin(async move { Ok(refuse(status)) }),
+            }
+        } else {
+            None
         };
         let call = self.inner.call(request);
         Box::pin(async move {
@@ -366,6 +355,37 @@ where
             drop(permit);
             response
         })
+    }
+}
+
+/// The bearer token check of every call but health's (gRPC and REST alike).
+pub fn check_token(core: &Core, headers: &http::HeaderMap) -> Result<(), Status> {
+    let tokens = core.tokens.read();
+    let Some(digests) = tokens.as_ref() else {
+        return Ok(());
+    };
+    let token = bearer_token(headers);
+    if allowed(digests, token) {
+        return Ok(());
+    }
+    let messages = &core.messages;
+    let message = if token.is_none() {
+        &messages.token_required
+    } else {
+        &messages.token_invalid
+    };
+    Err(Status::unauthenticated(message.clone()))
+}
+
+/// A place under `--max-concurrent-rpcs` for a call's life (None: no limit set).
+pub fn admit(core: &Core) -> Result<Option<OwnedSemaphorePermit>, Status> {
+    match &core.admission {
+        None => Ok(None),
+        Some(admission) => admission
+            .clone()
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| Status::resource_exhausted(core.messages.busy.clone())),
     }
 }
 

@@ -68,11 +68,15 @@ class RunningServer:
         token: str | None = None,
         server_name: str | None = None,
         cwd: Path | None = None,
+        http: bool = False,
     ) -> None:
         self.repository = Path(repository)
         self.extra_args = list(extra_args)
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # The REST port: off unless a test asks for it (8000, its default, would collide).
+        self.http_port = free_port() if http else 0
+        self.http_address = f"127.0.0.1:{self.http_port}"
         self.startup_timeout = startup_timeout
         # False: start() returns once every model has been tried, ready or not
         # (for repositories that hold broken models on purpose).
@@ -83,13 +87,14 @@ class RunningServer:
         self.channel_options = (
             [("grpc.ssl_target_name_override", server_name)] if server_name else []
         )
-        # Metrics off unless a test asks for them (a fixed port would collide); by
+        # Metrics and REST off unless a test asks for them (a fixed port would collide); by
         # environment rather than flag, so that a revision from before the flag
         # starts too (benchmarks/contestants.py runs earlier ones).
         self._env = {
             **os.environ,
             "CUDA_VISIBLE_DEVICES": "",
             "ONNXSERVE_METRICS_PORT": "0",
+            "ONNXSERVE_HTTP_PORT": str(self.http_port),
             **(env or {}),
         }
         # Where the process runs: python -m puts it first on sys.path.
