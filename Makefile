@@ -26,10 +26,12 @@ export ONNXSERVE_SENTIMENT_DATA ?= $(SENTIMENT_DATA)
 
 .PHONY: native native-check install serve test lint examples protos bench clean kserve-env deploy-tools triton-env keras-hub wheel
 
-$(STAMP): pyproject.toml
+# The editable install leaves the native module to `make native` (ONNXSERVE_NATIVE=skip,
+# setup.py), which rebuilds it incrementally on every run: Rust is built once, not twice.
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	ONNXSERVE_NATIVE=skip $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 # The native front end (native/, Rust): built when cargo is present (incremental,
@@ -52,8 +54,11 @@ serve: install $(if $(MODEL_REPOSITORY),,examples)
 
 # The one wheel, into dist/: `pip install dist/onnxserve-*.whl` is the client
 # alone; add [server], [convert] or [examples] for the rest (README: Installing).
+# Where cargo is found it carries the native front end (onnxserve/_native.abi3.so,
+# tagged cp311-abi3-<platform>); without cargo it is the pure py3-none-any wheel.
 wheel: install
 	$(PY) -m pip wheel --quiet --no-deps --wheel-dir dist .
+	@ls -t dist/onnxserve-*.whl | head -n 1
 
 # KServe's server and client for tests/test_client_kserve.py, in their own
 # environment (.venv-kserve): KServe needs protobuf 6, the project 7.

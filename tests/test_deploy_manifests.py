@@ -162,7 +162,9 @@ def test_dockerfiles_agree_with_the_manifests(variant: str) -> None:
     cmd = deploy.last(dockerfile, "CMD").exec_form()
     assert cmd == ["--model-repository", settings["model_repository"]]
     assert re.fullmatch(r"\d+:\d+", deploy.last(dockerfile, "USER").arguments)
-    assert str(settings["grpc_port"]) in deploy.last(dockerfile, "EXPOSE").arguments.split()
+    exposed = deploy.last(dockerfile, "EXPOSE").arguments.split()
+    for key in ("http_port", "grpc_port", "metrics_port"):
+        assert str(settings[key]) in exposed, f"{dockerfile.name} does not EXPOSE {key}"
     # Every RUN is the install script.
     for run in (s for s in steps if s.keyword == "RUN"):
         commands = re.sub(r"--mount=\S+", "", run.arguments).split("&&")
@@ -178,6 +180,14 @@ def test_dockerfiles_agree_with_the_manifests(variant: str) -> None:
     }
     package_dirs = set(deploy.pyproject()["tool"]["setuptools"]["package-dir"].values())
     assert package_dirs <= copied, f"{dockerfile.name} does not copy {package_dirs - copied}"
+    # The native front end: its crate, the .proto files its build.rs reads, setup.py
+    # that builds it; Rust in the build stage only (the final stage has no compiler).
+    assert {"setup.py", "native", "proto"} <= copied, f"{dockerfile.name}: {sorted(copied)}"
+    runs = [s for s in steps if s.keyword == "RUN"]
+    assert any("install.sh rust" in s.arguments for s in runs if s.stage == 0)
+    assert not any("install.sh rust" in s.arguments for s in runs if s.stage == 1)
+    ignored = (dockerfile.parent / f"{dockerfile.name}.dockerignore").read_text().splitlines()
+    assert "native/target" in ignored and "onnxserve/_native*.so" in ignored
 
 
 def test_the_deployment_follows_the_settings_file(rendered: dict[str, Path]) -> None:
@@ -203,6 +213,7 @@ def test_the_deployment_follows_the_settings_file(rendered: dict[str, Path]) -> 
     assert settings["host"] == "0.0.0.0"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["grpc"] == settings["grpc_port"]
+    assert ports["http"] == settings["http_port"] == 8000  # Triton's HTTP port
     probes = [container[k] for k in ("startupProbe", "readinessProbe", "livenessProbe")]
     assert all(p["grpc"]["port"] == settings["grpc_port"] for p in probes)
     assert {p["grpc"].get("service", "") for p in probes} == {"", INFERENCE_SERVICE}
@@ -234,10 +245,19 @@ def test_services_reach_the_pods(rendered: dict[str, Path]) -> None:
         assert svc["spec"]["selector"].items() <= pod_labels.items()
         (grpc,) = [p for p in svc["spec"]["ports"] if p["name"] == "grpc"]
         assert grpc["port"] == grpc_port and grpc["appProtocol"] == "kubernetes.io/h2c"
+    # HTTP/REST through the ClusterIP Service, to the container port named http.
+    http_port = deploy.serve_settings()["http_port"]
+    container_ports = {p["name"]: p["containerPort"] for p in _container(objects)["ports"]}
+    (http,) = [p for p in service["spec"]["ports"] if p["name"] == "http"]
+    assert http["port"] == http_port and container_ports[http["targetPort"]] == http_port
     policy = _one(objects, "NetworkPolicy")
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
-    allowed = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert grpc_port in allowed
+    # gRPC and REST from anywhere (a rule without `from`), metrics from monitoring only.
+    open_ports = {
+        p["port"] for rule in policy["spec"]["ingress"] if "from" not in rule for p in rule["ports"]
+    }
+    assert {grpc_port, http_port} <= open_ports
+    assert deploy.serve_settings()["metrics_port"] not in open_ports
     pdb = _one(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
@@ -277,19 +297,26 @@ def test_the_gpu_overlay_asks_for_a_gpu(rendered: dict[str, Path]) -> None:
 def test_the_kserve_runtime(rendered: dict[str, Path]) -> None:
     objects = _objects(rendered["kserve"])
     runtime = _one(objects, "ServingRuntime")["spec"]
-    assert runtime["protocolVersions"] == ["grpc-v2"]
+    # REST and gRPC, as KServe's Triton runtime declares them (its HTTP port 8080 is
+    # KServe's default, its gRPC port 9000).
+    assert runtime["protocolVersions"] == ["v2", "grpc-v2"]
     assert {"name": "onnx", "version": "1", "autoSelect": True, "priority": 1} in runtime[
         "supportedModelFormats"
     ]
     (container,) = runtime["containers"]
     assert "--model-repository=/mnt/models" in container["args"]
-    (port,) = container["ports"]
-    assert port["name"] == "h2c"
-    assert f"--grpc-port={port['containerPort']}" in container["args"]
+    assert {"--http-port=8080", "--grpc-port=9000"} <= set(container["args"])
+    # No container port: Knative routes one, 8080 (REST) unless an InferenceService
+    # names its own; a gRPC one names the gRPC port h2c.
+    assert "ports" not in container
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     service = _one(objects, "InferenceService")["spec"]["predictor"]["model"]
     assert service["runtime"] == _one(objects, "ServingRuntime")["metadata"]["name"]
     assert service["protocolVersion"] in runtime["protocolVersions"]
+    if service["protocolVersion"] == "grpc-v2":
+        (port,) = service["ports"]
+        assert port["name"] == "h2c"
+        assert f"--grpc-port={port['containerPort']}" in container["args"]
 
 
 def test_kserve_resources_match_kserves_types(rendered: dict[str, Path]) -> None:

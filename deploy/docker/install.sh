@@ -4,13 +4,21 @@
 # `wheels`, then `venv` into a fresh directory, then the server as the
 # entrypoint starts it), so a broken step fails there, not on a user's cluster.
 #
+#   install.sh rust
+#       Build stage only: a C toolchain (the linker, and ring's C code) from the
+#       distribution and Rust RUST_VERSION by rustup-init RUSTUP_VERSION, whose
+#       checksum is pinned below, into RUSTUP_HOME and CARGO_HOME (the
+#       Dockerfiles set them; their bin/ is on PATH).
 #   install.sh wheels SOURCE WHEELHOUSE VARIANT
-#       Build stage: onnxserve's wheel from SOURCE and a wheel of every
-#       dependency into WHEELHOUSE. Binary wheels only: nothing is compiled,
-#       and a dependency without a wheel for this Python fails here.
+#       Build stage: onnxserve's wheel from SOURCE, with the native front end
+#       built in (setup.py, setuptools-rust: cargo must be on PATH), and a wheel
+#       of every dependency into WHEELHOUSE. Dependencies are binary wheels
+#       only: nothing of theirs is compiled, and one without a wheel for this
+#       Python fails here.
 #   install.sh venv WHEELHOUSE PREFIX VARIANT
 #       Final stage: a virtual environment at PREFIX from WHEELHOUSE alone (no
-#       index, no compiler), without pip, checked by importing the server.
+#       index, no compiler), without pip, checked by importing the server and
+#       the native front end.
 #   install.sh system-python
 #       Dockerfile.gpu, both stages: Python and its venv module from Ubuntu's
 #       packages (the CUDA base image has no Python).
@@ -18,11 +26,26 @@
 # VARIANT is cpu (onnxruntime's CPU build: the project's server-cpu extra) or
 # gpu (onnxruntime-gpu: the server extra). Exact versions come from
 # constraints.txt beside this script.
+#
+# ONNXSERVE_NATIVE (setup.py) is `required` unless set: an image without the
+# native front end fails to build. `skip` builds and checks the venv without it
+# (tests/test_deploy_image.py where no cargo is installed).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 constraints="$here/constraints.txt"
 python=${PYTHON:-python3}
+
+native=${ONNXSERVE_NATIVE:-required}
+export ONNXSERVE_NATIVE=$native
+# Rust for the build stage (native/Cargo.toml's rust-version is the floor),
+# installed by rustup-init of this version with these SHA-256 sums.
+RUST_VERSION=1.95.0
+RUSTUP_VERSION=1.29.0
+declare -A RUSTUP_SHA256=(
+    [x86_64]=4acc9acc76d5079515b46346a485974457b5a79893cfb01112423c89aeb5aa10
+    [aarch64]=9732d6c5e2a098d3521fca8145d826ae0aaa067ef2385ead08e6feac88fa5792
+)
 
 die() { echo "install.sh: $*" >&2; exit 2; }
 
@@ -42,7 +65,10 @@ wheels() {
     # A throwaway environment for pip, which Ubuntu's python3 lacks (the one
     # that Python's venv module bundles: no unpinned download of a newer one).
     "$python" -m venv "$build/venv"
-    "$build/venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-cache-dir \
+    # PyO3 reads the interpreter's version from PYO3_PYTHON: the base Python,
+    # not the throwaway venv's path (which would rebuild PyO3 on every run).
+    PYO3_PYTHON=${PYO3_PYTHON:-$(command -v "$python")} \
+        "$build/venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-cache-dir \
         --only-binary=:all: --constraint "$constraints" --wheel-dir "$wheelhouse" \
         "$source[$extra]"
     rm -rf "$build"
@@ -58,13 +84,22 @@ venv() {
     # Nothing installs at run time: no pip, and no setuptools (Python 3.11's
     # venv seeds an old one that nothing here uses).
     "$prefix/bin/python" -m pip uninstall --quiet --yes pip setuptools
-    # The server starts, and onnxruntime is the build this variant wants.
-    "$prefix/bin/onnxserve" serve --help >/dev/null
-    "$prefix/bin/python" - "$variant" <<'PY'
+    # The server starts and offers a choice of front end, and onnxruntime is
+    # the build this variant wants.
+    local help
+    help=$("$prefix/bin/onnxserve" serve --help)
+    [[ $help == *--frontend* ]] || die "onnxserve serve --help lists no --frontend"
+    # -I: the environment as installed, never a checkout in the working directory.
+    "$prefix/bin/python" -I - "$variant" "$native" <<'PY'
 import sys
 
 import onnxruntime
 import onnxruntime_extensions
+
+if sys.argv[2] != "skip":
+    # The native front end, built against this base image's glibc (both stages
+    # share one base), loads here: --frontend auto serves with it.
+    import onnxserve._native
 
 cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 if cuda != (sys.argv[1] == "gpu"):
@@ -73,6 +108,28 @@ if cuda != (sys.argv[1] == "gpu"):
 # Text models' string operators: the extensions library loads into this onnxruntime.
 onnxruntime.SessionOptions().register_custom_ops_library(onnxruntime_extensions.get_library_path())
 PY
+}
+
+rust() {
+    [ $# -eq 0 ] || die "usage: install.sh rust"
+    local arch triple download
+    arch=$(uname -m)
+    [ -n "${RUSTUP_SHA256[$arch]:-}" ] || die "no rustup-init checksum for $arch"
+    triple="$arch-unknown-linux-gnu"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install --yes --no-install-recommends ca-certificates curl gcc libc6-dev
+    rm -rf /var/lib/apt/lists/*
+    download=$(mktemp -d)
+    curl --proto '=https' --tlsv1.2 --fail --silent --show-error --location \
+        --output "$download/rustup-init" \
+        "https://static.rust-lang.org/rustup/archive/$RUSTUP_VERSION/$triple/rustup-init"
+    echo "${RUSTUP_SHA256[$arch]}  $download/rustup-init" | sha256sum --check --quiet -
+    chmod +x "$download/rustup-init"
+    "$download/rustup-init" -y --quiet --no-modify-path --profile minimal \
+        --default-toolchain "$RUST_VERSION" --default-host "$triple"
+    rm -rf "$download"
+    cargo --version
 }
 
 system_python() {
@@ -86,8 +143,9 @@ system_python() {
 command=${1:-}
 [ $# -gt 0 ] && shift
 case "$command" in
+    rust) rust "$@" ;;
     wheels) wheels "$@" ;;
     venv) venv "$@" ;;
     system-python) system_python "$@" ;;
-    *) die "usage: install.sh wheels|venv|system-python ... (see the comment at its top)" ;;
+    *) die "usage: install.sh rust|wheels|venv|system-python ... (see the comment at its top)" ;;
 esac

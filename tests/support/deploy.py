@@ -34,8 +34,19 @@ FILL_SCRIPT = KUBERNETES / "fill-models.sh"
 KUSTOMIZATIONS = sorted(
     str(p.parent.relative_to(KUBERNETES)) for p in KUBERNETES.rglob("kustomization.yaml")
 )
-# What the Dockerfiles' .dockerignore files keep out of the build context.
-_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".venv*")
+# What the Dockerfiles' .dockerignore files keep out of the build context: caches,
+# environments, and the native front end's build folder and locally built module.
+_IGNORED_NAMES = shutil.ignore_patterns(
+    "__pycache__", "*.pyc", "*.egg-info", ".venv*", "_native*.so"
+)
+
+
+def _ignored(directory: str, names: list[str]) -> set[str]:
+    """shutil.copytree's ignore: the names above anywhere, and native/target."""
+    ignored = set(_IGNORED_NAMES(directory, names))
+    if Path(directory).resolve() == (ROOT / "native").resolve() and "target" in names:
+        ignored.add("target")
+    return ignored
 
 
 def pyproject() -> dict[str, Any]:
@@ -122,7 +133,7 @@ def stage_build_context(dockerfile: Path, destination: Path) -> Path:
             origin = ROOT / source
             dest = root / target
             if origin.is_dir():
-                shutil.copytree(origin, dest, ignore=_IGNORED, dirs_exist_ok=True)
+                shutil.copytree(origin, dest, ignore=_ignored, dirs_exist_ok=True)
             elif target.endswith("/") or len(sources) > 1:
                 dest.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(origin, dest / origin.name)
