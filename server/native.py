@@ -73,6 +73,8 @@ if TYPE_CHECKING:
     from onnxserve.server.settings import ServerSettings
 
 log = logging.getLogger(__name__)
+#: One line per REST call, at DEBUG only (the native front end keeps none otherwise).
+access_log = logging.getLogger("onnxserve.server.access")
 
 _MODULE = "onnxserve._native"
 _SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
@@ -368,7 +370,9 @@ class NativeFrontEnd:
             tls_cert=read(settings.tls_cert),
             tls_key=read(settings.tls_key),
             tls_client_ca=read(settings.tls_client_ca),
+            access_log=access_log.isEnabledFor(logging.DEBUG),
         )
+        self._access: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pump: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -386,6 +390,11 @@ class NativeFrontEnd:
             target=self._pump_calls, name="onnxserve-native-pump", daemon=True
         )
         self._pump.start()
+        if access_log.isEnabledFor(logging.DEBUG):
+            self._access = threading.Thread(
+                target=self._log_access, name="onnxserve-native-access", daemon=True
+            )
+            self._access.start()
         return ports
 
     def set_serving(self, serving: bool) -> None:
@@ -412,6 +421,8 @@ class NativeFrontEnd:
         await loop.run_in_executor(None, self.frontend.stop, grace_s)
         if self._pump is not None:
             await loop.run_in_executor(None, self._pump.join)
+        if self._access is not None:
+            await loop.run_in_executor(None, self._access.join)
 
     # -- models ---------------------------------------------------------------------------
 
@@ -450,6 +461,17 @@ class NativeFrontEnd:
         self.frontend.set_routes(routes)
 
     # -- delegated calls ------------------------------------------------------------------
+
+    def _log_access(self) -> None:
+        """Log what Rust recorded of each REST call: method, path, status, time taken."""
+        reported = 0
+        while not self._stopping.is_set():
+            lines, dropped = self.frontend.access_lines(_WAIT_S)
+            for method, path, status, seconds in lines:
+                access_log.debug("%s %s %d %.2f ms", method, path, status, seconds * 1e3)
+            if dropped > reported:
+                access_log.debug("%d access log lines dropped (the log fell behind)", dropped)
+                reported = dropped
 
     def _pump_calls(self) -> None:
         loop = self._loop

@@ -214,6 +214,10 @@ def test_statistics_count_rest_calls(triton: Any) -> None:
     assert {entry["name"] for entry in every} >= {"simple", "identity_fp32"}
 
 
+def test_no_access_log_below_debug(server: RunningServer) -> None:
+    assert "onnxserve.server.access" not in server.log()
+
+
 def test_load_and_unload_follow_the_grpc_rules(triton: Any) -> None:
     triton.unload_model("identity_int8")
     assert not triton.is_model_ready("identity_int8")
@@ -375,7 +379,8 @@ def test_https_with_tokens_and_mutual_tls(pki: TestPKI, tmp_path: Path) -> None:
     tls = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
     credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
     server = RunningServer(
-        tmp_path / "models", [*tls, "--auth-token-file", str(tokens)], http=True,
+        tmp_path / "models", [*tls, "--auth-token-file", str(tokens), "--log-level", "DEBUG"],
+        http=True,
         credentials=credentials, token=TOKEN, server_name="localhost",
     )  # fmt: skip
     context = ssl.create_default_context(cafile=str(pki.ca))
@@ -398,7 +403,12 @@ def test_https_with_tokens_and_mutual_tls(pki: TestPKI, tmp_path: Path) -> None:
         # Plain HTTP to the https port gets nowhere, and no token reached the log.
         with pytest.raises((OSError, http.client.HTTPException)):  # a TLS alert, not HTTP
             urllib.request.urlopen(f"http://localhost:{server.http_port}/v2/health/live", timeout=5)
-        assert TOKEN not in server.log()
+        # At DEBUG, one access line per call: method, path, status, time; never a token.
+        time.sleep(0.5)
+        log = server.log()
+        assert TOKEN not in log
+        assert " onnxserve.server.access: GET /v2 401 " in log
+        assert " onnxserve.server.access: POST /v2/models/simple/infer 200 " in log
     mutual = RunningServer(
         tmp_path / "models", [*tls, "--tls-client-ca", str(pki.ca)], http=True,
         credentials=grpc.ssl_channel_credentials(

@@ -32,6 +32,53 @@ pub struct Messages {
     pub token_invalid: String,
 }
 
+/// One REST call as the access log records it (at DEBUG, by Python's logging).
+pub struct AccessLine {
+    pub method: String,
+    /// The path, quoted (at most [`QUOTE_LIMIT`] characters of it).
+    pub path: String,
+    pub status: u16,
+    pub duration: Duration,
+}
+
+/// Lines for the access log: a bounded buffer Python drains; a line that finds
+/// it full is dropped and counted, so logging never slows or grows the server.
+pub struct AccessLog {
+    sender: std::sync::mpsc::SyncSender<AccessLine>,
+    receiver: parking_lot::Mutex<std::sync::mpsc::Receiver<AccessLine>>,
+    pub dropped: AtomicU64,
+}
+
+impl AccessLog {
+    const CAPACITY: usize = 4096;
+
+    fn new() -> Self {
+        let (sender, receiver) = std::sync::mpsc::sync_channel(Self::CAPACITY);
+        Self {
+            sender,
+            receiver: parking_lot::Mutex::new(receiver),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn record(&self, line: AccessLine) {
+        if self.sender.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The lines recorded so far, waiting up to `wait` for the first.
+    pub fn drain(&self, wait: Duration) -> Vec<AccessLine> {
+        let receiver = self.receiver.lock();
+        let mut lines = Vec::new();
+        if let Ok(line) = receiver.recv_timeout(wait) {
+            lines.push(line);
+            lines.extend(receiver.try_iter().take(Self::CAPACITY));
+        }
+        lines
+    }
+}
+
 /// A call in progress, counted for the drain; dropped when the call ends.
 pub struct InFlight(Arc<Core>);
 
@@ -58,6 +105,8 @@ pub struct Core {
     pub stream_window: usize,
     /// SHA-256 digests of the accepted bearer tokens (None: no tokens needed).
     pub tokens: RwLock<Option<Vec<[u8; 32]>>>,
+    /// REST's access log, kept only when Python logs at DEBUG.
+    pub access: Option<AccessLog>,
 }
 
 impl Core {
@@ -66,6 +115,7 @@ impl Core {
         stream_window: usize,
         messages: Messages,
         tokens: Option<Vec<[u8; 32]>>,
+        access_log: bool,
     ) -> Self {
         Self {
             routes: RwLock::new(HashMap::new()),
@@ -79,6 +129,7 @@ impl Core {
             messages,
             stream_window: stream_window.max(1),
             tokens: RwLock::new(tokens),
+            access: access_log.then(AccessLog::new),
         }
     }
 

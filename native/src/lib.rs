@@ -94,7 +94,7 @@ impl Frontend {
     #[pyo3(signature = (*, host, port, health_port, http_port, reuse_port, max_message_bytes, max_concurrent_rpcs, stream_window,
         max_connection_age_s, max_connection_age_grace_s, descriptors, busy_message,
         token_required_message, token_invalid_message, token_digests=None, tls_cert=None,
-        tls_key=None, tls_client_ca=None))]
+        tls_key=None, tls_client_ca=None, access_log=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         host: String,
@@ -115,6 +115,7 @@ impl Frontend {
         tls_cert: Option<Vec<u8>>,
         tls_key: Option<Vec<u8>>,
         tls_client_ca: Option<Vec<u8>>,
+        access_log: bool,
     ) -> PyResult<Self> {
         let tls = match (tls_cert, tls_key) {
             (Some(cert), Some(key)) => Some(TlsFiles {
@@ -140,6 +141,7 @@ impl Frontend {
             stream_window,
             messages,
             digests(token_digests)?,
+            access_log,
         );
         Ok(Self {
             core: Arc::new(core),
@@ -311,6 +313,22 @@ impl Frontend {
     /// Seconds since the latest inference call arrived.
     fn idle_s(&self) -> f64 {
         self.core.idle().as_secs_f64()
+    }
+
+    /// The REST access log's lines since the last call, as (method, path, status,
+    /// seconds), waiting up to `wait_s` for one; and how many were dropped so far
+    /// because Python fell behind. Empty when the log is off.
+    fn access_lines(&self, py: Python<'_>, wait_s: f64) -> (Vec<(String, String, u16, f64)>, u64) {
+        let Some(log) = self.core.access.as_ref() else {
+            return (Vec::new(), 0);
+        };
+        let wait = Duration::from_secs_f64(wait_s.max(0.0));
+        let lines = py.detach(|| log.drain(wait));
+        let lines = lines
+            .into_iter()
+            .map(|l| (l.method, l.path, l.status, l.duration.as_secs_f64()))
+            .collect();
+        (lines, log.dropped.load(Ordering::Relaxed))
     }
 
     /// Connections open.

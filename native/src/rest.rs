@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};
 use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -24,7 +25,7 @@ use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
 use serde_json::{json, Map, Value};
 use tonic::{Code, Status};
 
-use crate::core::Core;
+use crate::core::{quoted, AccessLine, Core};
 use crate::json_tensors::{data_to_raw, raw_to_data};
 use crate::proto::{
     infer_parameter::ParameterChoice,
@@ -192,10 +193,25 @@ impl Rest {
 
     /// One HTTP request's answer; never an error at the HTTP layer.
     pub async fn handle(self, request: Request<Incoming>) -> Result<HttpResponse, Infallible> {
-        Ok(match self.answer(request).await {
+        let started = Instant::now();
+        let logged = self
+            .core
+            .access
+            .as_ref()
+            .map(|_| (request.method().to_string(), quoted(request.uri().path())));
+        let response = match self.answer(request).await {
             Ok(response) => response,
             Err(refusal) => error_response(refusal),
-        })
+        };
+        if let (Some(log), Some((method, path))) = (&self.core.access, logged) {
+            log.record(AccessLine {
+                method,
+                path,
+                status: response.status().as_u16(),
+                duration: started.elapsed(),
+            });
+        }
+        Ok(response)
     }
 
     async fn answer(&self, request: Request<Incoming>) -> Result<HttpResponse, Refusal> {
@@ -206,7 +222,7 @@ impl Rest {
                 StatusCode::NOT_FOUND,
                 format!(
                     "{method} {}: not a route of the Open Inference Protocol's REST API",
-                    crate::core::quoted(&path)
+                    quoted(&path)
                 ),
             ));
         };
@@ -226,7 +242,7 @@ impl Rest {
         if method != wanted && !index_get {
             return Err(Refusal(
                 StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} {}: use {wanted}", crate::core::quoted(&path)),
+                format!("{method} {}: use {wanted}", quoted(&path)),
             ));
         }
         if !matches!(route, Route::Live | Route::Ready) {
@@ -436,7 +452,7 @@ impl Rest {
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     format!(
                         "Content-Encoding '{}' is not supported; use gzip, deflate or none",
-                        crate::core::quoted(other)
+                        quoted(other)
                     ),
                 ))
             }
@@ -548,7 +564,7 @@ fn parameter(name: &str, value: &Value) -> Result<ParameterChoice, Refusal> {
         _ => {
             return Err(bad(format!(
                 "parameter '{}' must be a boolean, a number or a string",
-                crate::core::quoted(name)
+                quoted(name)
             )))
         }
     })
@@ -593,7 +609,7 @@ fn repository_parameters(
             _ => {
                 return Err(bad(format!(
                     "parameter '{}' must be a boolean, an integer or a string",
-                    crate::core::quoted(&key)
+                    quoted(&key)
                 )))
             }
         };
