@@ -9,16 +9,17 @@ STAMP := $(VENV)/.onnxserve-installed
 # The embedded example repository that `make serve` builds once and serves.
 EXAMPLE_REPOSITORY ?= build/model_repository
 # `make serve` serves the examples on 127.0.0.1 at the server's own defaults
-# (gRPC 8001, metrics 8002), which the environment moves as it moves any
-# `onnxserve serve` (ONNXSERVE_GRPC_PORT=9401 make serve, ONNXSERVE_METRICS_PORT,
+# (gRPC 8001, HTTP 8000, metrics 8002), which the environment moves as it moves any
+# `onnxserve serve` (ONNXSERVE_GRPC_PORT=9401 make serve, ONNXSERVE_HTTP_PORT, ONNXSERVE_METRICS_PORT,
 # ONNXSERVE_HOST): the Makefile passes a flag, which would win over the
 # environment, only for a variable given to make (make serve GRPC_PORT=9401
 # METRICS_PORT=9402). MODEL_REPOSITORY=DIR serves DIR instead of the examples
 # (and does not build them).
 GRPC_PORT ?=
+HTTP_PORT ?=
 METRICS_PORT ?=
 MODEL_REPOSITORY ?=
-SERVE_FLAGS := $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT)) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
+SERVE_FLAGS := $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT)) $(if $(HTTP_PORT),--http-port $(HTTP_PORT)) $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT))
 # The labelled sentences for the sentiment example: the shared copy when there
 # is one (CI and the development machines), else the example's own fallback.
 SENTIMENT_DATA ?= $(firstword $(wildcard ../shared/data/sentiment-labelled-sentences))

@@ -42,6 +42,7 @@ from onnxserve.examples.sentiment.data import (
     load_uci_folder,
     split_dataset,
 )
+from onnxserve.server.native import native_available
 from tests.support.server import RunningServer
 
 pytestmark = pytest.mark.slow
@@ -216,7 +217,7 @@ def dataset() -> Dataset:
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[RunningServer]:
-    with RunningServer(repository) as server:
+    with RunningServer(repository, http=True) as server:
         yield server
 
 
@@ -340,6 +341,37 @@ def test_readme_snippet_runs_as_a_file_in_another_folder(
         score, label = line.split()[:2]
         assert label == ("positive:" if float(score) > 0.5 else "negative:")
     assert lines[2].startswith(f"digit labelled {held_out_split().test_labels[0]}: predicted ")
+
+
+def _readme_curl_lines() -> list[str]:
+    """The commands of the README's curl block, as a user copies them."""
+    readme = (ROOT / "README.md").read_text("utf-8")
+    section = readme[readme.index("Or with curl") :]
+    block = section[section.index("```sh\n") + len("```sh\n") : section.index("\n```\n")]
+    return block.splitlines()
+
+
+def test_readme_curl_lines_run_as_written(server: RunningServer) -> None:
+    """Issue 20: the README's curl examples, run by a shell as written (only the port
+    differs here), answer what the README shows: readiness, metadata, scores."""
+    curl = shutil.which("curl")
+    if curl is None or not native_available():
+        pytest.skip("needs curl and the native front end (REST)")
+    answers = []
+    for line in _readme_curl_lines():
+        assert line.startswith("curl -s localhost:8000/"), line
+        command = line.replace("localhost:8000", server.http_address, 1)
+        done = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        answers.append(json.loads(done.stdout))
+    ready, metadata, inference = answers
+    assert ready == {"ready": True}
+    assert metadata["name"] == "sentiment" and metadata["inputs"][0]["datatype"] == "BYTES"
+    [score] = inference["outputs"]
+    assert score["name"] == "score" and score["shape"] == [2, 1] and len(score["data"]) == 2
+    assert all(0.0 <= value <= 1.0 for value in score["data"])
 
 
 def test_metrics_record_the_text_input_and_the_data(repository: Path, dataset: Dataset) -> None:
