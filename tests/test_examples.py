@@ -42,8 +42,7 @@ from onnxserve.examples.sentiment.data import (
     load_uci_folder,
     split_dataset,
 )
-from onnxserve.server.native import native_available
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, rest_served
 
 pytestmark = pytest.mark.slow
 
@@ -355,7 +354,7 @@ def test_readme_curl_lines_run_as_written(server: RunningServer) -> None:
     """Issue 20: the README's curl examples, run by a shell as written (only the port
     differs here), answer what the README shows: readiness, metadata, scores."""
     curl = shutil.which("curl")
-    if curl is None or not native_available():
+    if curl is None or not rest_served():
         pytest.skip("needs curl and the native front end (REST)")
     answers = []
     for line in _readme_curl_lines():

@@ -24,9 +24,8 @@ import numpy as np
 import pytest
 
 from onnxserve.client import Client
-from onnxserve.server.native import native_available
 from tests.support.models import add_sub_model
-from tests.support.server import free_port, wait_serving
+from tests.support.server import free_port, rest_served, wait_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 # Tests of the suite that start servers of their own (a port in use, SIGTERM).
@@ -70,7 +69,7 @@ def test_make_serve_takes_its_ports_from_the_environment_while_the_suite_runs(
         wait_serving(serving, address, 60, lambda: log.read_text(errors="replace"))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10)
         assert b"nv_inference_request_success" in metrics.read()
-        if native_available():  # REST is the native front end's
+        if rest_served():  # REST is the native front end's
             url = f"http://127.0.0.1:{http_port}/v2/health/ready"
             ready = urllib.request.urlopen(url, timeout=10)
             assert json.loads(ready.read()) == {"ready": True}

@@ -32,15 +32,14 @@ import pytest
 
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from onnxserve.server.native import native_available
 from tests.support.batching_models import pair_model
 from tests.support.certs import TestPKI, make_pki
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import add_sub_model, build_protocol_repository, write_config
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, rest_served
 
 pytestmark = pytest.mark.skipif(
-    not native_available(), reason="REST is served by the native front end (make install)"
+    not rest_served(), reason="REST is served by the native front end (make install)"
 )
 http_client = pytest.importorskip("tritonclient.http")
 

@@ -14,11 +14,10 @@ import pytest
 from onnxserve.client import Client
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
-from onnxserve.server.native import native_available
 from onnxserve.server.runtime import nvidia_gpu_visible
 from tests.support.infer_requests import infer_request, outputs_of
 from tests.support.models import add_sub_model, write_config
-from tests.support.server import RunningServer, free_port
+from tests.support.server import RunningServer, free_port, rest_served
 
 X = np.ones((1, 16), dtype=np.float32)
 
@@ -111,7 +110,7 @@ def test_busy_port_is_a_clear_error(tmp_path: Path) -> None:
             text=True,
             timeout=60,
         )
-    if native_available():  # REST is the native front end's
+    if rest_served():  # REST is the native front end's
         assert http_taken.returncode == 1
         assert f"cannot listen on 127.0.0.1:{first.port} (--http-port)" in http_taken.stderr
     assert health_taken.returncode == 1

@@ -21,6 +21,14 @@ from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 
 
+def rest_served() -> bool:
+    """Whether servers the suite starts answer REST: the native front end's, where it is
+    built and not set aside (``ONNXSERVE_FRONTEND=python``, as ``make test``'s second pass)."""
+    from onnxserve.server.native import native_available
+
+    return native_available() and os.environ.get("ONNXSERVE_FRONTEND", "auto") != "python"
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
