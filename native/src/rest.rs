@@ -715,7 +715,9 @@ fn infer_request(
         let size = input
             .get("parameters")
             .and_then(|p| p.get("binary_data_size"));
-        let raw = match (size, input.get("data")) {
+        // `"data": null` beside binary_data_size is how some clients (KServe's) say "no JSON data".
+        let data = input.get("data").filter(|d| !d.is_null());
+        let raw = match (size, data) {
             (Some(size), None) => {
                 let size = size
                     .as_u64()
@@ -812,9 +814,8 @@ fn infer_answer(response: ModelInferResponse, choice: &OutputChoice) -> (Value, 
     let mut header = Map::new();
     header.insert("model_name".into(), Value::from(response.model_name));
     header.insert("model_version".into(), Value::from(response.model_version));
-    if !response.id.is_empty() {
-        header.insert("id".into(), Value::from(response.id));
-    }
+    // Always there (empty when the request had none): KServe's REST data model requires it.
+    header.insert("id".into(), Value::from(response.id));
     if !response.parameters.is_empty() {
         header.insert(
             "parameters".into(),
@@ -954,6 +955,9 @@ mod tests {
         assert!(extra.contains("1 bytes of binary data"), "{extra}");
         let short = request(json, &[1]).err().map(|r| r.1).unwrap_or_default();
         assert!(short.contains("only 1 bytes"), "{short}");
+        // KServe's client writes "data": null beside binary_data_size.
+        let null = r#"{"inputs":[{"name":"a","datatype":"UINT8","shape":[2],"data":null,"parameters":{"binary_data_size":2}}]}"#;
+        assert!(request(null, &[1, 2]).is_ok());
     }
 
     #[test]
