@@ -1,7 +1,8 @@
 """What :class:`Client` and :class:`AsyncClient` share: settings, credentials, channel layout.
 
 The two clients take the same constructor arguments and validate them here,
-once; they differ only in the gRPC channel type they open and in whether they
+once; they differ only in the transports they open (:mod:`onnxserve.client.transport`:
+gRPC channels, or REST connections for ``http(s)://`` URLs) and in whether they
 block or await.
 """
 
@@ -21,6 +22,7 @@ from onnxserve.client.options import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_TIMEOUT_S,
     KeepaliveOptions,
+    Protocol,
     RetryPolicy,
     TLSConfig,
 )
@@ -67,6 +69,7 @@ class ClientBase:
         channels_per_url: int = 1,
         compression: grpc.Compression | None = None,
         channel_args: Mapping[str, Any] | None = None,
+        protocol: Protocol | None = None,
     ) -> None:
         if timeout <= 0:
             raise ValueError("timeout must be positive: every call has a deadline")
@@ -80,6 +83,7 @@ class ClientBase:
             keepalive=keepalive,
             channels_per_url=channels_per_url,
             channel_args=channel_args,
+            protocol=protocol,
         )
         self.connection = connection
         self.targets: tuple[str, ...] = connection.targets
@@ -102,6 +106,11 @@ class ClientBase:
     def tls(self) -> bool:
         """Whether the channels use TLS."""
         return self.connection.tls
+
+    @property
+    def protocol(self) -> Protocol:
+        """``"grpc"``, or ``"http"`` for a client of ``http(s)://`` URLs (REST)."""
+        return self.connection.protocol
 
     def _next_index(self) -> int:
         # itertools.count's __next__ is atomic under the GIL: safe across threads.
@@ -146,6 +155,10 @@ class ClientBase:
         return Deadline(self.timeout if timeout is None else timeout)
 
     def __repr__(self) -> str:
-        scheme = "grpcs" if self.tls else "grpc"
+        scheme = (
+            ("https" if self.tls else "http")
+            if self.protocol == "http"
+            else ("grpcs" if self.tls else "grpc")
+        )
         urls = ", ".join(f"{scheme}://{t}" for t in dict.fromkeys(self.targets))
         return f"{type(self).__name__}({urls}, channels={len(self.targets)})"

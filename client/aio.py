@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from onnxserve.client import calls, casting, splitting
-from onnxserve.client._base import MAX_PARTS_IN_FLIGHT, ClientBase, _once
+from onnxserve.client._base import MAX_PARTS_IN_FLIGHT, ClientBase, Deadline, _once
 from onnxserve.client.errors import (
     DeadlineExceededError,
     InferenceServerError,
@@ -20,6 +20,7 @@ from onnxserve.client.errors import (
     UnimplementedError,
     from_rpc_error,
 )
+from onnxserve.client.transport import async_transports
 from onnxserve.client.types import (
     InferRequest,
     InferResult,
@@ -30,7 +31,6 @@ from onnxserve.client.types import (
     ServerMetadata,
 )
 from onnxserve.protocol import grpc_service_pb2 as pb
-from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
 
 __all__ = ["AsyncClient"]
@@ -65,14 +65,13 @@ class AsyncClient(ClientBase):
     """
 
     def _open(self) -> None:
-        self._channels: list[grpc.aio.Channel] = []
-        self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
+        self._transports: list[Any] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------
 
-    def _stub(self) -> pb_grpc.GRPCInferenceServiceStub:
+    def _transport(self) -> Any:
         if self._closed:
             raise RuntimeError("the client is closed")
         loop = asyncio.get_running_loop()
@@ -83,27 +82,21 @@ class AsyncClient(ClientBase):
                 "this AsyncClient was first used in another event loop; "
                 "make one client per event loop"
             )
-        if not self._stubs:
+        if not self._transports:
             self._loop = loop
-            for target in self.targets:
-                channel = self.connection.aio_channel(target, compression=self._compression)
-                self._channels.append(channel)
-                self._stubs.append(pb_grpc.GRPCInferenceServiceStub(channel))
-        return self._stubs[self._next_index()]
+            self._transports = async_transports(self.connection, self._compression)
+        return self._transports[self._next_index()]
 
     async def _invoke(self, call: calls.Call[T], timeout: float | None) -> T:
         """Send one unary call, retrying as the policy allows within one deadline."""
         deadline = self._deadline(timeout)
         attempts = 0
         while True:
-            method = getattr(self._stub(), call.method)
+            transport = self._transport()
             attempts += 1
             try:
-                response = await method(
-                    call.request, timeout=max(deadline.remaining(), 0.0), metadata=self.metadata
-                )
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
+                response = await transport.unary(call, max(deadline.remaining(), 0.0))
+            except InferenceServerError as error:
                 delay = self.retry.next_delay(
                     error.code, attempts, call.idempotent, deadline.remaining()
                 )
@@ -116,9 +109,9 @@ class AsyncClient(ClientBase):
     async def close(self) -> None:
         """Close every channel; calls in flight are cancelled."""
         self._closed = True
-        channels, self._channels, self._stubs = self._channels, [], []
-        for channel in channels:
-            await channel.close()
+        transports, self._transports = self._transports, []
+        for transport in {id(t): t for t in transports}.values():
+            await transport.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -303,6 +296,11 @@ class AsyncClient(ClientBase):
                 print(result.id, result.raise_for_error().outputs)
         """
         deadline = self._deadline(timeout)
+        transport = self._transport()
+        if transport.protocol == "http":
+            async for result in self._stream_over_rest(requests, deadline):
+                yield result
+            return
         failure: list[Exception] = []
 
         async def encoded() -> AsyncIterator[pb.ModelInferRequest]:
@@ -317,7 +315,7 @@ class AsyncClient(ClientBase):
                 failure.append(exc)
                 raise
 
-        call = self._stub().ModelStreamInfer(
+        call = transport.stub.ModelStreamInfer(
             encoded(), timeout=deadline.remaining(), metadata=self.metadata
         )
         try:
@@ -338,3 +336,29 @@ class AsyncClient(ClientBase):
             call.cancel()
         if failure:
             raise failure[0]
+
+    async def _stream_over_rest(
+        self,
+        requests: AsyncIterable[InferRequest] | Iterable[InferRequest],
+        deadline: Deadline,
+    ) -> AsyncIterator[InferResult]:
+        """REST has no stream: each request is one unary call, answered in order."""
+
+        async def items() -> AsyncIterator[InferRequest]:
+            if isinstance(requests, AsyncIterable):
+                async for item in requests:
+                    yield item
+            else:
+                for item in requests:
+                    yield item
+
+        async for item in items():
+            call = calls.stream_call(item)
+            try:
+                result = await self._transport().unary(call, max(deadline.remaining(), 0.0))
+            except InferenceServerError as error:
+                if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+                yield calls.failed_result(item, error)
+                continue
+            yield call.parse(result)

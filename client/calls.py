@@ -49,6 +49,7 @@ __all__ = [
     "decode_infer_response",
     "decode_parameters",
     "encode_parameters",
+    "failed_result",
     "infer",
     "infer_result",
     "load_model",
@@ -61,6 +62,7 @@ __all__ = [
     "server_metadata",
     "server_ready",
     "statistics",
+    "stream_call",
     "stream_result",
     "unload_model",
 ]
@@ -256,6 +258,26 @@ def stream_result(response: pb.ModelStreamInferResponse) -> InferResult:
             error=error_for_code(code, response.error_message),
         )
     return infer_result(response.infer_response)
+
+
+def stream_call(item: InferRequest) -> Call[InferResult]:
+    """One request of a stream as a unary ModelInfer whose result keeps its identity.
+
+    What ``stream_infer`` sends over REST, which has no stream.
+    """
+    return Call("ModelInfer", request_from(item), infer_result, idempotent=False)
+
+
+def failed_result(item: InferRequest, error: InferenceServerError) -> InferResult:
+    """The stream's answer for a request the server refused: ``error`` set, no outputs."""
+    version = item.model_version
+    return InferResult(
+        model_name=item.model_name,
+        model_version="" if version is None else str(version),
+        id=item.request_id or "",
+        outputs={},
+        error=error,
+    )
 
 
 def infer(

@@ -41,8 +41,8 @@ __all__ = [
 ]
 
 _DESCRIPTION = """\
-Run one inference on an Open Inference Protocol (KServe v2 / Triton) gRPC
-server and print the outputs.
+Run one inference on an Open Inference Protocol (KServe v2 / Triton) server,
+over gRPC or HTTP/REST, and print the outputs.
 
 Each --input is NAME=VALUE, where VALUE is a .npy file (numpy.save), a .json
 file, or inline JSON. Values get the datatype the model declares for that input
@@ -55,6 +55,11 @@ examples:
   onnxserve infer sentiment --input tokens=tokens.npy --url 127.0.0.1:8001
   ONNXSERVE_INFER_TOKEN=... onnxserve infer digits --url grpcs://models.example:443 \\
       --input image=digit.npy --output probabilities
+  onnxserve infer digits --url http://127.0.0.1:8000 --input image=digit.npy
+
+--url http://HOST:PORT or https://HOST:PORT calls the server's HTTP/REST port (KServe v2
+REST, Triton's binary tensor extension) instead of gRPC, with the same inputs, outputs,
+TLS settings and token.
 """
 
 OutputFormat = Literal["text", "json"]
@@ -67,7 +72,11 @@ class InferSettings(ConnectionSettings):
     model: str = field(metadata={"help": "Model name", "metavar": "MODEL"})
     url: str = field(
         default="localhost:8001",
-        metadata={"help": "Server address: host:port, grpc://host:port or grpcs://host:port"},
+        metadata={
+            "help": "Server address: host:port or grpc://host:port (gRPC), grpcs://host:port "
+            "(gRPC with TLS), http://host:port or https://host:port (HTTP/REST, the server's "
+            "--http-port, 8000 by default)"
+        },
     )
     model_version: str = field(default="", metadata={"help": "Model version (default: latest)"})
     timeout: float = field(default=60.0, metadata={"help": "Deadline of the call in seconds"})

@@ -37,7 +37,11 @@ class ModelsSettings(ConnectionSettings):
 
     url: str = field(
         default="localhost:8001",
-        metadata={"help": "Server address: host:port, grpc://host:port or grpcs://host:port"},
+        metadata={
+            "help": "Server address: host:port or grpc://host:port (gRPC), grpcs://host:port "
+            "(gRPC with TLS), http://host:port or https://host:port (HTTP/REST, the server's "
+            "--http-port, 8000 by default)"
+        },
     )
     timeout: float = field(default=10.0, metadata={"help": "Deadline of each call in seconds"})
     format: OutputFormat = field(default="text", metadata={"help": "text or json"})

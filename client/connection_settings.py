@@ -25,7 +25,9 @@ __all__ = ["ConnectionSettings"]
 class ConnectionSettings:
     """How a command reaches the server: TLS, mutual TLS and a bearer token."""
 
-    tls: bool = field(default=False, metadata={"help": "Use TLS (implied by grpcs://)"})
+    tls: bool = field(
+        default=False, metadata={"help": "Use TLS (implied by grpcs:// and https://)"}
+    )
     root_certificates: Path | None = field(
         default=None, metadata={"help": "PEM file of CA certificates to trust", "metavar": "PEM"}
     )

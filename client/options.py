@@ -7,11 +7,14 @@ exactly the same way and the rules can be tested without a network.
 
 from __future__ import annotations
 
+import os
 import random
+import ssl
+import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -20,12 +23,17 @@ __all__ = [
     "DEFAULT_TIMEOUT_S",
     "ChannelPlan",
     "KeepaliveOptions",
+    "Protocol",
     "RetryPolicy",
     "TLSConfig",
     "channel_options",
     "parse_url",
     "plan_channels",
+    "url_protocol",
 ]
+
+#: How a client talks to its server: gRPC, or the protocol's HTTP/REST binding.
+Protocol = Literal["grpc", "http"]
 
 #: Deadline of a call when neither the client nor the call names one.
 DEFAULT_TIMEOUT_S = 60.0
@@ -73,6 +81,30 @@ class TLSConfig:
             private_key=_read_pem(self.private_key),
             certificate_chain=_read_pem(self.certificate_chain),
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same settings as an ``ssl.SSLContext``, for the HTTP/REST transport.
+
+        The server's certificate is checked (against ``root_certificates``, else
+        the system's trust store) and its name against ``server_name`` or the
+        host dialled; the context offers HTTP/1.1 by ALPN.
+        """
+        roots = _read_pem(self.root_certificates)
+        context = ssl.create_default_context(cadata=roots.decode("ascii") if roots else None)
+        if self.certificate_chain is not None and self.private_key is not None:
+            chain, key = _read_pem(self.certificate_chain), _read_pem(self.private_key)
+            assert chain is not None and key is not None
+            # load_cert_chain reads files only: PEMs given as bytes go through
+            # a private temporary file, removed at once.
+            with tempfile.TemporaryDirectory(prefix="onnxserve-tls-") as folder:
+                chain_file, key_file = Path(folder) / "chain.pem", Path(folder) / "key.pem"
+                chain_file.write_bytes(chain)
+                key_file.touch(mode=0o600)
+                os.chmod(key_file, 0o600)
+                key_file.write_bytes(key)
+                context.load_cert_chain(chain_file, key_file)
+        context.set_alpn_protocols(["http/1.1"])
+        return context
 
 
 @dataclass(frozen=True)
@@ -160,25 +192,48 @@ class RetryPolicy:
         return delay
 
 
+_SCHEMES: dict[str, tuple[Protocol, bool]] = {
+    "grpc": ("grpc", False),
+    "grpcs": ("grpc", True),
+    "http": ("http", False),
+    "https": ("http", True),
+}
+
+
+def _scheme(url: str) -> str | None:
+    scheme, sep, _ = url.strip().partition("://")
+    if not sep:
+        return None
+    scheme = scheme.lower()
+    if scheme not in _SCHEMES:
+        raise ValueError(
+            f"unsupported URL scheme '{scheme}' in {url!r}; use grpc://, grpcs://, http:// "
+            "or https://"
+        )
+    return scheme
+
+
+def url_protocol(url: str) -> Protocol | None:
+    """``"http"`` for ``http://`` and ``https://`` URLs (REST), ``"grpc"`` for ``grpc://``
+    and ``grpcs://``, None for a bare ``host:port`` (the caller's default decides)."""
+    scheme = _scheme(url)
+    return None if scheme is None else _SCHEMES[scheme][0]
+
+
 def parse_url(url: str) -> tuple[str, bool | None]:
     """Split ``grpcs://host:port`` / ``grpc://host:port`` / ``host:port`` into (target, tls).
 
     ``tls`` is True for grpcs/https, False for grpc/http and None when the URL
-    has no scheme (the client's ``tls`` argument decides).
+    has no scheme (the client's ``tls`` argument decides). Which protocol a
+    scheme means is :func:`url_protocol`'s answer.
     """
     url = url.strip()
     if not url:
         raise ValueError("empty server URL")
-    scheme, sep, rest = url.partition("://")
+    _, sep, rest = url.partition("://")
     if not sep:
         return url.rstrip("/"), None
-    scheme = scheme.lower()
-    if scheme in ("grpcs", "https"):
-        tls = True
-    elif scheme in ("grpc", "http"):
-        tls = False
-    else:
-        raise ValueError(f"unsupported URL scheme '{scheme}' in {url!r}; use grpc:// or grpcs://")
+    tls = _SCHEMES[_scheme(url) or ""][1]
     target = rest.rstrip("/")
     if not target:
         raise ValueError(f"server URL {url!r} has no host")
@@ -187,19 +242,27 @@ def parse_url(url: str) -> tuple[str, bool | None]:
 
 @dataclass(frozen=True)
 class ChannelPlan:
-    """The channels a client opens: one target each, and whether they use TLS."""
+    """The channels a client opens: one target each, whether they use TLS, and the protocol."""
 
     targets: tuple[str, ...]
     tls: bool
+    protocol: Protocol = "grpc"
 
 
-def plan_channels(url: str | Sequence[str], channels_per_url: int, tls: bool) -> ChannelPlan:
+def plan_channels(
+    url: str | Sequence[str],
+    channels_per_url: int,
+    tls: bool,
+    protocol: Protocol | None = None,
+) -> ChannelPlan:
     """Lay out ``channels_per_url`` channels for each URL, interleaved for round robin.
 
     With several server processes behind one port (SO_REUSEPORT) each channel
     is its own TCP connection and so may land on another process; with several
     URLs the calls go round them in turn. Mixing TLS and plaintext URLs is
-    refused, since credentials would then leak to the plaintext ones.
+    refused, since credentials would then leak to the plaintext ones, and so
+    is mixing gRPC and HTTP URLs. ``protocol`` is what a URL without a scheme
+    speaks (default gRPC); a URL whose scheme says otherwise is refused.
     """
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
@@ -207,14 +270,25 @@ def plan_channels(url: str | Sequence[str], channels_per_url: int, tls: bool) ->
     if channels_per_url < 1:
         raise ValueError("channels_per_url must be at least 1")
     parsed = [parse_url(u) for u in urls]
+    protocols = {p for p in (url_protocol(u) for u in urls) if p is not None}
+    if len(protocols) > 1:
+        raise ValueError("URLs mix gRPC (grpc://, grpcs://) and REST (http://, https://)")
+    found = protocols.pop() if protocols else None
+    if protocol is not None and found is not None and found != protocol:
+        raise ValueError(
+            f"the URL speaks {'REST' if found == 'http' else 'gRPC'} but the protocol asked "
+            f"for is {protocol}"
+        )
+    use_protocol: Protocol = found or protocol or "grpc"
     schemes = {t for _, t in parsed if t is not None}
     if len(schemes) > 1:
-        raise ValueError("URLs mix grpc:// and grpcs://; use one or the other")
+        raise ValueError("URLs mix TLS and plaintext schemes; use one or the other")
     use_tls = schemes.pop() if schemes else tls
     if use_tls is False and tls:
-        raise ValueError("tls was requested but the URL says grpc://")
+        plain = "http://" if use_protocol == "http" else "grpc://"
+        raise ValueError(f"tls was requested but the URL says {plain}")
     targets = tuple(target for _ in range(channels_per_url) for target, _ in parsed)
-    return ChannelPlan(targets=targets, tls=bool(use_tls))
+    return ChannelPlan(targets=targets, tls=bool(use_tls), protocol=use_protocol)
 
 
 def channel_options(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 import numpy.typing as npt
 
 from onnxserve.client import calls, casting, splitting
-from onnxserve.client._base import MAX_PARTS_IN_FLIGHT, ClientBase, _once
+from onnxserve.client._base import MAX_PARTS_IN_FLIGHT, ClientBase, Deadline, _once
 from onnxserve.client.errors import (
     DeadlineExceededError,
     InferenceServerError,
@@ -20,6 +20,7 @@ from onnxserve.client.errors import (
     UnimplementedError,
     from_rpc_error,
 )
+from onnxserve.client.transport import sync_transports
 from onnxserve.client.types import (
     InferRequest,
     InferResult,
@@ -30,7 +31,6 @@ from onnxserve.client.types import (
     ServerMetadata,
 )
 from onnxserve.protocol import grpc_service_pb2 as pb
-from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
 
 __all__ = ["Client"]
@@ -76,34 +76,26 @@ class Client(ClientBase):
     """
 
     def _open(self) -> None:
-        self._channels: list[grpc.Channel] = []
-        self._stubs: list[pb_grpc.GRPCInferenceServiceStub] = []
-        for target in self.targets:
-            channel = self.connection.sync_channel(target, compression=self._compression)
-            self._channels.append(channel)
-            self._stubs.append(pb_grpc.GRPCInferenceServiceStub(channel))
+        self._transports = sync_transports(self.connection, self._compression)
         self._closed = False
 
     # -- plumbing ---------------------------------------------------------
 
-    def _stub(self) -> pb_grpc.GRPCInferenceServiceStub:
+    def _transport(self) -> Any:
         if self._closed:
             raise RuntimeError("the client is closed")
-        return self._stubs[self._next_index()]
+        return self._transports[self._next_index()]
 
     def _invoke(self, call: calls.Call[T], timeout: float | None) -> T:
         """Send one unary call, retrying as the policy allows within one deadline."""
         deadline = self._deadline(timeout)
         attempts = 0
         while True:
-            method = getattr(self._stub(), call.method)
+            transport = self._transport()
             attempts += 1
             try:
-                response = method(
-                    call.request, timeout=max(deadline.remaining(), 0.0), metadata=self.metadata
-                )
-            except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
+                response = transport.unary(call, max(deadline.remaining(), 0.0))
+            except InferenceServerError as error:
                 delay = self.retry.next_delay(
                     error.code, attempts, call.idempotent, deadline.remaining()
                 )
@@ -116,8 +108,8 @@ class Client(ClientBase):
     def close(self) -> None:
         """Close every channel; calls in flight are cancelled."""
         self._closed = True
-        for channel in self._channels:
-            channel.close()
+        for transport in {id(t): t for t in self._transports}.values():
+            transport.close()
 
     def __enter__(self) -> Client:
         return self
@@ -318,6 +310,10 @@ class Client(ClientBase):
                 print(result.id, result.raise_for_error().outputs["probabilities"])
         """
         deadline = self._deadline(timeout)
+        transport = self._transport()
+        if transport.protocol == "http":
+            yield from self._stream_over_rest(requests, deadline)
+            return
         failure: list[Exception] = []
 
         def encoded() -> Iterator[pb.ModelInferRequest]:
@@ -330,7 +326,7 @@ class Client(ClientBase):
                 failure.append(exc)
                 raise
 
-        responses = self._stub().ModelStreamInfer(
+        responses = transport.stub.ModelStreamInfer(
             encoded(), timeout=deadline.remaining(), metadata=self.metadata
         )
         try:
@@ -344,3 +340,18 @@ class Client(ClientBase):
             responses.cancel()
         if failure:
             raise failure[0]
+
+    def _stream_over_rest(
+        self, requests: Iterable[InferRequest], deadline: Deadline
+    ) -> Iterator[InferResult]:
+        """REST has no stream: each request is one unary call, answered in order."""
+        for item in requests:
+            call = calls.stream_call(item)
+            try:
+                result = self._transport().unary(call, max(deadline.remaining(), 0.0))
+            except InferenceServerError as error:
+                if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise
+                yield calls.failed_result(item, error)
+                continue
+            yield call.parse(result)

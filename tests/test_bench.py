@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
@@ -39,6 +38,7 @@ from onnxserve.bench.workload import (
     parse_shapes,
 )
 from onnxserve.cli import main
+from onnxserve.client.connection import plan_connection
 from onnxserve.client.types import TensorMetadata
 from onnxserve.layout import format_input_range, input_range_key
 from onnxserve.protocol import grpc_service_pb2 as pb
@@ -324,9 +324,9 @@ def test_h2load_counts_grpc_failures_that_arrive_as_http_200(
     good = encode_request("lookup", "", info, {"INPUT0": np.ones((1, 3), dtype=np.int64)})
 
     async def measure() -> StepResult:
-        async with grpc.aio.insecure_channel(server.address) as channel:
-            stats = _Server(channel, "lookup", "")
-            answer = await stats.stub.ModelInfer(pb.ModelInferRequest.FromString(good))
+        stats = _Server(plan_connection(server.address), "lookup", "")
+        try:
+            answer = await stats.call("ModelInfer", pb.ModelInferRequest.FromString(good))
             size = answer.ByteSize() + 5 if answer_size_known else None
             executable = find_h2load()
             assert executable is not None
@@ -334,6 +334,8 @@ def test_h2load_counts_grpc_failures_that_arrive_as_http_200(
                 before = await stats.settled_statistics()
                 run = await load.run(4, None, seconds=0, requests=40)
                 after = await stats.settled_statistics()
+        finally:
+            await stats.close()
         assert (run.successes is None) is not answer_size_known
         report = BenchReport("lookup", "", server.address, "h2load", 1, "", {}, {})
         s = settings(server, repository)

@@ -60,7 +60,11 @@ class ExplainSettings(ConnectionSettings):
     model: str = field(metadata={"help": "Model name", "metavar": "MODEL"})
     url: str = field(
         default="localhost:8001",
-        metadata={"help": "Server address: host:port, grpc://host:port or grpcs://host:port"},
+        metadata={
+            "help": "Server address: host:port or grpc://host:port (gRPC), grpcs://host:port "
+            "(gRPC with TLS), http://host:port or https://host:port (HTTP/REST, the server's "
+            "--http-port, 8000 by default)"
+        },
     )
     model_version: str = field(default="", metadata={"help": "Model version (default: latest)"})
     timeout: float = field(default=60.0, metadata={"help": "Deadline of each call in seconds"})

@@ -8,7 +8,7 @@ from typing import Any
 
 from onnxserve.settings import add_arguments, resolve
 
-_HELP = "Load-test a model over gRPC and compare it with raw onnxruntime"
+_HELP = "Load-test a model over gRPC or REST and compare it with raw onnxruntime"
 _DESCRIPTION = """\
 Send ModelInfer requests to a running server from N concurrent clients (a
 sweep, one step per value) or at fixed request rates, and report per step:
@@ -18,6 +18,11 @@ per request and the batch size it achieved. With the model file (--model-file,
 or --repository to find it) the same model is also timed in onnxruntime in
 this process, and every step is compared with it.
 
+--protocol http (or an http:// / https:// --url) posts REST inference calls to
+the server's --http-port instead (/v2/models/MODEL/infer; --body binary: Triton's
+binary tensor extension, --body json: JSON data), over HTTP/1.1 with one
+connection per request in flight, or h2c with --http-version 2 (h2load only).
+
 The h2load driver (Debian/Ubuntu: apt-get install nghttp2-client) costs the
 server's CPUs far less than the python one; it is used when installed.
 
@@ -26,6 +31,7 @@ Exit status: 0, or 1 when any measured request failed.
 examples:
   onnxserve bench simple --url 127.0.0.1:8001 --concurrency 1,8,64 --duration 5
   onnxserve bench sentiment --repository ./models --plot bench.png --json bench.json
+  onnxserve bench simple --url http://127.0.0.1:8000 --body json --concurrency 1,16
 """
 
 

@@ -15,16 +15,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
 
-from onnxserve.bench.workload import INFER_METHOD
+from onnxserve.bench.workload import INFER_METHOD, RestRequest
 from onnxserve.client.connection import Connection, plan_connection
 
-__all__ = ["CHANNEL_OPTIONS", "DriverRun", "PythonDriver", "phase_fraction"]
+__all__ = ["CHANNEL_OPTIONS", "DriverRun", "PythonDriver", "RestPythonDriver", "phase_fraction"]
 
 # Requests and answers may be large (image batches); gRPC's 4 MiB default is not.
 CHANNEL_OPTIONS = (
@@ -133,8 +133,6 @@ class PythonDriver:
         metadata = self.connection.metadata or None
         latencies: list[int] = []
         codes: collections.Counter[str] = collections.Counter()
-        sent = 0
-        late = 0
 
         async def one(payload: bytes, connection: int) -> None:
             call = calls[connection % len(calls)]
@@ -146,78 +144,232 @@ class PythonDriver:
                 return
             latencies.append(time.perf_counter_ns() - t0)
 
-        cpu_started = time.process_time()
-        started = time.perf_counter()
-        stop_at = started + seconds
-
-        async def worker(first: int) -> None:
-            nonlocal sent
-            index = first
-            while (sent < requests) if requests else (time.perf_counter() < stop_at):
-                sent += 1
-                await one(payloads[index % len(payloads)], first)
-                index += concurrency
-
-        async def scheduler() -> None:
-            nonlocal sent, late
-            assert rate is not None
-            total = requests or max(1, round(rate * seconds))
-            slots = asyncio.Semaphore(concurrency)
-            tasks: set[asyncio.Task[None]] = set()
-
-            async def guarded(payload: bytes, connection: int) -> None:
-                try:
-                    await one(payload, connection)
-                finally:
-                    slots.release()
-
-            for k in range(total):
-                delay = started + k / rate - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if slots.locked():
-                    late += 1
-                await slots.acquire()
-                sent += 1
-                task = asyncio.create_task(guarded(payloads[k % len(payloads)], k))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            if tasks:
-                await asyncio.gather(*tasks)
-
-        if rate is None:
-            jobs = [asyncio.create_task(worker(i)) for i in range(concurrency)]
-        else:
-            jobs = [asyncio.create_task(scheduler())]
-        try:
-            pending: set[asyncio.Task[None]] = set(jobs)
-            while pending:
-                _, pending = await asyncio.wait(pending, timeout=0.2)
-                if progress is not None:
-                    done = len(latencies) + sum(codes.values())
-                    elapsed = time.perf_counter() - started
-                    progress(
-                        phase_fraction(started, seconds, done, requests),
-                        f"{done:,} done, {sum(codes.values())} failed, "
-                        f"{done / max(elapsed, 1e-9):,.0f}/s",
-                    )
-            for job in jobs:
-                job.result()  # a bug in the loop surfaces here, not as a silent stop
-        finally:
-            for job in jobs:
-                job.cancel()
-        elapsed = time.perf_counter() - started
-        finished = len(latencies) + sum(codes.values())
-        notes = []
-        if late:
-            notes.append(f"{late} sends were late: {concurrency} requests were already in flight")
-        return DriverRun(
-            requests=finished,
-            successes=len(latencies),
-            failure_codes=dict(codes),
-            latencies_ns=np.asarray(latencies, dtype=np.int64),
-            seconds=elapsed,
-            late_sends=late,
-            client_cpu_s=time.process_time() - cpu_started,
-            notes=notes,
+        return await _closed_or_open_loop(
+            one, payloads, latencies, codes, concurrency, rate, seconds, requests, progress
         )
+
+
+async def _closed_or_open_loop(
+    one: Callable[[bytes, int], Awaitable[None]],
+    payloads: Sequence[bytes],
+    latencies: list[int],
+    codes: collections.Counter[str],
+    concurrency: int,
+    rate: float | None,
+    seconds: float,
+    requests: int,
+    progress: ProgressFn | None,
+) -> DriverRun:
+    """Closed loop at ``concurrency`` (worker ``i`` always on connection ``i``), or open
+    loop at ``rate``; ``one(payload, connection)`` makes one call and records it."""
+    sent = 0
+    late = 0
+
+    cpu_started = time.process_time()
+    started = time.perf_counter()
+    stop_at = started + seconds
+
+    async def worker(first: int) -> None:
+        nonlocal sent
+        index = first
+        while (sent < requests) if requests else (time.perf_counter() < stop_at):
+            sent += 1
+            await one(payloads[index % len(payloads)], first)
+            index += concurrency
+
+    async def scheduler() -> None:
+        nonlocal sent, late
+        assert rate is not None
+        total = requests or max(1, round(rate * seconds))
+        slots = asyncio.Semaphore(concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def guarded(payload: bytes, connection: int) -> None:
+            try:
+                await one(payload, connection)
+            finally:
+                slots.release()
+
+        for k in range(total):
+            delay = started + k / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if slots.locked():
+                late += 1
+            await slots.acquire()
+            sent += 1
+            task = asyncio.create_task(guarded(payloads[k % len(payloads)], k))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    if rate is None:
+        jobs = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    else:
+        jobs = [asyncio.create_task(scheduler())]
+    try:
+        pending: set[asyncio.Task[None]] = set(jobs)
+        while pending:
+            _, pending = await asyncio.wait(pending, timeout=0.2)
+            if progress is not None:
+                done = len(latencies) + sum(codes.values())
+                elapsed = time.perf_counter() - started
+                progress(
+                    phase_fraction(started, seconds, done, requests),
+                    f"{done:,} done, {sum(codes.values())} failed, "
+                    f"{done / max(elapsed, 1e-9):,.0f}/s",
+                )
+        for job in jobs:
+            job.result()  # a bug in the loop surfaces here, not as a silent stop
+    finally:
+        for job in jobs:
+            job.cancel()
+    elapsed = time.perf_counter() - started
+    finished = len(latencies) + sum(codes.values())
+    notes = []
+    if late:
+        notes.append(f"{late} sends were late: {concurrency} requests were already in flight")
+    return DriverRun(
+        requests=finished,
+        successes=len(latencies),
+        failure_codes=dict(codes),
+        latencies_ns=np.asarray(latencies, dtype=np.int64),
+        seconds=elapsed,
+        late_sends=late,
+        client_cpu_s=time.process_time() - cpu_started,
+        notes=notes,
+    )
+
+
+class RestPythonDriver:
+    """REST inference calls over HTTP/1.1 from asyncio in this process: one keep-alive
+    connection per request in flight, each request's bytes (line, headers, body)
+    encoded once before the clock starts.
+
+    A call answered 200 is a success; any other status counts as ``HTTP <status>``.
+    """
+
+    name = "python"
+
+    def __init__(
+        self,
+        target: str,
+        requests: Sequence[RestRequest],
+        timeout: float,
+        connection: Connection | None = None,
+    ) -> None:
+        if not requests:
+            raise ValueError("no request to send")
+        self.target = target
+        self.connection = connection or plan_connection(target, protocol="http")
+        self.timeout = timeout
+        self.payloads = [self._encode(r) for r in requests]
+        host, _, port = target.rpartition(":")
+        self._host = host.strip("[]") or target
+        self._port = int(port) if port.isdigit() else (443 if self.connection.tls else 80)
+        self._streams: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+
+    def _encode(self, request: RestRequest) -> bytes:
+        headers = [
+            ("Host", self.target),
+            ("Content-Length", str(len(request.body))),
+            *request.headers,
+            *self.connection.metadata,
+        ]
+        head = f"POST {request.path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers)
+        return head.encode("latin-1") + b"\r\n" + request.body
+
+    async def __aenter__(self) -> RestPythonDriver:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for _, writer in self._streams.values():
+            writer.close()
+        self._streams = {}
+
+    async def _stream(self, slot: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        stream = self._streams.get(slot)
+        if stream is None:
+            context = self.connection.ssl_context
+            stream = await asyncio.open_connection(
+                self._host,
+                self._port,
+                ssl=context,
+                server_hostname=(self.connection.server_name or self._host) if context else None,
+            )
+            self._streams[slot] = stream
+        return stream
+
+    async def _call(self, payload: bytes, slot: int) -> int:
+        """Send one request on connection ``slot``; its HTTP status."""
+        reader, writer = await self._stream(slot)
+        try:
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            fields = {
+                k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])
+            }
+            length = fields.get("content-length")
+            if length is None:
+                raise ConnectionError("an answer without Content-Length")
+            await reader.readexactly(int(length))
+            if fields.get("connection", "").lower() == "close":
+                raise ConnectionResetError("the server closed the connection")
+            return status
+        except BaseException:
+            writer.close()
+            self._streams.pop(slot, None)
+            raise
+
+    async def warmup(self, concurrency: int, rate: float | None, seconds: float) -> None:
+        if seconds > 0:
+            await self.run(concurrency, rate, seconds=seconds, requests=0)
+
+    async def run(
+        self,
+        concurrency: int,
+        rate: float | None,
+        *,
+        seconds: float,
+        requests: int,
+        progress: ProgressFn | None = None,
+    ) -> DriverRun:
+        """As :meth:`PythonDriver.run`, over REST."""
+        latencies: list[int] = []
+        codes: collections.Counter[str] = collections.Counter()
+        timeout = self.timeout
+        in_use: set[int] = set()
+
+        async def one(payload: bytes, connection: int) -> None:
+            # A connection carries one request at a time (HTTP/1.1, no pipelining).
+            slot = connection % concurrency if rate is None else _free_slot(in_use)
+            in_use.add(slot)
+            t0 = time.perf_counter_ns()
+            try:
+                status = await asyncio.wait_for(self._call(payload, slot), timeout)
+            except asyncio.TimeoutError:
+                codes["DEADLINE_EXCEEDED"] += 1
+                return
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError) as exc:
+                codes[f"connection: {type(exc).__name__}"] += 1
+                return
+            finally:
+                in_use.discard(slot)
+            if status != 200:
+                codes[f"HTTP {status}"] += 1
+                return
+            latencies.append(time.perf_counter_ns() - t0)
+
+        return await _closed_or_open_loop(
+            one, self.payloads, latencies, codes, concurrency, rate, seconds, requests, progress
+        )
+
+
+def _free_slot(in_use: set[int]) -> int:
+    slot = 0
+    while slot in in_use:
+        slot += 1
+    return slot

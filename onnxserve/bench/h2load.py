@@ -1,11 +1,14 @@
-"""The h2load driver: nghttp2's HTTP/2 load tester posting pre-encoded ModelInfer frames.
+"""The h2load driver: nghttp2's HTTP/2 load tester posting pre-encoded ModelInfer frames,
+or pre-encoded REST inference bodies (``--protocol http``: HTTP/1.1 with ``--h1``,
+one connection per request in flight, or h2c).
 
 h2load (written in C) spends a few microseconds of CPU per call where the
 python driver spends tens, so on a machine it shares with the server it
 takes little from it. It sees HTTP status only, and gRPC answers errors with
 HTTP 200 and a ``grpc-status`` trailer, so its gRPC failures are counted by
 the runner from the server's statistics (or from the DATA bytes it received,
-when every answer has one size).
+when every answer has one size). REST answers failures with their HTTP status,
+so there h2load's per-request log counts them exactly.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from onnxserve.bench.drivers import DriverRun, ProgressFn
-from onnxserve.bench.workload import INFER_METHOD, encode_frame
+from onnxserve.bench.workload import INFER_METHOD, RestRequest, encode_frame
 
 __all__ = [
     "H2LoadDriver",
@@ -124,7 +127,11 @@ class H2LoadDriver:
         *,
         tls: bool = False,
         headers: Sequence[tuple[str, str]] = (),
+        rest: RestRequest | None = None,
+        http1: bool = False,
     ) -> None:
+        """``rest``: post this REST request instead of ``payload`` as gRPC; ``http1``: over
+        HTTP/1.1 (h2load --h1), each request in flight on its own connection."""
         if connections < 1:
             raise ValueError("connections must be at least 1")
         self.executable = executable
@@ -137,12 +144,21 @@ class H2LoadDriver:
         self.response_bytes = response_bytes
         self._dir = tempfile.TemporaryDirectory(prefix="onnxserve-bench-")
         self.body = Path(self._dir.name) / "request.bin"
-        self.body.write_bytes(encode_frame(payload))
-        # h2load speaks TLS (ALPN h2) without checking the server's certificate,
-        # and sends headers from its command line (a bearer token is visible
-        # in the process list while it runs).
-        self.url = f"{'https' if tls else 'http'}://{target}{INFER_METHOD}"
-        self.headers = [f"{name}: {value}" for name, value in headers]
+        self.rest = rest is not None
+        self.http1 = http1
+        # h2load speaks TLS (ALPN h2, or http/1.1 with --h1) without checking the
+        # server's certificate, and sends headers from its command line (a bearer
+        # token is visible in the process list while it runs).
+        scheme = "https" if tls else "http"
+        if rest is None:
+            self.body.write_bytes(encode_frame(payload))
+            self.url = f"{scheme}://{target}{INFER_METHOD}"
+            content = [("content-type", "application/grpc"), ("te", "trailers")]
+        else:
+            self.body.write_bytes(rest.body)
+            self.url = f"{scheme}://{target}{rest.path}"
+            content = list(rest.headers)
+        self.headers = [f"{name}: {value}" for name, value in [*content, *headers]]
         self._rate_estimate: float | None = None
 
     async def __aenter__(self) -> H2LoadDriver:
@@ -168,9 +184,9 @@ class H2LoadDriver:
             "-t", "1",
             "-m", str(streams),
             "-d", str(self.body),
-            "-H", "content-type: application/grpc",
-            "-H", "te: trailers",
         ]  # fmt: skip
+        if self.http1:
+            cmd.append("--h1")
         for header in self.headers:
             cmd += ["-H", header]
         cmd += ["-D", f"{duration_ms}ms"] if duration_ms else ["-n", str(requests)]
@@ -184,8 +200,11 @@ class H2LoadDriver:
         """(clients, streams per client) for ``concurrency`` calls in flight.
 
         h2load needs at least one request per client, and every client gets the
-        same number of streams, so the total is rounded up to a multiple.
+        same number of streams, so the total is rounded up to a multiple. Over
+        HTTP/1.1 every request in flight has its own connection (no pipelining).
         """
+        if self.http1:
+            return min(concurrency, requests or concurrency), 1
         clients = min(self.connections, concurrency, requests or concurrency)
         return clients, -(-concurrency // clients)
 
@@ -299,6 +318,8 @@ class H2LoadDriver:
             log_file.read_text() if log_file.exists() else ""
         )
         codes: dict[str, int] = {}
+        if self.rest:
+            return self._rest_run(summary, starts, statuses, durations, cpu, notes)
         http_failures = summary.total - summary.succeeded
         if http_failures:
             codes["HTTP"] = http_failures
@@ -315,6 +336,37 @@ class H2LoadDriver:
         return DriverRun(
             requests=summary.total,
             successes=successes,
+            failure_codes=codes,
+            latencies_ns=durations[ok] * 1000,
+            seconds=seconds_taken,
+            client_cpu_s=cpu,
+            notes=notes,
+        )
+
+    def _rest_run(
+        self,
+        summary: H2LoadSummary,
+        starts: np.ndarray,
+        statuses: np.ndarray,
+        durations: np.ndarray,
+        cpu: float,
+        notes: list[str],
+    ) -> DriverRun:
+        """A REST phase: each request's HTTP status says whether it succeeded."""
+        ok = statuses == 200
+        codes: dict[str, int] = {}
+        for status in sorted(set(statuses[~ok].tolist())):
+            codes[f"HTTP {status}"] = int((statuses == status).sum())
+        unanswered = summary.total - len(statuses)
+        if unanswered > 0:
+            codes["no answer (connection failed or timed out)"] = unanswered
+        if starts.size:
+            seconds_taken = float((starts + durations).max() - starts.min()) / 1e6
+        else:
+            seconds_taken = summary.seconds
+        return DriverRun(
+            requests=summary.total,
+            successes=int(ok.sum()),
             failure_codes=codes,
             latencies_ns=durations[ok] * 1000,
             seconds=seconds_taken,

@@ -4,6 +4,9 @@ Each step is a warm-up, a wait until the server's counters are still, a
 ModelStatistics snapshot, the measured phase, and a second snapshot: the
 difference is what the server did for exactly the measured requests
 (queue and compute time, the batch sizes it achieved, its failures).
+
+Over REST (``--protocol http``) the runner's own calls go through the SDK's
+REST transport and the load is REST inference calls; the figures are the same.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import os
 import platform
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from onnxserve.bench.drivers import CHANNEL_OPTIONS, DriverRun, PythonDriver
+from onnxserve.bench.drivers import DriverRun, PythonDriver, RestPythonDriver
 from onnxserve.bench.h2load import H2LoadDriver, find_h2load
 from onnxserve.bench.progress import Progress
 from onnxserve.bench.raw import find_model_file, measure_raw
@@ -27,16 +31,21 @@ from onnxserve.bench.results import BenchReport, LatencySummary, ServerDelta, St
 from onnxserve.bench.settings import BenchSettings
 from onnxserve.bench.workload import (
     ModelInfo,
+    RestRequest,
     WorkloadError,
     build_inputs,
     encode_request,
+    encode_rest_request,
     model_info,
     parse_shapes,
 )
+from onnxserve.client.calls import Call
 from onnxserve.client.connection import Connection
+from onnxserve.client.errors import InferenceServerError
+from onnxserve.client.rest import HttpRequest, error_for_status
+from onnxserve.client.transport import async_transports
 from onnxserve.layout import format_input_range
 from onnxserve.protocol import grpc_service_pb2 as pb
-from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 from onnxserve.protocol import model_config_pb2 as mc
 
 __all__ = ["BenchError", "run_bench", "server_delta"]
@@ -101,26 +110,25 @@ def server_delta(
 
 
 class _Server:
-    """The few RPCs the runner itself makes (metadata, config, statistics, one check)."""
+    """The few calls the runner itself makes (metadata, config, statistics, one check),
+    over the SDK's transport for the bench's protocol (gRPC or REST)."""
 
-    def __init__(
-        self,
-        channel: grpc.aio.Channel,
-        model: str,
-        version: str,
-        metadata: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        self.stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    def __init__(self, connection: Connection, model: str, version: str) -> None:
+        # Opened in the running event loop (grpc.aio channels belong to theirs).
+        self.transport = async_transports(connection)[0]
         self.model = model
         self.version = version
-        # What every call carries: the bearer token, when there is one.
-        self.metadata = metadata or None
+
+    async def call(self, method: str, request: object, timeout: float = 10) -> Any:
+        """The response message of one call; the SDK's errors raised."""
+        return await self.transport.unary(Call(method, request, _same, idempotent=True), timeout)
+
+    async def close(self) -> None:
+        await self.transport.close()
 
     async def statistics(self) -> pb.ModelStatisticsResponse:
-        return await self.stub.ModelStatistics(
-            pb.ModelStatisticsRequest(name=self.model, version=self.version),
-            timeout=10,
-            metadata=self.metadata,
+        return await self.call(
+            "ModelStatistics", pb.ModelStatisticsRequest(name=self.model, version=self.version)
         )
 
     async def settled_statistics(self) -> pb.ModelStatisticsResponse:
@@ -134,6 +142,10 @@ class _Server:
             if current == previous or loop.time() > deadline:
                 return current
             previous = current
+
+
+def _same(response: Any) -> Any:
+    return response
 
 
 def _environment() -> dict[str, object]:
@@ -164,13 +176,16 @@ def _choose_driver(
     payloads: list[bytes],
     answer_bytes: int,
     notes: list[str],
-) -> PythonDriver | H2LoadDriver:
+    rest_requests: list[RestRequest] | None = None,
+) -> PythonDriver | H2LoadDriver | RestPythonDriver:
     target = connection.targets[0]
     h2load = find_h2load()
-    if settings.driver == "h2load" and h2load is None:
+    no_h2 = settings.driver == "python" or h2load is None or settings.certificate_chain is not None
+    if rest_requests is not None and settings.http_version == "2" and no_h2:
         raise BenchError(
-            "--driver h2load: h2load is not installed (Debian/Ubuntu: "
-            "apt-get install nghttp2-client); or use --driver python"
+            "--http-version 2 needs the h2load driver (the python driver speaks HTTP/1.1; "
+            "h2load is not installed, is not chosen, or cannot present the client certificate "
+            "of mutual TLS); use --http-version 1.1"
         )
     # h2load cannot present a client certificate (mutual TLS).
     mutual_tls = settings.certificate_chain is not None
@@ -189,6 +204,8 @@ def _choose_driver(
             response_bytes=answer_bytes + 5,
             tls=connection.tls,
             headers=connection.metadata,
+            rest=rest_requests[0] if rest_requests is not None else None,
+            http1=rest_requests is not None and settings.http_version == "1.1",
         )
     if settings.driver == "auto":
         notes.append(
@@ -198,6 +215,8 @@ def _choose_driver(
             else "h2load not found (apt-get install nghttp2-client): the python driver shares "
             "this machine's CPUs with the server"
         )
+    if rest_requests is not None:
+        return RestPythonDriver(target, rest_requests, settings.timeout, connection=connection)
     return PythonDriver(
         target, payloads, settings.timeout, settings.connections, connection=connection
     )
@@ -270,20 +289,18 @@ def _step_result(
 
 async def _describe(server: _Server, settings: BenchSettings) -> tuple[ModelInfo, mc.ModelConfig]:
     try:
-        metadata = await server.stub.ModelMetadata(
+        metadata = await server.call(
+            "ModelMetadata",
             pb.ModelMetadataRequest(name=settings.model, version=settings.model_version),
-            timeout=10,
-            metadata=server.metadata,
         )
-        config = await server.stub.ModelConfig(
+        config = await server.call(
+            "ModelConfig",
             pb.ModelConfigRequest(name=settings.model, version=settings.model_version),
-            timeout=10,
-            metadata=server.metadata,
         )
-    except grpc.aio.AioRpcError as exc:
+    except InferenceServerError as exc:
         raise BenchError(
             f"cannot describe model '{settings.model}' at {settings.url}: "
-            f"{exc.code().name}: {exc.details()}"
+            f"{exc.code.name}: {exc.message}"
         ) from None
     return model_info(metadata, config.config, parse_shapes(settings.shape)), config.config
 
@@ -291,13 +308,30 @@ async def _describe(server: _Server, settings: BenchSettings) -> tuple[ModelInfo
 async def _check_request(server: _Server, payload: bytes) -> pb.ModelInferResponse:
     """One call before measuring: a request the model refuses is an error, not a figure."""
     try:
-        return await server.stub.ModelInfer(
-            pb.ModelInferRequest.FromString(payload), timeout=60, metadata=server.metadata
-        )
-    except grpc.aio.AioRpcError as exc:
+        return await server.call("ModelInfer", pb.ModelInferRequest.FromString(payload), 60)
+    except InferenceServerError as exc:
         raise BenchError(
-            f"the server refused the bench's request: {exc.code().name}: {exc.details()}"
+            f"the server refused the bench's request: {exc.code.name}: {exc.message}"
         ) from None
+
+
+async def _check_rest_request(server: _Server, request: RestRequest) -> None:
+    """The same check for the REST body the load will post, as it stands."""
+    exchange = server.transport.transport.exchange
+    http_request = HttpRequest("POST", request.path, (request.body,), dict(request.headers))
+    loop = asyncio.get_running_loop()
+    try:
+        status, _, body = await loop.run_in_executor(None, exchange, http_request, 60.0)
+    except InferenceServerError as exc:
+        raise BenchError(
+            f"the bench's REST request failed: {exc.code.name}: {exc.message}"
+        ) from None
+    if status != 200:
+        error = error_for_status(status, body)
+        raise BenchError(
+            f"the server refused the bench's REST request (HTTP {status}): "
+            f"{error.code.name}: {error.message}"
+        )
 
 
 def _raw_model_file(settings: BenchSettings, info: ModelInfo) -> Path | None:
@@ -313,12 +347,14 @@ def _raw_model_file(settings: BenchSettings, info: ModelInfo) -> Path | None:
 async def run_bench(settings: BenchSettings, progress: Progress | None = None) -> BenchReport:
     """Run every step of ``settings`` against the server; never raises for slow answers."""
     progress = progress or Progress(enabled=False)
-    connection = settings.connection(settings.url)
+    rest = settings.rest
+    connection = settings.connection(settings.url, protocol="http" if rest else None)
     target = connection.targets[0]
+    scheme = "https" if connection.tls else "http"
     report = BenchReport(
         model=settings.model,
         model_version=settings.model_version,
-        url=target,
+        url=f"{scheme}://{target}" if rest else target,
         driver="",
         batch_size=settings.batch_size,
         started_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -329,109 +365,142 @@ async def run_bench(settings: BenchSettings, progress: Progress | None = None) -
         },
         environment=_environment(),
     )
-    async with connection.aio_channel(target, CHANNEL_OPTIONS) as channel:
-        server = _Server(channel, settings.model, settings.model_version, connection.metadata)
-        try:
-            info, config = await _describe(server, settings)
-            arrays = build_inputs(
-                info,
-                settings.batch_size,
-                settings.input_data,
-                int_range=settings.int_range,
-                seed=settings.seed,
+    server = _Server(connection, settings.model, settings.model_version)
+    try:
+        return await _run(settings, connection, server, report, progress)
+    finally:
+        await server.close()
+
+
+async def _run(
+    settings: BenchSettings,
+    connection: Connection,
+    server: _Server,
+    report: BenchReport,
+    progress: Progress,
+) -> BenchReport:
+    try:
+        info, config = await _describe(server, settings)
+        arrays = build_inputs(
+            info,
+            settings.batch_size,
+            settings.input_data,
+            int_range=settings.int_range,
+            seed=settings.seed,
+        )
+    except WorkloadError as exc:
+        raise BenchError(str(exc)) from None
+    if settings.input_data == "random" and not settings.int_range:
+        for name, (low, high) in sorted(info.input_ranges.items()):
+            report.notes.append(
+                f"random values of input '{name}' are drawn from the range its config "
+                f"declares ({format_input_range(low, high)}); --int-range overrides it"
             )
+    if info.batchable and not config.HasField("dynamic_batching"):
+        report.notes.append(
+            "the model's config has no dynamic_batching: the server runs each request on its own"
+        )
+    payloads = [encode_request(settings.model, settings.model_version, info, a) for a in arrays]
+    rest_requests = None
+    if settings.rest:
+        try:
+            rest_requests = [
+                encode_rest_request(settings.model, settings.model_version, info, a, settings.body)
+                for a in arrays
+            ]
         except WorkloadError as exc:
             raise BenchError(str(exc)) from None
-        if settings.input_data == "random" and not settings.int_range:
-            for name, (low, high) in sorted(info.input_ranges.items()):
-                report.notes.append(
-                    f"random values of input '{name}' are drawn from the range its config "
-                    f"declares ({format_input_range(low, high)}); --int-range overrides it"
-                )
-        if info.batchable and not config.HasField("dynamic_batching"):
-            report.notes.append(
-                "the model's config has no dynamic_batching: the server runs each request "
-                "on its own"
+        await _check_rest_request(server, rest_requests[0])
+        answer_bytes = 0
+        report.notes.append(
+            f"REST: POST {rest_requests[0].path} over HTTP/{settings.http_version}, "
+            + (
+                "binary tensor bodies both ways (Triton's extension)"
+                if settings.body == "binary"
+                else "JSON bodies both ways"
             )
-        payloads = [encode_request(settings.model, settings.model_version, info, a) for a in arrays]
-        answer = await _check_request(server, payloads[0])
+        )
+    else:
+        answer_bytes = (await _check_request(server, payloads[0])).ByteSize()
 
-        if settings.raw_baseline:
+    if settings.raw_baseline:
+        try:
+            model_file = _raw_model_file(settings, info)
+        except WorkloadError as exc:
+            raise BenchError(str(exc)) from None
+        if model_file is None:
+            report.notes.append(
+                "no raw onnxruntime baseline: give --model-file or --repository "
+                "(or --no-raw-baseline)"
+            )
+        elif importlib.util.find_spec("onnxruntime") is None:
+            report.notes.append(
+                "no raw onnxruntime baseline: onnxruntime is not installed here "
+                "(pip install 'onnxserve[server]')"
+            )
+        else:
             try:
-                model_file = _raw_model_file(settings, info)
+                report.raw = measure_raw(
+                    model_file,
+                    info,
+                    settings.raw_batch_sizes,
+                    seconds=settings.raw_seconds,
+                    device=settings.raw_device,
+                    threads=settings.raw_threads,
+                    int_range=settings.int_range,
+                    seed=settings.seed,
+                    progress=lambda label, f: progress.update(label, f),
+                )
             except WorkloadError as exc:
                 raise BenchError(str(exc)) from None
-            if model_file is None:
-                report.notes.append(
-                    "no raw onnxruntime baseline: give --model-file or --repository "
-                    "(or --no-raw-baseline)"
-                )
-            elif importlib.util.find_spec("onnxruntime") is None:
-                report.notes.append(
-                    "no raw onnxruntime baseline: onnxruntime is not installed here "
-                    "(pip install 'onnxserve[server]')"
-                )
-            else:
-                try:
-                    report.raw = measure_raw(
-                        model_file,
-                        info,
-                        settings.raw_batch_sizes,
-                        seconds=settings.raw_seconds,
-                        device=settings.raw_device,
-                        threads=settings.raw_threads,
-                        int_range=settings.int_range,
-                        seed=settings.seed,
-                        progress=lambda label, f: progress.update(label, f),
-                    )
-                except WorkloadError as exc:
-                    raise BenchError(str(exc)) from None
-            if report.raw is not None:
-                best, batch1 = report.raw.best, report.raw.batch1
-                progress.done(
-                    f"raw onnxruntime ({', '.join(report.raw.providers)}): "
-                    + (f"batch 1 {batch1.mean_ms:.3f} ms mean; " if batch1 else "")
-                    + f"best {best.samples_per_s:,.0f} samples/s at batch {best.batch}"
-                )
+        if report.raw is not None:
+            best, batch1 = report.raw.best, report.raw.batch1
+            progress.done(
+                f"raw onnxruntime ({', '.join(report.raw.providers)}): "
+                + (f"batch 1 {batch1.mean_ms:.3f} ms mean; " if batch1 else "")
+                + f"best {best.samples_per_s:,.0f} samples/s at batch {best.batch}"
+            )
 
-        driver = _choose_driver(settings, connection, payloads, answer.ByteSize(), report.notes)
-        report.driver = driver.name
-        if settings.request_rate:
-            steps = [("request_rate", rate) for rate in settings.request_rate]
-            cap = max(settings.concurrency)
-        else:
-            steps = [("concurrency", float(c)) for c in settings.concurrency]
-            cap = 0
-        async with driver:
-            for mode, load in steps:
-                concurrency = int(load) if mode == "concurrency" else cap
-                rate = load if mode == "request_rate" else None
-                label = f"{mode.replace('_', ' ')} {load:g}"
-                progress.update(f"{label}: warm-up", 0.0)
-                await driver.warmup(concurrency, rate, settings.warmup)
-                before = await server.settled_statistics()
+    driver = _choose_driver(
+        settings, connection, payloads, answer_bytes, report.notes, rest_requests
+    )
+    report.driver = driver.name
+    if settings.request_rate:
+        steps = [("request_rate", rate) for rate in settings.request_rate]
+        cap = max(settings.concurrency)
+    else:
+        steps = [("concurrency", float(c)) for c in settings.concurrency]
+        cap = 0
+    async with driver:
+        for mode, load in steps:
+            concurrency = int(load) if mode == "concurrency" else cap
+            rate = load if mode == "request_rate" else None
+            label = f"{mode.replace('_', ' ')} {load:g}"
+            progress.update(f"{label}: warm-up", 0.0)
+            await driver.warmup(concurrency, rate, settings.warmup)
+            before = await server.settled_statistics()
 
-                def show(fraction: float, detail: str, label: str = label) -> None:
-                    progress.update(label, fraction, detail)
+            def show(fraction: float, detail: str, label: str = label) -> None:
+                progress.update(label, fraction, detail)
 
-                run = await driver.run(
-                    concurrency,
-                    rate,
-                    seconds=settings.duration,
-                    requests=settings.requests,
-                    progress=show,
-                )
-                after = await server.settled_statistics()
-                step = _step_result(
-                    settings, mode, load, driver.name, run, server_delta(before, after), report
-                )
-                report.steps.append(step)
-                latency = step.latency
-                progress.done(
-                    f"{label}: {step.infer_per_s:,.1f} infer/s, "
-                    + (f"p50 {latency.p50_ms:.2f} ms, " if latency else "")
-                    + f"{step.failures} failed"
-                )
+            run = await driver.run(
+                concurrency,
+                rate,
+                seconds=settings.duration,
+                requests=settings.requests,
+                progress=show,
+            )
+            after = await server.settled_statistics()
+            step = _step_result(
+                settings, mode, load, driver.name, run, server_delta(before, after), report
+            )
+            report.steps.append(step)
+            latency = step.latency
+            progress.done(
+                f"{label}: {step.infer_per_s:,.1f} infer/s, "
+                + (f"p50 {latency.p50_ms:.2f} ms, " if latency else "")
+                + f"{step.failures} failed"
+            )
     if hasattr(os, "getloadavg"):
         report.environment["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     return report

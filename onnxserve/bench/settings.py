@@ -15,6 +15,9 @@ from onnxserve.client.connection_settings import ConnectionSettings
 from onnxserve.settings import LogLevel, SettingsError
 
 Driver = Literal["auto", "h2load", "python"]
+BenchProtocol = Literal["grpc", "http"]
+RestBody = Literal["binary", "json"]
+HttpVersion = Literal["1.1", "2"]
 RawDevice = Literal["auto", "cpu", "cuda"]
 
 
@@ -26,8 +29,31 @@ class BenchSettings(ConnectionSettings):
     url: str = field(
         default="127.0.0.1:8001",
         metadata={
-            "help": "The server's gRPC address: host:port, grpc://host:port or grpcs://host:port "
-            "(TLS; h2load then does not check the server's certificate)"
+            "help": "The server's address: host:port, grpc://host:port or grpcs://host:port "
+            "(TLS; h2load then does not check the server's certificate), or "
+            "http://host:port / https://host:port for its REST port (implies --protocol http)"
+        },
+    )
+    protocol: BenchProtocol = field(
+        default="grpc",
+        metadata={
+            "help": "grpc (ModelInfer), or http: POST /v2/models/MODEL/infer on the REST port "
+            "(KServe v2 REST; --url host:port of --http-port, 8000 by default)"
+        },
+    )
+    body: RestBody = field(
+        default="binary",
+        metadata={
+            "help": "REST request bodies: binary (Triton's binary tensor extension both ways, "
+            "as the SDK sends them) or json (inputs as JSON data, outputs answered as JSON)"
+        },
+    )
+    http_version: HttpVersion = field(
+        default="1.1",
+        metadata={
+            "help": "REST over HTTP/1.1 (one connection per request in flight, as REST "
+            "clients call; h2load --h1) or 2 (h2c, or h2 by ALPN with TLS: requests in "
+            "flight multiplexed over --connections, h2load only)"
         },
     )
     model_version: str = field(
@@ -95,15 +121,16 @@ class BenchSettings(ConnectionSettings):
         default="auto",
         metadata={
             "help": "Load generator: h2load (light, from nghttp2-client; gRPC failures counted "
-            "from server statistics), python (grpc.aio in this process), auto (h2load if "
-            "installed)"
+            "from server statistics), python (grpc.aio, or asyncio HTTP/1.1 for REST, in this "
+            "process), auto (h2load if installed)"
         },
     )
     connections: int = field(
         default=1,
         metadata={
             "help": "HTTP/2 connections the requests in flight are spread over; a server "
-            "of several processes (serve --workers N) balances connections, not requests"
+            "of several processes (serve --workers N) balances connections, not requests "
+            "(REST over HTTP/1.1 opens one per request in flight instead)"
         },
     )
     timeout: float = field(
@@ -182,3 +209,18 @@ class BenchSettings(ConnectionSettings):
             raise SettingsError("--int-range must be LOW,HIGH with LOW <= HIGH")
         if not self.raw_batch_sizes or min(self.raw_batch_sizes) < 1:
             raise SettingsError("--raw-batch-sizes: every value must be at least 1")
+        from onnxserve.client.options import url_protocol
+
+        try:
+            spoken = url_protocol(self.url)
+        except ValueError as exc:
+            raise SettingsError(f"--url: {exc}") from None
+        if spoken == "grpc" and self.protocol == "http":
+            raise SettingsError(f"--protocol http needs a REST URL, not {self.url}")
+
+    @property
+    def rest(self) -> bool:
+        """Whether the bench calls the REST port (--protocol http, or an http(s):// URL)."""
+        from onnxserve.client.options import url_protocol
+
+        return self.protocol == "http" or url_protocol(self.url) == "http"

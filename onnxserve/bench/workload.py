@@ -5,7 +5,10 @@ Every request is serialised once, before the clock starts, so the load
 generator's per-request work is only sending bytes: with client and server on
 the same cores, encoding in the loop would be charged to the server. The same
 bytes serve both drivers: the python driver passes them through gRPC untouched,
-the h2load driver posts them in gRPC's length-prefixed frame.
+the h2load driver posts them in gRPC's length-prefixed frame. Over REST
+(``--protocol http``) the body is what the SDK's REST transport sends
+(:func:`onnxserve.client.rest.infer_body`: Triton's binary tensor extension,
+binary outputs asked for) or, with ``--body json``, the inputs as JSON ``data``.
 
 Random integer inputs stay inside the range the model's config declares for
 each input (the model-level parameter ``onnxserve.input_range.<input>``, which
@@ -26,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -40,11 +44,13 @@ __all__ = [
     "INFER_METHOD",
     "InputSpec",
     "ModelInfo",
+    "RestRequest",
     "WorkloadError",
     "build_inputs",
     "decode_frame",
     "encode_frame",
     "encode_request",
+    "encode_rest_request",
     "integer_range",
     "model_info",
     "parse_shapes",
@@ -393,6 +399,64 @@ def encode_request(
         request.inputs.add(name=spec.name, datatype=spec.datatype, shape=list(array.shape))
         request.raw_input_contents.append(array_to_raw(array, spec.datatype))
     return request.SerializeToString()
+
+
+@dataclass(frozen=True)
+class RestRequest:
+    """One pre-encoded REST inference call: path, body and the headers it needs."""
+
+    path: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...]
+
+
+def encode_rest_request(
+    model: str,
+    version: str,
+    info: ModelInfo,
+    arrays: Mapping[str, np.ndarray],
+    body: str = "binary",
+) -> RestRequest:
+    """A REST inference request: ``binary`` (the binary tensor extension both ways, as
+    the SDK sends it) or ``json`` (inputs as JSON ``data``, outputs answered as JSON)."""
+    from onnxserve.client.rest import HEADER_LENGTH, infer_body
+
+    path = f"/v2/models/{quote(model, safe='')}"
+    if version:
+        path += f"/versions/{quote(version, safe='')}"
+    path += "/infer"
+    if body == "binary":
+        request = pb.ModelInferRequest.FromString(encode_request(model, version, info, arrays))
+        parts, length = infer_body(request)
+        headers = (("content-type", "application/octet-stream"), (HEADER_LENGTH, str(length)))
+        return RestRequest(path, b"".join(parts), headers)
+    if body != "json":
+        raise WorkloadError(f"--body must be binary or json, not {body!r}")
+    inputs = []
+    for spec in info.inputs:
+        array = np.asarray(arrays[spec.name])
+        if spec.datatype in ("FP16", "BF16"):
+            raise WorkloadError(
+                f"input '{spec.name}' is {spec.datatype}, which JSON cannot carry: "
+                "use --body binary"
+            )
+        if spec.datatype == "BYTES":
+            try:
+                data: list[Any] = [
+                    e.decode("utf-8") if isinstance(e, bytes) else str(e) for e in array.reshape(-1)
+                ]
+            except UnicodeDecodeError:
+                raise WorkloadError(
+                    f"input '{spec.name}' holds bytes that are not UTF-8 text, which JSON "
+                    "cannot carry: use --body binary"
+                ) from None
+        else:
+            data = array.astype(numpy_dtype(spec.datatype), copy=False).reshape(-1).tolist()
+        inputs.append(
+            {"name": spec.name, "datatype": spec.datatype, "shape": list(array.shape), "data": data}
+        )
+    document = json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
+    return RestRequest(path, document, (("content-type", "application/json"),))
 
 
 def encode_frame(message: bytes) -> bytes:
