@@ -23,10 +23,9 @@ from onnxserve.bench.runner import BenchError, run_bench
 from onnxserve.bench.settings import BenchSettings
 from onnxserve.bench.workload import ModelInfo, encode_rest_request
 from onnxserve.client.types import TensorMetadata
-from onnxserve.server.native import native_available
 from onnxserve.settings import SettingsError
 from tests.support.models import add_sub_model, identity_model, write_config
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, rest_served
 
 needs_h2load = pytest.mark.skipif(find_h2load() is None, reason="h2load is not installed")
 
@@ -43,7 +42,7 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(repository: Path) -> Iterator[RunningServer]:
-    if not native_available():
+    if not rest_served():
         pytest.skip("REST is served by the native front end (make install)")
     with RunningServer(repository, http=True) as running:
         yield running

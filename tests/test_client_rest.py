@@ -36,15 +36,14 @@ from onnxserve.client import (
 from onnxserve.client.connection import plan_connection
 from onnxserve.client.options import url_protocol
 from onnxserve.client.rest import code_for_status, error_for_status
-from onnxserve.server.native import native_available
 from tests.support.batching_models import pair_model
 from tests.support.certs import TestPKI, make_pki
 from tests.support.client_tensors import expected_bytes, identity_input
 from tests.support.models import ONNX_TYPES, add_sub_model, build_protocol_repository, write_config
-from tests.support.server import RunningServer, free_port
+from tests.support.server import RunningServer, free_port, rest_served
 
 needs_rest = pytest.mark.skipif(
-    not native_available(), reason="REST is served by the native front end (make install)"
+    not rest_served(), reason="REST is served by the native front end (make install)"
 )
 
 TOKEN = "rest-client-token-0123456789"
@@ -54,7 +53,7 @@ B = np.linspace(-3, 3, 32, dtype=np.float32).reshape(2, 16)
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
-    if not native_available():
+    if not rest_served():
         pytest.skip("REST is served by the native front end (make install)")
     root = build_protocol_repository(tmp_path_factory.mktemp("rest_client_repository"))
     args = ["--model-control-mode", "explicit", "--load-model", "*"]
