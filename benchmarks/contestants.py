@@ -55,6 +55,8 @@ class Running:
     pid: int
     # False for the empty handler, which serves ModelInfer only.
     model_server: bool = True
+    # The HTTP/REST port's address (None: the contestant has none).
+    http_address: str | None = None
 
 
 def process_tree_cpu_s(pid: int) -> float | None:
@@ -138,7 +140,7 @@ def onnxserve(
     with tempfile.TemporaryDirectory() as cwd:
         server = RunningServer(
             repository, server_args, env=env, cwd=Path(cwd), startup_timeout=180,
-            require_ready=False,
+            require_ready=False, http=True,
         )  # fmt: skip
         try:
             with server:
@@ -147,7 +149,7 @@ def onnxserve(
                     stub = pb_grpc.GRPCInferenceServiceStub(channel)
                     if not stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready:
                         raise SystemExit(f"onnxserve did not get ready:\n{server.log()[-3000:]}")
-                yield Running(server.address, server.process.pid)
+                yield Running(server.address, server.process.pid, http_address=server.http_address)
         finally:
             if log is not None:
                 log.parent.mkdir(parents=True, exist_ok=True)
@@ -180,5 +182,6 @@ def triton(
 ) -> Iterator[Running]:
     from benchmarks.triton_peer import running_triton
 
-    with running_triton(model_file, served, settings, log) as (address, pid):
-        yield Running(address, pid)
+    with running_triton(model_file, served, settings, log) as served_triton:
+        address, pid, http_address = served_triton
+        yield Running(address, pid, http_address=http_address)

@@ -322,6 +322,8 @@ def markdown(
         f"--peers {peers}",
         f"--connections {args.connections}",
     ]
+    if getattr(args, "protocol", "grpc") != "grpc":
+        command += [f"--protocol {args.protocol}", f"--body {args.body}"]
     if args.before:
         command.append(f"--before {args.before}")
     command += [f"--server-arg={a}" for a in args.server_arg]

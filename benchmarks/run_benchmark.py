@@ -148,6 +148,10 @@ def _git_commit() -> str:
         return "unknown"
 
 
+#: With --body both: onnxserve at its defaults, called with JSON bodies.
+JSON_CONTESTANT = "onnxserve JSON bodies"
+
+
 # --- one contestant, one round -------------------------------------------------------------
 
 
@@ -163,10 +167,18 @@ class Bench:
     # Each contestant's settings as the page states them.
     settings_of: dict[str, str] = field(default_factory=dict)
 
-    def settings(self, address: str, concurrency: int, raw: bool) -> BenchSettings:
+    def settings(
+        self, running: contestants.Running, concurrency: int, raw: bool, name: str = ""
+    ) -> BenchSettings:
+        rest = self.args.protocol == "http"
+        json_bodies = self.args.body == "json" or name == JSON_CONTESTANT
+        if rest and running.http_address is None:
+            raise SystemExit("--protocol http: a contestant without an HTTP port was started")
         return BenchSettings(
             model=self.seed.name,
-            url=address,
+            url=f"http://{running.http_address}" if rest else running.address,
+            protocol=self.args.protocol,
+            body="json" if json_bodies else "binary",
             concurrency=(concurrency,),
             duration=self.args.duration,
             warmup=self.args.warmup,
@@ -195,10 +207,10 @@ async def _measure_model_server(
         request = pb.ModelStatisticsRequest(name=bench.seed.name)
         before = await stub.ModelStatistics(request, timeout=10)
         cpu_before = contestants.process_tree_cpu_s(running.pid)
-        busy = await run_bench(bench.settings(running.address, 64, raw))
+        busy = await run_bench(bench.settings(running, 64, raw, name))
         cpu_after = contestants.process_tree_cpu_s(running.pid)
         after = await stub.ModelStatistics(request, timeout=10)
-    lone = await run_bench(bench.settings(running.address, 1, False))
+    lone = await run_bench(bench.settings(running, 1, False, name))
     answered = server_delta(before, after)
     cpu_us = None
     if cpu_before is not None and cpu_after is not None and answered.success:
@@ -407,7 +419,21 @@ def run(args: argparse.Namespace) -> int:
         args.before_site = contestants.revision_tree(args.before, ROOT / "build" / "bench-before")
         names.append(f"before {args.before}")
     names += list(args.variants)
-    names += _available(args.peers, list(args.triton), bench.notes)
+    peers = args.peers
+    if args.protocol == "http" and any(p.startswith("empty") for p in peers):
+        bench.notes.append("--protocol http: the empty handler has no HTTP port; left out")
+        peers = [p for p in peers if not p.startswith("empty")]
+    if args.protocol == "http":
+        bodies = (
+            "binary bodies, and JSON ones for onnxserve"
+            if args.body == "both"
+            else (f"{args.body} bodies")
+        )
+        bench.notes.append(
+            f"protocol: HTTP/REST, {bodies} (h2load --h1, one connection per call in flight); "
+            "server statistics read over gRPC"
+        )
+    names += _available(peers, list(args.triton), bench.notes)
     started_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     measurements: list[list[Measurement]] = []
@@ -508,6 +534,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--raw-seconds", type=float, default=1.0, help="Raw seconds per batch")
     parser.add_argument("--connections", type=int, default=1, help="HTTP/2 connections")
     parser.add_argument(
+        "--protocol",
+        choices=("grpc", "http"),
+        default="grpc",
+        help="What every contestant is called over: gRPC, or HTTP/REST (Triton's and "
+        "onnxserve's REST ports, HTTP/1.1)",
+    )
+    parser.add_argument(
+        "--body",
+        choices=("binary", "json", "both"),
+        default="binary",
+        help="With --protocol http: binary tensors (Triton's extension, what tritonclient.http "
+        f"sends), JSON data, or both (every contestant binary, and '{JSON_CONTESTANT}' beside)",
+    )
+    parser.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -543,6 +583,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.triton_spec = args.triton or ["default"]
     args.triton = {v.name(): v for v in variants}
     args.variants = {f"onnxserve {flags}": flags.split() for flags in args.variant}
+    if args.body == "both":
+        if args.protocol != "http":
+            parser.error("--body both needs --protocol http")
+        args.variants[JSON_CONTESTANT] = []
     args.before_site = None
     return run(args)
 

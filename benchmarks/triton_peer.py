@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import grpc
 from google.protobuf import text_format
@@ -269,11 +270,19 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+class ServedTriton(NamedTuple):
+    """A Triton process: its gRPC address, its pid, its HTTP/REST address."""
+
+    address: str
+    pid: int
+    http_address: str
+
+
 @contextlib.contextmanager
 def running_triton(
     model_file: Path, served: mc.ModelConfig, settings: TritonSettings, log: Path
-) -> Iterator[tuple[str, int]]:
-    """Triton serving ``model_file`` on loopback ports: (gRPC address, process id)."""
+) -> Iterator[ServedTriton]:
+    """Triton serving ``model_file`` on loopback ports: (gRPC address, process id, HTTP address)."""
     with tempfile.TemporaryDirectory(prefix="onnxserve-triton-") as scratch:
         folder = Path(scratch)
         repository = write_repository(folder, model_file, triton_config(served, settings))
@@ -282,8 +291,9 @@ def running_triton(
 
 
 @contextlib.contextmanager
-def serving_repository(repository: Path, log: Path) -> Iterator[tuple[str, int]]:
-    """Triton serving a model repository of python-backend models: (gRPC address, pid).
+def serving_repository(repository: Path, log: Path) -> Iterator[ServedTriton]:
+    """Triton serving a model repository of python-backend models: (gRPC address, pid,
+    HTTP address).
 
     Raises PeerUnavailable where Triton cannot run here.
     """
@@ -291,7 +301,7 @@ def serving_repository(repository: Path, log: Path) -> Iterator[tuple[str, int]]
     found = layout(python)
     with tempfile.TemporaryDirectory(prefix="onnxserve-triton-") as scratch:
         folder = Path(scratch)
-        grpc_port = free_port()
+        grpc_port, http_port = free_port(), free_port()
         command = [
             str(found.tritonserver),
             f"--model-repository={repository}",
@@ -301,7 +311,7 @@ def serving_repository(repository: Path, log: Path) -> Iterator[tuple[str, int]]
             "--backend-config=python,shm-default-byte-size=4194304",
             "--backend-config=python,shm-growth-byte-size=1048576",
             f"--grpc-port={grpc_port}",
-            f"--http-port={free_port()}",
+            f"--http-port={http_port}",
             f"--metrics-port={free_port()}",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",
@@ -315,7 +325,7 @@ def serving_repository(repository: Path, log: Path) -> Iterator[tuple[str, int]]
             try:
                 address = f"127.0.0.1:{grpc_port}"
                 _wait_ready(address, process, log)
-                yield address, process.pid
+                yield ServedTriton(address, process.pid, f"127.0.0.1:{http_port}")
             finally:
                 _stop(process)
 

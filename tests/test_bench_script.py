@@ -342,6 +342,7 @@ def test_the_triton_peer_answers_what_onnxruntime_does(tmp_path: Path) -> None:
         running_triton(model_file, served, TritonSettings(), tmp_path / "triton.log") as (
             address,
             pid,
+            _,
         ),
         grpc.insecure_channel(address) as channel,
     ):

@@ -232,7 +232,7 @@ def test_the_same_model_py_files_on_real_triton(tmp_path: Path, seen: dict[str, 
 
     repository = build_triton_comparable(tmp_path / "repository")
     try:
-        with serving_repository(repository, tmp_path / "triton.log") as (address, _):
+        with serving_repository(repository, tmp_path / "triton.log") as (address, _, _):
             triton = _triton_client_view(address)
     except PeerUnavailable as exc:
         pytest.skip(f"Triton cannot run here: {exc}")
