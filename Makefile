@@ -25,7 +25,7 @@ SERVE_FLAGS := $(if $(GRPC_PORT),--grpc-port $(GRPC_PORT)) $(if $(HTTP_PORT),--h
 SENTIMENT_DATA ?= $(firstword $(wildcard ../shared/data/sentiment-labelled-sentences))
 export ONNXSERVE_SENTIMENT_DATA ?= $(SENTIMENT_DATA)
 
-.PHONY: native native-check install serve test lint examples protos bench clean kserve-env deploy-tools triton-env keras-hub wheel
+.PHONY: native native-check install serve test lint examples protos bench bench-http clean kserve-env deploy-tools triton-env keras-hub wheel
 
 # The editable install leaves the native module to `make native` (ONNXSERVE_NATIVE=skip,
 # setup.py), which rebuilds it incrementally on every run: Rust is built once, not twice.
@@ -35,8 +35,9 @@ $(STAMP): pyproject.toml setup.py
 	ONNXSERVE_NATIVE=skip $(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# The native front end (native/, Rust): built when cargo is present (incremental,
-# a no-op when nothing changed); without cargo only --frontend python is offered.
+# The native front end (native/, Rust: the server's ports, decode and queue): built with
+# cargo (incremental, a no-op when nothing changed); without cargo it stops, saying how
+# to install Rust: no server can start without it (the client alone needs no Rust).
 native: $(STAMP)
 	$(PY) scripts/build_native.py
 
@@ -90,26 +91,9 @@ native-check:
 		cargo test --quiet --release --manifest-path native/Cargo.toml; \
 	else echo "cargo not found: the native crate's checks are skipped"; fi
 
-# The suites that start servers run a second time against the Python front end when the
-# native one is built (then the default, --frontend auto): both must give the same answers
-# until the Python one goes.
-SERVER_SUITE ?= tests/test_client_server.py tests/test_triton_client.py tests/test_client_kserve.py \
-	tests/test_client_stream_errors.py tests/test_client_transport.py tests/test_client_cli.py \
-	tests/test_server_protocol.py tests/test_server_security.py tests/test_server_drain.py \
-	tests/test_server_hostile.py tests/test_server_hostile_ops.py tests/test_server_control.py \
-	tests/test_server_metrics.py tests/test_server_lifecycle.py tests/test_server_peers.py \
-	tests/test_server_repository.py tests/test_batching_server.py \
-	tests/test_batching_isolation_server.py tests/test_batching_workers.py tests/test_wire.py \
-	tests/test_input_ranges.py tests/test_python_models.py tests/test_text_model.py \
-	tests/test_bench.py tests/test_deploy_load_spreading.py
-
 test: install kserve-env deploy-tools keras-hub native-check
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 -rs --durations=15
-	@if [ -f onnxserve/_native.abi3.so ]; then \
-		echo "the server suites again, against --frontend python"; \
-		ONNXSERVE_FRONTEND=python $(PY) -m pytest -n 2 -q -rs $(SERVER_SUITE); \
-	else echo "the native front end is not built: the suite ran on the Python front end alone"; fi
 
 lint: install
 	$(PY) -m ruff check .
@@ -124,15 +108,20 @@ protos: install
 triton-env: install
 	$(PY) -m benchmarks.triton_peer
 
-# onnxserve (its defaults: the native front end where built; the Python front end, alone and
-# with --workers 2, its best documented setting on 2 cores), Triton at onnxruntime's defaults and with one instance per
-# core, the empty gRPC handler and raw onnxruntime on the seed LSTM (the benchmark's own, built
-# once into build/bench_repository), in 5 rounds (about 20 minutes); every contestant's settings
-# are on the page. 16 h2load connections, so that --workers processes all get some.
-# E.g. make bench BENCH_ARGS="--before main --rounds 7"
-BENCH_ARGS ?= --rounds 5 --connections 16 --variant=--frontend=python --variant=--frontend=python\ --workers=2 --triton default --triton instances=2,threads=1
+# onnxserve (its defaults, and with --workers 2), Triton at onnxruntime's defaults and with one
+# instance per core, the empty gRPC handler and raw onnxruntime on the seed LSTM (the
+# benchmark's own, built once into build/bench_repository), over gRPC, in 5 rounds (about 15
+# minutes); every contestant's settings are on the page. 16 h2load connections, so that
+# --workers processes all get some. E.g. make bench BENCH_ARGS="--before main --rounds 7"
+BENCH_ARGS ?= --rounds 5 --connections 16 --variant=--workers=2 --triton default --triton instances=2,threads=1
 bench: install
 	$(PY) benchmarks/run_benchmark.py $(BENCH_ARGS)
+
+# The same over HTTP/REST: every contestant's REST port with binary tensors (Triton's
+# extension, what tritonclient.http sends), and onnxserve with JSON bodies beside them.
+BENCH_HTTP_ARGS ?= --rounds 5 --peers triton --triton default --triton instances=2,threads=1 --protocol http --body both
+bench-http: install
+	$(PY) benchmarks/run_benchmark.py $(BENCH_HTTP_ARGS) --results benchmarks/results/http
 
 clean:
 	rm -rf build dist .pytest_cache

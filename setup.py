@@ -3,9 +3,9 @@
 ``pip wheel .`` and ``pip install .`` build native/ (Rust, PyO3) into the
 package as ``onnxserve/_native.abi3.so`` with setuptools-rust when cargo is on
 PATH; the wheel is then tagged cp311-abi3 (one build for every CPython >=
-3.11) and the server's ``--frontend auto`` uses it. Without cargo (or on Python
-3.10, below the module's abi3 floor) the build says why on stderr and makes
-the pure wheel as before: the client and ``--frontend python`` need no Rust.
+3.11), which the server runs on. Without cargo (or on Python 3.10, below the
+module's abi3 floor) the build says why on stderr and makes the pure wheel:
+the client needs no Rust; ``onnxserve serve`` then says how to get the module.
 
 ONNXSERVE_NATIVE chooses:
   auto      (default) build it when cargo is found; a failed Rust build is
@@ -53,7 +53,7 @@ def rust_extensions() -> list:
     if why is not None:
         if mode == "required":
             raise SystemExit(f"onnxserve build: ONNXSERVE_NATIVE=required, but {why}")
-        _say(f"{why}; building without the native front end (only --frontend python)")
+        _say(f"{why}; building without the native front end (the client only: no server then)")
         return []
     _say("building the native front end (native/, cargo build --release) into onnxserve._native")
     return [

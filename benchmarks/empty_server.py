@@ -25,9 +25,9 @@ import grpc
 
 from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server import event_loop
-from onnxserve.server.wire.handlers import SERVICE
 
 _METHOD = "ModelInfer"
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 
 async def _protobuf_infer(

@@ -3,8 +3,8 @@
 ``make install`` runs this: ``cargo build --release`` (incremental: a no-op
 when nothing changed), then the library is copied next to the package's
 modules, where the editable install finds it. One build loads on every
-CPython >= 3.11 (PyO3's abi3). Without cargo it says so and exits 0: the
-server then offers only ``--frontend python``.
+CPython >= 3.11 (PyO3's abi3). Without cargo it says how to install Rust and
+exits 1: no server can start without the module (the client alone needs none).
 
 Measured cold build on the 2-core development machine: see native/README.md.
 """
@@ -27,11 +27,11 @@ def main() -> int:
     cargo = shutil.which("cargo")
     if cargo is None:
         print(
-            "build_native: cargo not found; the native front end is not built "
-            "(--frontend native unavailable; install Rust from https://rustup.rs)",
+            "build_native: cargo not found: the server's native front end cannot be built; "
+            "install Rust (https://rustup.rs, or Debian's cargo) and run `make install` again",
             file=sys.stderr,
         )
-        return 0
+        return 1
     started = time.monotonic()
     command = [cargo, "build", "--release", "--quiet", "--manifest-path", str(CRATE / "Cargo.toml")]
     env = {**os.environ, "PYO3_PYTHON": sys.executable}

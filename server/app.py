@@ -32,17 +32,11 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-import grpc
-from google.protobuf import descriptor_pool
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2
-
-from onnxserve.protocol import grpc_service_pb2 as pb
-from onnxserve.protocol import model_config_pb2 as mc
 from onnxserve.server import early_signals, event_loop
 from onnxserve.server.control import ModelControl, RepositoryPoller
-from onnxserve.server.guard import Admission, CallGuard, TokenFile
+from onnxserve.server.guard import TokenFile, busy_refusal
 from onnxserve.server.logs import configure_logging
+from onnxserve.server.native import NativeFrontEnd, native_available
 from onnxserve.server.peers import (
     HEARTBEAT_S,
     PEER_TIMEOUT_S,
@@ -56,18 +50,20 @@ from onnxserve.server.registry import ModelRegistry
 from onnxserve.server.runtime import available_cpus
 from onnxserve.server.service import DRAINING_MESSAGE, InferenceService
 from onnxserve.server.settings import ServerSettings
-from onnxserve.server.wire.handlers import add_inference_service
 
 if TYPE_CHECKING:
     from onnxserve.server.metrics import MetricsEndpoint
-    from onnxserve.server.native import NativeFrontEnd
 
 log = logging.getLogger(__name__)
 
-INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-# Streams whose every request counts against --max-concurrent-rpcs (the servicer counts).
-PER_REQUEST_METHODS = frozenset({f"/{INFERENCE_SERVICE}/ModelStreamInfer"})
-HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+#: The inference service's name, as health and clients name it.
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+#: Why no server can start without the native module, and how to build it.
+NOT_BUILT = (
+    "the server's front end (onnxserve._native, Rust) is not built: `make install` builds it "
+    "with Rust's cargo (https://rustup.rs), as does `pip install` of onnxserve from source "
+    "where cargo is installed; the client alone needs no Rust"
+)
 # A drain stops gRPC once no call has arrived for this long (see the module docstring).
 QUIET_S = 0.25
 _DRAIN_POLL_S = 0.01
@@ -77,50 +73,8 @@ class StartupFailed(Exception):
     """The server cannot start as asked (the message says why); the process exits 1."""
 
 
-def grpc_options(settings: ServerSettings) -> list[tuple[str, int]]:
-    options = [
-        ("grpc.max_send_message_length", settings.max_message_bytes),
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
-        # Refuse to share a port silently with another process, unless this
-        # is one of --workers processes that share it on purpose.
-        ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
-    ]
-    if settings.max_connection_age_s > 0:
-        # gRPC sends GOAWAY after the age; unset, it never does (and the grace is unbounded).
-        options.append(("grpc.max_connection_age_ms", round(settings.max_connection_age_s * 1e3)))
-        if settings.max_connection_age_grace_s > 0:
-            grace_ms = round(settings.max_connection_age_grace_s * 1e3)
-            options.append(("grpc.max_connection_age_grace_ms", grace_ms))
-    return options
-
-
-def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
-    """TLS (mutual with --tls-client-ca) from the PEM files, or None for plaintext."""
-    if settings.tls_cert is None or settings.tls_key is None:
-        return None
-    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
-        root_certificates=client_ca,
-        require_client_auth=client_ca is not None,
-    )
-
-
-def reflection_pool() -> descriptor_pool.DescriptorPool:
-    """One pool with every service this port serves, for server reflection.
-
-    The protocol's messages live in a private pool (onnxserve/protocol/_pool.py)
-    while health and reflection register in protobuf's default one; reflection
-    answers from a single pool, so it gets a copy of all four files.
-    """
-    pool = descriptor_pool.DescriptorPool()
-    for file in (mc.DESCRIPTOR, pb.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
-        pool.AddSerializedFile(file.serialized_pb)
-    return pool
-
-
 class InferenceServer:
-    """One server process: the gRPC server, the models, health, reflection and metrics."""
+    """One server process: the native front end (its ports), the models and metrics."""
 
     def __init__(self, settings: ServerSettings, peers: WorkerPeers | None = None) -> None:
         self.settings = settings
@@ -142,37 +96,24 @@ class InferenceServer:
         self.control = ModelControl(
             self.registry, settings.model_control_mode, settings.allow_python_load
         )
-        self.admission = Admission(settings.max_concurrent_rpcs)
         self.service = InferenceService(
             self.registry,
             self.control,
             self.peer_client,
-            admission=self.admission,
-            stream_window=settings.max_stream_requests_in_flight,
         )
-        self.health = health.aio.HealthServicer()
         self.tokens = TokenFile(settings.auth_token_file) if settings.auth_token_file else None
-        interceptors = []
-        if self.tokens is not None or settings.max_concurrent_rpcs:
-            interceptors.append(CallGuard(self.tokens, self.admission, PER_REQUEST_METHODS))
-        self.server = grpc.aio.server(options=grpc_options(settings), interceptors=interceptors)
-        # --frontend native: Rust answers the port (onnxserve.server.native).
-        self.native: NativeFrontEnd | None = None
-        if settings.native_frontend:
-            from onnxserve.server.native import NativeFrontEnd
-
-            tokens = self.tokens
-            self.native = NativeFrontEnd(
-                settings,
-                self.service,
-                tokens.digests if tokens is not None else None,
-                self.admission.refusal(),
-            )
-            native = self.native
-            self.registry.wrap_scheduler = native.scheduler_for
-            self.registry.front_end_cpus = 0
-            self.registry.on_change = lambda: native.refresh_routes(self.registry)
-        self.health_server: grpc.aio.Server | None = None
+        # Rust answers the ports (onnxserve.server.native); Python runs the models.
+        tokens = self.tokens
+        self.native = NativeFrontEnd(
+            settings,
+            self.service,
+            tokens.digests if tokens is not None else None,
+            busy_refusal(settings.max_concurrent_rpcs),
+        )
+        native = self.native
+        self.registry.wrap_scheduler = native.scheduler_for
+        self.registry.front_end_cpus = 0
+        self.registry.on_change = lambda: native.refresh_routes(self.registry)
         self.metrics: MetricsEndpoint | None = None
         self.poller = (
             RepositoryPoller(self.registry, settings.repository_poll_secs)
@@ -181,24 +122,13 @@ class InferenceServer:
         )
         self._stopping = asyncio.Event()
 
-    async def _set_serving(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse
-        for service in ("", INFERENCE_SERVICE):
-            await self.health.set(service, status.SERVING if serving else status.NOT_SERVING)
-        if self.native is not None:
-            self.native.set_serving(serving)
+    def _set_serving(self, serving: bool) -> None:
+        """grpc.health.v1 (the server and the inference service), answered by Rust."""
+        self.native.set_serving(serving)
 
     async def start(self) -> None:
         settings = self.settings
-        add_inference_service(self.service, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (INFERENCE_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
-            self.server,
-            pool=reflection_pool(),
-        )
         address = f"{settings.host}:{settings.grpc_port}"
-        await self._set_serving(False)
         if self.tokens is not None and not settings.tls:
             log.warning(
                 "bearer tokens travel in plaintext without --tls-cert; use TLS unless a "
@@ -213,25 +143,23 @@ class InferenceServer:
             # Binding queues connections in this socket's backlog: bind only
             # once loaded, so that the kernel routes none here before then.
             log.info(
-                "loading models before joining port %s (gRPC, %s event loop) with the %s front end",
+                "loading models before joining port %s (gRPC, %s event loop)",
                 address,
                 event_loop.describe(asyncio.get_running_loop()),
-                "native" if self.native is not None else "python",
             )
             await self._load()
             await self._listen(address)
         else:
             await self._listen(address)
             log.info(
-                "listening on %s (gRPC%s, %s event loop) with the %s front end; loading models",
+                "listening on %s (gRPC%s, %s event loop); loading models",
                 address,
                 ", TLS" if settings.tls else "",
                 event_loop.describe(asyncio.get_running_loop()),
-                "native" if self.native is not None else "python",
             )
             await self._load()
         if self.registry.is_ready():
-            await self._set_serving(True)
+            self._set_serving(True)
             log.info("ready: %s", ", ".join(self.registry.model_names()) or "no models")
         else:
             log.error("not ready: some models failed to load (see RepositoryIndex for reasons)")
@@ -258,62 +186,26 @@ class InferenceServer:
             )
 
     async def _listen(self, address: str) -> None:
-        credentials = server_credentials(self.settings)
+        """Open the ports; an OSError that names the one in use."""
         settings = self.settings
         reuse_port = settings.workers > 1
-        if port_in_use(settings.host, settings.grpc_port, reuse_port=reuse_port):
-            raise OSError(f"cannot listen on {address}: is the port in use?")
-        if self.native is not None:
-            if settings.http_port and port_in_use(
-                settings.host, settings.http_port, reuse_port=reuse_port
-            ):
-                raise OSError(
-                    f"cannot listen on {settings.host}:{settings.http_port} (--http-port): "
-                    "is the port in use?"
-                )
-            _, http_port = self.native.start()
-            if http_port is not None:
-                log.info(
-                    "HTTP/REST on %s:%d (%s)",
-                    settings.host,
-                    http_port,
-                    "https" if settings.tls else "HTTP/1.1 and h2c",
-                )
-        else:
-            if settings.http_port:
-                log.warning(
-                    "no HTTP/REST port: the Python front end serves gRPC only; REST needs the "
-                    "native front end (`make install` builds it with Rust's cargo)"
-                )
-            try:
-                if credentials is None:
-                    self.server.add_insecure_port(address)
-                else:
-                    self.server.add_secure_port(address, credentials)
-            except RuntimeError:
-                raise OSError(f"cannot listen on {address}: is the port in use?") from None
-            await self.server.start()
-        if settings.health_port and self.native is not None:
-            # The native front end serves it (opened with the gRPC port).
+        for flag, port in (("", settings.grpc_port), (" (--http-port)", settings.http_port)):
+            if port and port_in_use(settings.host, port, reuse_port=reuse_port):
+                raise OSError(f"cannot listen on {settings.host}:{port}{flag}: is the port in use?")
+        _, http_port = self.native.start()
+        if http_port is not None:
+            log.info(
+                "HTTP/REST on %s:%d (%s)",
+                settings.host,
+                http_port,
+                "https" if settings.tls else "HTTP/1.1 and h2c",
+            )
+        if settings.health_port:
             log.info(
                 "grpc.health.v1 alone on %s:%d (plaintext, no token)",
                 settings.host,
                 settings.health_port,
             )
-        elif settings.health_port:
-            # Every --workers process serves health on this port too, as on the gRPC port.
-            reuse = [("grpc.so_reuseport", 1 if settings.workers > 1 else 0)]
-            self.health_server = grpc.aio.server(options=reuse)
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            health_address = f"{settings.host}:{settings.health_port}"
-            if port_in_use(settings.host, settings.health_port, reuse_port=reuse_port):
-                raise OSError(f"cannot listen on {health_address}: is the port in use?")
-            try:
-                self.health_server.add_insecure_port(health_address)
-            except RuntimeError:
-                raise OSError(f"cannot listen on {health_address}: is the port in use?") from None
-            await self.health_server.start()
-            log.info("grpc.health.v1 alone on %s (plaintext, no token)", health_address)
 
     def _start_metrics(self) -> None:
         from onnxserve.server.metrics import MetricsEndpoint, metrics_registry
@@ -340,8 +232,7 @@ class InferenceServer:
             log.info("SIGHUP: no --auth-token-file to re-read")
         else:
             self.tokens.reload()
-            if self.native is not None:
-                self.native.reload_tokens()
+            self.native.reload_tokens()
 
     async def wait_and_drain(self) -> None:
         await self._stopping.wait()
@@ -350,43 +241,33 @@ class InferenceServer:
         log.info("stopping: readiness off, new calls get UNAVAILABLE, %.1fs to drain", grace)
         self.service.draining = True
         native = self.native
-        if native is not None:
-            native.drain(DRAINING_MESSAGE)
-            native.set_serving(False)
-        await self.health.enter_graceful_shutdown()
+        native.drain(DRAINING_MESSAGE)
+        native.set_serving(False)
         if self.poller is not None:
             await self.poller.stop()
 
         def busy() -> bool:
-            return bool(self.registry.in_flight() or (native is not None and native.in_flight()))
+            return bool(self.registry.in_flight() or native.in_flight())
 
         def idle_s() -> float:
-            idle = time.monotonic() - self.service.last_call
-            return idle if native is None else min(idle, native.idle_s())
+            return min(time.monotonic() - self.service.last_call, native.idle_s())
 
         while busy() and time.monotonic() < deadline:
             await asyncio.sleep(_DRAIN_POLL_S)
         while idle_s() < QUIET_S and time.monotonic() < deadline:
             await asyncio.sleep(_DRAIN_POLL_S)
-        if native is not None:
-            await native.stop(max(0.0, deadline - time.monotonic()))
-        else:
-            await self.server.stop(max(0.0, deadline - time.monotonic()))
+        await native.stop(max(0.0, deadline - time.monotonic()))
         await self.stop_sidecars()
         await self.registry.close()
         log.info("stopped")
 
     async def abort(self) -> None:
         """Start-up failed: close everything at once."""
-        if self.native is not None:
-            await self.native.stop(0.0)
-        await self.server.stop(None)
+        await self.native.stop(0.0)
         await self.stop_sidecars()
         await self.registry.close()
 
     async def stop_sidecars(self) -> None:
-        if self.health_server is not None:
-            await self.health_server.stop(None)
         if self.metrics is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.metrics.stop)
         if self.peer_client is not None:
@@ -441,6 +322,9 @@ def run(settings: ServerSettings) -> int:
     ``settings`` are valid (ServerSettings checks itself when it is made).
     """
     configure_logging(settings.log_level, settings.log_format)
+    if not native_available():
+        log.error("%s", NOT_BUILT)
+        return 1
     if settings.workers > 1:
         from onnxserve.server.workers import run_workers
 

@@ -14,7 +14,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -32,11 +32,9 @@ from onnxserve.server.errors import (
     InvalidInput,
     ModelUnavailable,
     NotImplementedByServer,
-    ServerBusy,
     quoted,
     status_of,
 )
-from onnxserve.server.guard import Admission
 from onnxserve.server.inference import (
     DecodedRequest,
     ModelSignature,
@@ -149,16 +147,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         registry: ModelRegistry,
         control: ModelControl,
         peers: PeerClient | None = None,
-        admission: Admission | None = None,
-        stream_window: int = 32,
     ) -> None:
         self._registry = registry
         # Large BYTES inputs are decoded here, off the event loop (see _decodes_slowly).
         self._decoder = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="onnxserve-decode")
-        # --max-concurrent-rpcs, which every request of a stream counts against.
-        self._admission = admission if admission is not None else Admission(0)
-        # --max-stream-requests-in-flight: requests read from one stream and not yet answered.
-        self._stream_window = stream_window
         self._control = control
         # The other --workers processes, whose counters statistics include.
         self._peers = peers
@@ -323,71 +315,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             except DecodeError as exc:
                 raise InvalidInput(f"the request is not a valid ModelInferRequest: {exc}") from None
         return encode_infer_response(*await self._run(request, deadline_of(context)))
-
-    async def ModelStreamInfer(
-        self,
-        request_iterator: AsyncIterator[pb.ModelInferRequest],
-        context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        """Requests on a stream run concurrently; each answer is sent when it is ready.
-
-        A failed request answers with ``error_message`` (from the same mapping
-        as a unary call's status) and the stream goes on, as Triton does, so
-        one bad request does not end a client's stream.
-
-        Bounds (a client that writes and never reads must not grow the server):
-        each request counts against ``--max-concurrent-rpcs`` while it runs
-        (past it, that request answers RESOURCE_EXHAUSTED in the stream), and
-        at most ``stream_window`` requests are read and not yet answered: the
-        reader waits for a slot before reading the next request, a slot frees
-        once its answer has been handed to gRPC, and gRPC's send waits for
-        the client's HTTP/2 window, so unread answers stop the reading.
-        """
-        deadline_ns = deadline_of(context)
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        pending: set[asyncio.Task[None]] = set()
-        window = asyncio.Semaphore(self._stream_window)
-        admission = self._admission
-
-        async def answer(request: pb.ModelInferRequest) -> None:
-            if not admission.try_enter():
-                await answers.put(stream_failure(request, ServerBusy(admission.refusal())))
-                return
-            try:
-                response = await self.stream_answer(request, deadline_ns)
-            finally:
-                admission.leave()
-            await answers.put(response)
-
-        async def read_all() -> None:
-            requests = request_iterator.__aiter__()
-            while True:
-                await window.acquire()
-                try:
-                    request = await requests.__anext__()
-                except StopAsyncIteration:
-                    break
-                self.last_call = time.monotonic()
-                task = asyncio.create_task(answer(request))
-                pending.add(task)
-                task.add_done_callback(pending.discard)
-            if pending:
-                await asyncio.gather(*list(pending))
-            await answers.put(None)
-
-        reader = asyncio.create_task(read_all())
-        try:
-            while True:
-                item = await answers.get()
-                if item is None:
-                    break
-                yield item  # resumes once gRPC has taken the message
-                window.release()
-            await reader
-        finally:
-            reader.cancel()
-            for task in list(pending):
-                task.cancel()
 
     @_not_offered(_SHARED_MEMORY)
     async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> Any: ...

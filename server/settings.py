@@ -12,7 +12,6 @@ from onnxserve.settings import LogLevel, SettingsError
 Device = Literal["auto", "cpu", "cuda"]
 ModelControlMode = Literal["none", "poll", "explicit"]
 LogFormat = Literal["text", "json"]
-Frontend = Literal["auto", "native", "python"]
 
 
 @dataclass(frozen=True)
@@ -73,11 +72,11 @@ class ServerSettings:
     workers: int = field(
         default=1,
         metadata={
-            "help": "Server processes sharing the gRPC port (SO_REUSEPORT; the kernel spreads "
+            "help": "Server processes sharing the ports (SO_REUSEPORT; the kernel spreads "
             "connections, not requests, over them); each loads every model and gets "
-            "cpu_threads / workers onnxruntime threads, and joins the port only once its "
-            "models are loaded. One Python process serves a few thousand small calls per "
-            "second; more processes use more cores for the protocol"
+            "cpu_threads / workers onnxruntime threads, and joins the ports only once its "
+            "models are loaded. One process already uses every core for the protocol (Rust); "
+            "more processes mean more model instances and memory"
         },
     )
     worker_stall_timeout_s: float = field(
@@ -214,20 +213,11 @@ class ServerSettings:
         default="text",
         metadata={"help": "Log lines as text or as one JSON object per line"},
     )
-    frontend: Frontend = field(
-        default="auto",
-        metadata={
-            "help": "What answers the gRPC port: native (Rust: the port, TLS, tokens, "
-            "decoding, validation and the batching queue, Python running each batch once; "
-            "built by `make install` when cargo is present), python (grpc.aio), or auto "
-            "(native where it is built, else python; the start-up line says which)"
-        },
-    )
     event_loop: EventLoop = field(
         default="auto",
         metadata={
-            "help": "Event loop: uvloop (measured to answer 16 to 39 percent more small calls "
-            "per second than asyncio), asyncio, or auto (uvloop when installed)"
+            "help": "Event loop of the Python side (model control, the calls Rust hands to "
+            "Python): uvloop, asyncio, or auto (uvloop when installed)"
         },
     )
 
@@ -300,24 +290,6 @@ class ServerSettings:
             uses_uvloop(self.event_loop)
         except EventLoopUnavailable as exc:
             raise SettingsError(str(exc)) from None
-        if self.frontend == "native":
-            from onnxserve.server.native import native_available
-
-            if not native_available():
-                raise SettingsError(
-                    "--frontend native: the native module (onnxserve._native) is not built; "
-                    "`make install` builds it when Rust's cargo is installed "
-                    "(https://rustup.rs), or use --frontend python"
-                )
-
-    @property
-    def native_frontend(self) -> bool:
-        """Whether the native front end answers the port (``auto``: where it is built)."""
-        if self.frontend == "auto":
-            from onnxserve.server.native import native_available
-
-            return native_available()
-        return self.frontend == "native"
 
     @property
     def tls(self) -> bool:

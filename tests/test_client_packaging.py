@@ -139,7 +139,7 @@ def test_without_cargo_the_wheel_builds_pure_and_says_so(tmp_path: Path) -> None
     assert _wheel_tags(built) == ["py3-none-any"]
     with zipfile.ZipFile(built) as archive:
         assert not [n for n in archive.namelist() if "_native" in n]
-    assert "building without the native front end (only --frontend python)" in output
+    assert "building without the native front end (the client only: no server then)" in output
 
 
 def test_pip_resolves_a_plain_install_without_heavy_packages(wheel: Path, tmp_path: Path) -> None:
@@ -213,7 +213,7 @@ def test_the_built_wheel_installs_alone_as_the_client(
     with zipfile.ZipFile(wheel) as archive:
         carries_native = NATIVE in archive.namelist()
     if carries_native:
-        # The module loads from the install (the server's --frontend auto picks it up).
+        # The module loads from the install (the server runs on it).
         code = "import onnxserve._native as module; print(module.__file__)"
         imported = subprocess.run(
             [str(venv / "bin" / "python"), "-c", code],

@@ -84,11 +84,11 @@ venv() {
     # Nothing installs at run time: no pip, and no setuptools (Python 3.11's
     # venv seeds an old one that nothing here uses).
     "$prefix/bin/python" -m pip uninstall --quiet --yes pip setuptools
-    # The server starts and offers a choice of front end, and onnxruntime is
-    # the build this variant wants.
+    # The server's command answers (its REST port among its settings), and
+    # onnxruntime is the build this variant wants.
     local help
     help=$("$prefix/bin/onnxserve" serve --help)
-    [[ $help == *--frontend* ]] || die "onnxserve serve --help lists no --frontend"
+    [[ $help == *--http-port* ]] || die "onnxserve serve --help lists no --http-port"
     # -I: the environment as installed, never a checkout in the working directory.
     "$prefix/bin/python" -I - "$variant" "$native" <<'PY'
 import sys
@@ -98,7 +98,7 @@ import onnxruntime_extensions
 
 if sys.argv[2] != "skip":
     # The native front end, built against this base image's glibc (both stages
-    # share one base), loads here: --frontend auto serves with it.
+    # share one base), loads here: the server runs on it.
     import onnxserve._native
 
 cuda = "CUDAExecutionProvider" in onnxruntime.get_available_providers()

@@ -22,11 +22,10 @@ from onnxserve.protocol import grpc_service_pb2_grpc as pb_grpc
 
 
 def rest_served() -> bool:
-    """Whether servers the suite starts answer REST: the native front end's, where it is
-    built and not set aside (``ONNXSERVE_FRONTEND=python``, as ``make test``'s second pass)."""
+    """Whether servers the suite starts answer REST (the native front end is built)."""
     from onnxserve.server.native import native_available
 
-    return native_available() and os.environ.get("ONNXSERVE_FRONTEND", "auto") != "python"
+    return native_available()
 
 
 def free_port() -> int:
