@@ -86,6 +86,14 @@ EOF
 fi
 wheels="$payload/wheels"
 
+# The server's native front end travels in the payload (git ignores the built module, so the
+# working tree carried here lacks it); it needs the glibc payload.json names.
+if [ ! -f "$ROOT/onnxserve/_native.abi3.so" ] && [ -f "$payload/extras/native/_native.abi3.so" ]; then
+    cp "$payload/extras/native/_native.abi3.so" "$ROOT/onnxserve/_native.abi3.so"
+fi
+say "glibc here: $(ldd --version 2>/dev/null | head -n 1); the native module needs $("$PYTHON" -c \
+    'import json, sys; print(json.load(open(sys.argv[1])).get("native_glibc"))' "$payload/payload.json")"
+
 # 3. A clean environment from the wheels alone.
 venv="$WORK/venv"
 if ! cmp -s "$payload/.manifest.json" "$venv/.manifest.json" 2>/dev/null; then
@@ -98,6 +106,11 @@ if ! cmp -s "$payload/.manifest.json" "$venv/.manifest.json" 2>/dev/null; then
     cp "$payload/.manifest.json" "$venv/.manifest.json"
     say "environment ready"
 fi
+"$venv/bin/python" -c "import onnxserve._native" || {
+    echo "gpu_check: the native front end does not load here (see above: an older glibc needs a" \
+        "manylinux build, e.g. maturin build --zig with the ziglang package)" >&2
+    exit 1
+}
 "$venv/bin/python" - <<'EOF' || exit 1
 import importlib.metadata as metadata
 try:

@@ -22,6 +22,10 @@ into ``build/gpu-wheelhouse/`` (git-ignored):
   depend on training);
 - h2load (nghttp2's load generator) with the libraries it needs beyond
   glibc, so that the benchmark's load generator is not a Python process;
+- the server's native front end as built here (``onnxserve/_native.abi3.so``,
+  one abi3 build for CPython 3.12 too; git-ignored, so a device call's copy
+  of the working tree lacks it), with the newest glibc symbol it needs
+  (``payload.json``: gpu_check.sh says so where that machine's glibc is older);
 
 packed into one tar file and split into ``parts/part-NN`` of at most 60
 MiB with ``parts/manifest.json`` (SHA-256 of each part and of the whole).
@@ -135,6 +139,36 @@ def recompress(wheel: Path, cache: Path) -> Path:
     return cached
 
 
+NATIVE_MODULE = ROOT / "onnxserve" / "_native.abi3.so"
+
+
+def glibc_floor(library: Path) -> str | None:
+    """The newest GLIBC_x.y symbol version ``library`` needs (objdump -T), or None."""
+    objdump = shutil.which("objdump")
+    if objdump is None:
+        return None
+    table = subprocess.run([objdump, "-T", str(library)], capture_output=True, text=True)
+    versions = {
+        tuple(int(part) for part in word[len("GLIBC_") :].split("."))
+        for line in table.stdout.splitlines()
+        for word in line.replace("(", " ").replace(")", " ").split()
+        if word.startswith("GLIBC_") and word[len("GLIBC_") :].replace(".", "").isdigit()
+    }
+    return ".".join(map(str, max(versions))) if versions else None
+
+
+def native_bundle(target: Path) -> str | None:
+    """The native module under ``target``; the glibc it needs. Refuses to go without it:
+    no server starts on the GPU machine without its front end (`make install` builds it)."""
+    if not NATIVE_MODULE.is_file():
+        raise SystemExit(f"{NATIVE_MODULE.relative_to(ROOT)} is not built: run `make install`")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(NATIVE_MODULE, target / NATIVE_MODULE.name)
+    floor = glibc_floor(NATIVE_MODULE)
+    print(f"native front end: {NATIVE_MODULE.name}, needs glibc {floor or '(unknown)'}")
+    return floor
+
+
 def find_repository(given: Path | None) -> Path:
     """The model repository to carry (built with --quick here when none is given or built)."""
     if given is not None:
@@ -225,12 +259,19 @@ def main(argv: list[str] | None = None) -> int:
     for model in MODELS:
         shutil.copytree(repository / model, extras / "models" / model)
     has_h2load = h2load_bundle(extras / "h2load")
+    native_glibc = native_bundle(extras / "native")
     with tarfile.open(stage / "extras.tar.xz", "w:xz") as archive:
         archive.add(extras, arcname="extras")
     shutil.rmtree(extras)
     (stage / "payload.json").write_text(
         json.dumps(
-            {"requirements": requirements, "cuda_libraries": needed, "h2load": has_h2load}, indent=2
+            {
+                "requirements": requirements,
+                "cuda_libraries": needed,
+                "h2load": has_h2load,
+                "native_glibc": native_glibc,
+            },
+            indent=2,
         )
         + "\n"
     )

@@ -184,3 +184,16 @@ def test_the_bench_graph_variant_writes_configs_the_server_accepts(tmp_path: Pat
         config.name = model
         assert plan_gpu(config, "1.31.1").cuda_graph_sizes == (1, 2, 4, 8, 16, 32, 64)
         assert "enable_cuda_graph" not in (source / model / "config.pbtxt").read_text()
+
+
+def test_the_payload_carries_the_native_front_end_and_names_its_glibc(tmp_path: Path) -> None:
+    """Without it no server starts on the GPU machine: the carried working tree lacks the
+    git-ignored module, so the payload brings it and says which glibc it needs."""
+    from benchmarks.gpu_wheelhouse import NATIVE_MODULE, native_bundle
+
+    if not NATIVE_MODULE.is_file():
+        pytest.skip("the native module is not built here")
+    floor = native_bundle(tmp_path / "native")
+    assert (tmp_path / "native" / NATIVE_MODULE.name).read_bytes() == NATIVE_MODULE.read_bytes()
+    if floor is not None:  # objdump present
+        assert tuple(int(part) for part in floor.split(".")) >= (2, 17)
