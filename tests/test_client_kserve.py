@@ -34,6 +34,8 @@ from onnxserve.client import (
     ModelNotFoundError,
     UnimplementedError,
 )
+from onnxserve.protocol.codec import DATATYPES as PROTOCOL_DATATYPES
+from onnxserve.protocol.codec import numpy_dtype
 from tests.support import kserve_env
 from tests.support.client_tensors import expected_bytes, identity_input
 from tests.support.models import ONNX_TYPES
@@ -164,21 +166,7 @@ def test_kserve_grpc_client_against_onnxserve(
 REST_TOKEN = "kserve-rest-token-0123456789"
 # KServe's REST client carries these (kserve.utils.numpy_codec); BF16 it has no
 # numpy type for.
-REST_DATATYPES: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": np.object_,
-}
+REST_DATATYPES = tuple(d for d in PROTOCOL_DATATYPES if d != "BF16")
 
 
 def rest_sample(datatype: str) -> np.ndarray:
@@ -190,7 +178,7 @@ def rest_sample(datatype: str) -> np.ndarray:
         return np.array(words, dtype=np.object_).reshape(2, 4)
     if datatype == "BOOL":
         return np.array([[True, False, True, True], [False, False, True, False]])
-    dtype = np.dtype(REST_DATATYPES[datatype])
+    dtype = numpy_dtype(datatype)
     if dtype.kind == "f":
         info = np.finfo(dtype)
         values = [0.1, -1 / 3, float(info.max), float(-info.max), float(info.tiny), 2.5, -0.0, 7]

@@ -37,7 +37,7 @@ from tests.support.batching_models import spin_model
 from tests.support.certs import make_pki
 from tests.support.hostile import bytes_request, peak_rss, raw_call, reset_peak_rss, rss
 from tests.support.infer_requests import infer_request
-from tests.support.models import add_sub_model
+from tests.support.models import add_sub_model, write_config
 from tests.support.server import RunningServer, free_port
 from tests.test_batching_workers import worker_processes
 
@@ -206,23 +206,34 @@ def test_calls_past_the_limit_are_refused_before_their_bodies_are_read(tmp_path:
 # -- logs and metrics -------------------------------------------------------------------------
 
 
-def test_json_logs_keep_grpc_cores_own_lines_json(tmp_path: Path) -> None:
-    add_sub_model(tmp_path / "repository" / "simple" / "1" / "model.onnx")
-    pki = make_pki(tmp_path / "pki")
-    args = [
-        "--log-format",
-        "json",
-        "--tls-cert",
-        str(pki.server.cert),
-        "--tls-key",
-        str(pki.server.key),
-    ]
-    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
-    # INFO: gRPC core then writes a line for every failed handshake, as a flood would.
-    env = {"GRPC_VERBOSITY": "INFO"}
-    server = RunningServer(
-        tmp_path / "repository", args, env=env, credentials=credentials, server_name="localhost"
+def test_json_logs_stay_json_through_a_handshake_flood_and_a_model_s_stderr(
+    tmp_path: Path,
+) -> None:
+    """Under --log-format json every line is JSON: failed TLS handshakes (plaintext at a TLS
+    port, as a flood would send) write no line at all, and what a Python model's process
+    writes straight to its stderr (fd 2, past Python's logging) comes out as an event."""
+    repository = tmp_path / "repository"
+    add_sub_model(repository / "simple" / "1" / "model.onnx")
+    (repository / "chatty" / "1").mkdir(parents=True)
+    (repository / "chatty" / "1" / "model.py").write_text(
+        "import sys\n\n"
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        print('chatty model: warming up', file=sys.stderr, flush=True)\n\n"
+        "    def execute(self, requests):\n"
+        "        return []\n"
     )
+    write_config(
+        repository / "chatty",
+        'name: "chatty"\nbackend: "python"\n'
+        'input [ { name: "INPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]\n'
+        'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]\n',
+    )
+    pki = make_pki(tmp_path / "pki")
+    args = ["--log-format", "json", "--tls-cert", str(pki.server.cert)]
+    args += ["--tls-key", str(pki.server.key)]
+    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    server = RunningServer(repository, args, credentials=credentials, server_name="localhost")
     with server:
         for _ in range(20):  # plaintext at a TLS port: failed handshakes
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
@@ -232,9 +243,9 @@ def test_json_logs_keep_grpc_cores_own_lines_json(tmp_path: Path) -> None:
                     sock.recv(1024)
         time.sleep(1.0)
     events = [json.loads(line) for line in server.log().splitlines() if line.strip()]
-    loggers = {event["logger"] for event in events}
-    assert "grpc-core" in loggers, loggers
-    assert any(e["logger"] == "grpc-core" and "source" in e for e in events)
+    assert not [e for e in events if "handshake" in e["message"].lower()], events
+    chatty = [e for e in events if e["logger"] == "stderr"]
+    assert any("chatty model: warming up" in e["message"] for e in chatty), events
 
 
 def test_metrics_serves_a_bounded_number_of_connections_and_drops_idle_ones(
