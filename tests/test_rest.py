@@ -461,6 +461,33 @@ def test_limits_the_queue_and_the_drain(tmp_path: Path) -> None:
         assert server.process.wait(timeout=30) == 0
 
 
+def test_the_call_limit_refuses_at_once_and_spares_the_probes(tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    pair_model(root / "slow" / "1" / "model.onnx")
+    # A lone request waits 3 s for company: it holds the one place meanwhile.
+    write_config(
+        root / "slow",
+        "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 3000000 }",
+    )
+    server = RunningServer(root, ["--max-concurrent-rpcs", "1"], http=True)
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}
+                for n in ("INPUT0", "INPUT1")
+            ]
+        }
+    ).encode()
+    base = f"http://{server.http_address}"
+    with server, ThreadPoolExecutor(1) as pool:
+        first = pool.submit(call, f"{base}/v2/models/slow/infer", body)
+        time.sleep(0.5)
+        code, _, answer = call(f"{base}/v2/models/slow/infer", body)
+        assert code == 429 and "--max-concurrent-rpcs" in json.loads(answer)["error"], answer
+        assert call(f"{base}/v2/health/ready")[0] == 200  # probes are not counted
+        assert first.result(timeout=30)[0] == 200
+
+
 def test_bytes_that_are_not_text_are_refused_as_over_grpc(server: RunningServer) -> None:
     """BYTES travel as JSON strings or as binary data; either way an ONNX string tensor
     holds UTF-8 text, and an element that is not is refused with gRPC's message."""

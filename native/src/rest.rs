@@ -245,10 +245,12 @@ impl Rest {
                 format!("{method} {}: use {wanted}", quoted(&path)),
             ));
         }
-        if !matches!(route, Route::Live | Route::Ready) {
+        // Health is exempt from tokens and the call limit, as on gRPC: probes answer under load.
+        let probe = matches!(route, Route::Live | Route::Ready);
+        if !probe {
             check_token(&self.core, request.headers())?;
         }
-        let _permit = admit(&self.core)?;
+        let _permit = if probe { None } else { admit(&self.core)? };
         let (parts, body) = request.into_parts();
         match route {
             Route::Live => {
