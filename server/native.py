@@ -20,7 +20,7 @@ rare call, never per request of the hot path:
   answered on its own;
 - **delegated calls**: everything else (metadata, config, statistics,
   repository and model control, and inference requests the fast path does not
-  take: typed contents, classification, Python models, ensembles,
+  take: classification, Python models, ensembles,
   anything invalid) reaches the existing servicer as the request's bytes
   through one pump thread, and its answer goes back as bytes or a status. The
   rules and messages are written once, in Python.

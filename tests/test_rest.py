@@ -324,8 +324,14 @@ def test_binary_bodies_by_hand_as_the_extension_defines_them(server: RunningServ
     assert code == 400 and "4 bytes of binary data" in json.loads(answer)["error"]
 
 
-def test_a_rest_call_and_a_grpc_call_share_one_batch(server: RunningServer, triton: Any) -> None:
+@pytest.mark.parametrize("typed", [False, True], ids=["raw", "typed"])
+def test_a_rest_call_and_a_grpc_call_share_one_batch(
+    server: RunningServer, triton: Any, typed: bool
+) -> None:
+    """REST calls join gRPC's batches, whether the gRPC call sends raw or typed contents
+    (Rust reads both; a typed call is answered typed, as Python answers it)."""
     pair = np.ones((1, 3), dtype=np.float32)
+    before = triton.get_inference_statistics("together")["model_stats"][0]
 
     def by_rest() -> np.ndarray:
         inputs = []
@@ -341,7 +347,13 @@ def test_a_rest_call_and_a_grpc_call_share_one_batch(server: RunningServer, trit
         with server.channel() as channel:
             stub = pb_grpc.GRPCInferenceServiceStub(channel)
             request = infer_request("together", {"INPUT0": pair, "INPUT1": pair})
-            return outputs_of(stub.ModelInfer(request, timeout=30))["OUTPUT0"]
+            if typed:
+                for tensor, raw in zip(request.inputs, request.raw_input_contents, strict=True):
+                    tensor.contents.fp32_contents.extend(np.frombuffer(raw, np.float32).tolist())
+                del request.raw_input_contents[:]
+            response = stub.ModelInfer(request, timeout=30)
+            assert bool(response.raw_output_contents) != typed
+            return outputs_of(response)["OUTPUT0"]
 
     started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:
@@ -351,8 +363,9 @@ def test_a_rest_call_and_a_grpc_call_share_one_batch(server: RunningServer, trit
     for answer in answers:
         np.testing.assert_array_equal(answer, pair + pair)
     stats = triton.get_inference_statistics("together")["model_stats"][0]
-    assert stats["inference_count"] == 2 and stats["execution_count"] == 1
-    assert stats["batch_stats"][0]["batch_size"] == 2
+    assert stats["inference_count"] - before["inference_count"] == 2
+    assert stats["execution_count"] - before["execution_count"] == 1
+    assert [b["batch_size"] for b in stats["batch_stats"]] == [2]
 
 
 @pytest.fixture(scope="module")

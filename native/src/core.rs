@@ -249,6 +249,11 @@ impl Core {
         };
         let request_id = accepted.id.clone();
         let outputs = accepted.outputs.clone();
+        // Typed in, typed out, unless an output asked for has no typed field (Python's rule).
+        let typed = accepted.typed
+            && outputs
+                .iter()
+                .all(|i| crate::typed::has_typed_field(&queue.spec.outputs[*i].datatype));
         let (reply, answer) = oneshot::channel();
         let (id, reject_at) = match queue.push(accepted, arrival, deadline, reply) {
             Ok(queued) => queued,
@@ -290,14 +295,21 @@ impl Core {
                 };
                 for tensor in tensors {
                     let declared = &spec.outputs[tensor.index];
+                    let contents = if typed {
+                        crate::typed::raw_to_contents(&declared.datatype, &tensor.data)
+                    } else {
+                        None
+                    };
+                    if contents.is_none() {
+                        response.raw_output_contents.push(tensor.data);
+                    }
                     response.outputs.push(InferOutputTensor {
                         name: declared.name.clone(),
                         datatype: declared.datatype.clone(),
                         shape: tensor.shape,
                         parameters: HashMap::new(),
-                        contents: None,
+                        contents,
                     });
-                    response.raw_output_contents.push(tensor.data);
                 }
                 Ok(response)
             }

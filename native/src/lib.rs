@@ -38,6 +38,7 @@ pub mod server;
 pub mod service;
 pub mod spec;
 pub mod split;
+pub mod typed;
 
 use crate::core::{Core, Messages};
 use crate::delegate::{Answer, Item};

@@ -369,6 +369,7 @@ mod tests {
             inputs: vec![],
             outputs: vec![],
             timeout_us: 0,
+            typed: false,
         }
     }
 

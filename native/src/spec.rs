@@ -65,6 +65,9 @@ pub struct Accepted {
     pub outputs: Vec<usize>,
     /// The `timeout` request parameter in microseconds (0: not set).
     pub timeout_us: u64,
+    /// The request came with typed contents: so does its answer, as Python answers
+    /// (unless an output is FP16 or BF16, which have no typed field).
+    pub typed: bool,
 }
 
 /// Bytes per element of a fixed-size datatype; None for BYTES and unknown names.
@@ -89,6 +92,25 @@ fn non_negative_int(choice: &Option<ParameterChoice>) -> Option<u64> {
 impl ModelSpec {
     /// Accept the request for the fast path, or None: Python handles it.
     pub fn accept(&self, request: &mut ModelInferRequest) -> Option<Accepted> {
+        // Typed contents (every input, no raw ones): converted to raw here, or Python's.
+        let typed = request.raw_input_contents.is_empty()
+            && !request.inputs.is_empty()
+            && request.inputs.iter().all(|t| t.contents.is_some());
+        if typed {
+            let mut raw = Vec::with_capacity(request.inputs.len());
+            for tensor in &request.inputs {
+                let contents = tensor.contents.as_ref()?;
+                raw.push(crate::typed::contents_to_raw(
+                    &tensor.datatype,
+                    &tensor.shape,
+                    contents,
+                )?);
+            }
+            for tensor in &mut request.inputs {
+                tensor.contents = None;
+            }
+            request.raw_input_contents = raw;
+        }
         let batching = self.max_batch_size > 0;
         if !batching
             || request.inputs.len() != self.inputs.len()
@@ -196,6 +218,7 @@ impl ModelSpec {
             inputs,
             outputs,
             timeout_us,
+            typed,
         })
     }
 
