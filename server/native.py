@@ -1,9 +1,10 @@
-"""The Python side of the native front end (``--frontend native``): the seam with Rust.
+"""The Python side of the native front end, the server's only one: the seam with Rust.
 
-Rust (``native/``, built into ``onnxserve._native`` by ``make install``) owns
-the gRPC port: TLS, bearer tokens and ``--max-concurrent-rpcs`` checked from
-the headers before a body is read, deadlines, decoding, and for every model
-served natively the whole per-request path: the fast path's check, the
+Rust (``native/``, built into ``onnxserve._native`` by ``make install`` and
+into the wheel) owns the gRPC and HTTP/REST ports: TLS, bearer tokens and
+``--max-concurrent-rpcs`` checked from the headers before a body is read,
+deadlines, decoding, and for every model served natively the whole
+per-request path: the fast path's check, the
 batching queue, splitting the outputs and answering each call. Python owns
 the models. The seam is three narrow calls, each made once per batch or per
 rare call, never per request of the hot path:
