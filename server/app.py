@@ -45,7 +45,6 @@ from onnxserve.server.peers import (
     VersionReport,
     WorkerPeers,
 )
-from onnxserve.server.ports import port_in_use
 from onnxserve.server.registry import ModelRegistry
 from onnxserve.server.runtime import available_cpus
 from onnxserve.server.service import DRAINING_MESSAGE, InferenceService
@@ -112,7 +111,6 @@ class InferenceServer:
         )
         native = self.native
         self.registry.wrap_scheduler = native.scheduler_for
-        self.registry.front_end_cpus = 0
         self.registry.on_change = lambda: native.refresh_routes(self.registry)
         self.metrics: MetricsEndpoint | None = None
         self.poller = (
@@ -121,10 +119,6 @@ class InferenceServer:
             else None
         )
         self._stopping = asyncio.Event()
-
-    def _set_serving(self, serving: bool) -> None:
-        """grpc.health.v1 (the server and the inference service), answered by Rust."""
-        self.native.set_serving(serving)
 
     async def start(self) -> None:
         settings = self.settings
@@ -148,9 +142,9 @@ class InferenceServer:
                 event_loop.describe(asyncio.get_running_loop()),
             )
             await self._load()
-            await self._listen(address)
+            await self._listen()
         else:
-            await self._listen(address)
+            await self._listen()
             log.info(
                 "listening on %s (gRPC%s, %s event loop); loading models",
                 address,
@@ -159,7 +153,7 @@ class InferenceServer:
             )
             await self._load()
         if self.registry.is_ready():
-            self._set_serving(True)
+            self.native.set_serving(True)
             log.info("ready: %s", ", ".join(self.registry.model_names()) or "no models")
         else:
             log.error("not ready: some models failed to load (see RepositoryIndex for reasons)")
@@ -185,13 +179,9 @@ class InferenceServer:
                 + "; ".join(failures)
             )
 
-    async def _listen(self, address: str) -> None:
-        """Open the ports; an OSError that names the one in use."""
+    async def _listen(self) -> None:
+        """Open the ports (an OSError that names the flag of one in use: Rust binds them)."""
         settings = self.settings
-        reuse_port = settings.workers > 1
-        for flag, port in (("", settings.grpc_port), (" (--http-port)", settings.http_port)):
-            if port and port_in_use(settings.host, port, reuse_port=reuse_port):
-                raise OSError(f"cannot listen on {settings.host}:{port}{flag}: is the port in use?")
         _, http_port = self.native.start()
         if http_port is not None:
             log.info(

@@ -39,8 +39,6 @@ class LoadOptions:
     cpu_budget: int
     cuda_usable: bool | None  # None: not yet known in this process
     cache_dir: Path | None = None  # TensorRT engines; None: a temporary directory
-    # CPUs of the budget left to the front end's own threads (see runtime.plan_session).
-    front_end_cpus: int = 1
 
 
 def signature_of(
@@ -166,7 +164,6 @@ def _load(
         options.cpu_budget,
         options.cuda_usable,
         options.cache_dir,
-        front_end_cpus=options.front_end_cpus,
     )
     session = OnnxSession(path, named, plan)
     if plan.wants_cuda and CUDA not in session.providers:

@@ -352,6 +352,8 @@ class NativeFrontEnd:
         self._service = service
         self._token_digests = token_digests
         read = lambda path: path.read_bytes() if path is not None else None  # noqa: E731
+        # REST's access log: kept (by Rust) and written only at DEBUG.
+        self._logs_access = access_log.isEnabledFor(logging.DEBUG)
         self.frontend = _native().Frontend(
             host=settings.host,
             port=settings.grpc_port,
@@ -371,7 +373,7 @@ class NativeFrontEnd:
             tls_cert=read(settings.tls_cert),
             tls_key=read(settings.tls_key),
             tls_client_ca=read(settings.tls_client_ca),
-            access_log=access_log.isEnabledFor(logging.DEBUG),
+            access_log=self._logs_access,
         )
         self._access: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -391,7 +393,7 @@ class NativeFrontEnd:
             target=self._pump_calls, name="onnxserve-native-pump", daemon=True
         )
         self._pump.start()
-        if access_log.isEnabledFor(logging.DEBUG):
+        if self._logs_access:
             self._access = threading.Thread(
                 target=self._log_access, name="onnxserve-native-access", daemon=True
             )

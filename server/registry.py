@@ -97,8 +97,6 @@ class ModelRegistry:
         # ONNX model version gets, given the one it would have, and a call after
         # every change of what serves.
         self.wrap_scheduler: Callable[[ModelVersion, Scheduler], Scheduler] | None = None
-        # CPUs of the budget onnxruntime leaves to the front end (0 for the native one).
-        self.front_end_cpus = 1
         self.on_change: Callable[[], None] | None = None
 
     def _changed(self) -> None:
@@ -259,7 +257,6 @@ class ModelRegistry:
             self._cpu_budget,
             self._cuda_usable,
             self._cache_dir,
-            front_end_cpus=self.front_end_cpus,
         )
         model = await loop.run_in_executor(None, self._load_checked, source, version, path, options)
         if model.cuda_requested and self._cuda_usable is None:

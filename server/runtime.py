@@ -130,8 +130,6 @@ def plan_session(
     cpu_budget: int,
     cuda_usable: bool | None,
     cache_dir: Path | None = None,
-    *,
-    front_end_cpus: int = 1,
 ) -> SessionPlan:
     """Decide providers and threads for one model from --device and its config.
 
@@ -176,16 +174,13 @@ def plan_session(
     providers.append((CPU, {}))
     intra = _config_int_parameter(config, "intra_op_thread_count")
     inter = _config_int_parameter(config, "inter_op_thread_count")
-    # ``front_end_cpus`` of the budget are left to the process's own threads.
-    # The Python front end needs one (the gRPC event loop): on 2 cores, 2
-    # intra-op threads slowed both the protocol and one-row runs (0.57 ms
-    # against 0.46 ms with 1 thread, no spinning). The native one needs none:
-    # on 2 cores, 2 threads served 7,616 requests/s at 64 clients against
-    # 4,616 with 1 (2026-12-02, benchmarks/README.md).
-    usable = max(1, cpu_budget - front_end_cpus)
+    # The whole budget is onnxruntime's: the native front end needs no core of
+    # its own (no event loop per request). On 2 cores, 2 threads served 7,616
+    # requests/s at 64 clients against 4,616 with 1 (2026-12-02,
+    # benchmarks/README.md); the grpc.aio front end it replaced needed one.
     return SessionPlan(
         providers=providers,
-        intra_op_threads=intra or max(1, usable // instances),
+        intra_op_threads=intra or max(1, cpu_budget // instances),
         inter_op_threads=inter or 1,
         wants_cuda=wants_cuda,
         gpu=gpu,

@@ -185,21 +185,25 @@ impl Frontend {
         };
         let grpc_tls = acceptor(Versions::Http2)?;
         let rest_tls = acceptor(Versions::Http1And2)?;
-        let bind =
-            |port| server::bind(&self.host, port, self.reuse_port).map_err(PyOSError::new_err);
+        let bind = |port, flag| {
+            server::bind(&self.host, port, self.reuse_port, flag).map_err(PyOSError::new_err)
+        };
         let bound = |listener: &std::net::TcpListener| {
             listener
                 .local_addr()
                 .map(|a| a.port())
                 .map_err(|e| PyOSError::new_err(e.to_string()))
         };
-        let listener = bind(self.port)?;
+        let listener = bind(self.port, "--grpc-port")?;
         let port = bound(&listener)?;
         let health_listener = match self.health_port {
             0 => None,
-            health_port => Some(bind(health_port)?),
+            health_port => Some(bind(health_port, "--health-port")?),
         };
-        let http_listener = self.http_port.map(bind).transpose()?;
+        let http_listener = self
+            .http_port
+            .map(|port| bind(port, "--http-port"))
+            .transpose()?;
         let http_port = http_listener.as_ref().map(bound).transpose()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -82,8 +82,14 @@ pub fn tls_acceptor(files: &TlsFiles, versions: Versions) -> Result<TlsAcceptor,
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Bind `host:port` (SO_REUSEPORT when --workers share it); an error a user can act on.
-pub fn bind(host: &str, port: u16, reuse_port: bool) -> Result<std::net::TcpListener, String> {
+/// Bind `host:port` (SO_REUSEPORT when --workers share it); an error a user can act on,
+/// naming the `flag` that set the port.
+pub fn bind(
+    host: &str,
+    port: u16,
+    reuse_port: bool,
+    flag: &str,
+) -> Result<std::net::TcpListener, String> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let address: SocketAddr = (host, port)
         .to_socket_addrs()
@@ -95,9 +101,10 @@ pub fn bind(host: &str, port: u16, reuse_port: bool) -> Result<std::net::TcpList
         socket2::Type::STREAM,
         None,
     )
-    .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
-    let in_use =
-        |e: std::io::Error| format!("cannot listen on {host}:{port}: is the port in use? ({e})");
+    .map_err(|e| format!("cannot listen on {host}:{port} ({flag}): {e}"))?;
+    let in_use = |e: std::io::Error| {
+        format!("cannot listen on {host}:{port} ({flag}): is the port in use? ({e})")
+    };
     socket.set_reuse_address(true).map_err(in_use)?;
     if reuse_port {
         socket.set_reuse_port(true).map_err(in_use)?;
