@@ -28,7 +28,7 @@ from onnxserve.protocol import grpc_service_pb2 as pb
 from onnxserve.server.model import ModelVersion
 from onnxserve.server.repository import Fingerprint
 from onnxserve.server.scheduler import Scheduler
-from onnxserve.server.statistics import VersionStatistics
+from onnxserve.server.statistics import StatisticsSnapshot, VersionStatistics
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,13 @@ class ServingVersion:
     @property
     def statistics(self) -> VersionStatistics:
         return self.model.statistics
+
+    def snapshot(self) -> StatisticsSnapshot:
+        """The statistics as of now, with the failures a native queue decided on its own."""
+        record = getattr(self.scheduler, "record_native_failures", None)
+        if record is not None:
+            record()
+        return self.statistics.snapshot()
 
     @property
     def pending(self) -> int:

@@ -213,12 +213,20 @@ class NativeBatcher:
 
     # -- the instance threads -------------------------------------------------------------
 
-    def _serve(self) -> None:
+    def record_native_failures(self) -> None:
+        """Count what Rust refused or timed out since the instance threads last asked
+        (statistics call this before they are read: the threads may be busy running)."""
+        self._record(self.queue.take_failures())
+
+    def _record(self, failures: list[tuple[str, int]]) -> None:
         statistics = self._model.statistics
+        for kind, ns in failures:
+            statistics.record_failure(ns, _FAILURES[kind]())
+
+    def _serve(self) -> None:
         while True:
             batch, closed, failures = self.queue.next_batch(_WAIT_S)
-            for kind, ns in failures:
-                statistics.record_failure(ns, _FAILURES[kind]())
+            self._record(failures)
             if closed:
                 return
             if batch is not None:

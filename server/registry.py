@@ -492,7 +492,7 @@ class ModelRegistry:
     def reports(self) -> list[VersionReport]:
         """This process's numbers for every version that holds a handle (READY or DRAINING)."""
         return [
-            VersionReport(name, serving.label, serving.statistics.snapshot(), serving.pending)
+            VersionReport(name, serving.label, serving.snapshot(), serving.pending)
             for name in sorted(self._models)
             for serving in self._models[name].serving()
         ]

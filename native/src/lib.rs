@@ -518,6 +518,13 @@ fn failure_name(kind: FailureKind) -> &'static str {
 
 type Failures = Vec<(&'static str, u64)>;
 
+fn failure_list(failures: Vec<queue::Failure>) -> Failures {
+    failures
+        .into_iter()
+        .map(|f| (failure_name(f.kind), f.duration.as_nanos() as u64))
+        .collect()
+}
+
 #[pymethods]
 impl NativeQueue {
     /// Wait up to `wait_s` for a batch: (batch or None, whether the queue is closed
@@ -526,10 +533,7 @@ impl NativeQueue {
         let queue = self.queue.clone();
         let wait = Duration::from_secs_f64(wait_s.max(0.0));
         let (entries, failures) = py.detach(move || queue.next_batch(wait));
-        let failures = failures
-            .into_iter()
-            .map(|f| (failure_name(f.kind), f.duration.as_nanos() as u64))
-            .collect();
+        let failures = failure_list(failures);
         match entries {
             None => (None, true, failures),
             Some(entries) if entries.is_empty() => (None, false, failures),
@@ -539,6 +543,12 @@ impl NativeQueue {
                 failures,
             ),
         }
+    }
+
+    /// The refusals and timeouts since the last `next_batch` or `take_failures`, at once.
+    fn take_failures(&self, py: Python<'_>) -> Failures {
+        let queue = self.queue.clone();
+        failure_list(py.detach(move || queue.take_failures()))
     }
 
     /// No new requests (they go to the Python handlers); the queued ones are still served.

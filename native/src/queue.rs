@@ -286,6 +286,15 @@ impl ModelQueue {
         Some((chosen, rows, blocked))
     }
 
+    /// The refusals and timeouts since they were last taken, at once (queue timeouts
+    /// that are due included): what statistics read, so that a caller who was just
+    /// refused sees it counted even while every instance is busy with a batch.
+    pub fn take_failures(&self) -> Vec<Failure> {
+        let mut state = self.lock();
+        self.purge(&mut state, Instant::now());
+        std::mem::take(&mut state.failures)
+    }
+
     /// Block until a batch is ready (Some(entries)), `wait` passes (Some(empty)), or
     /// the queue is closed and empty (None). Also returns the failures since the last call.
     pub fn next_batch(&self, wait: Duration) -> (Option<Vec<Entry>>, Vec<Failure>) {
@@ -470,6 +479,20 @@ mod tests {
             }
             other => panic!("expected a timeout, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn failures_are_taken_without_waiting_for_a_batch() {
+        // As statistics read them while every instance thread is busy running.
+        let q = queue(8, Duration::from_secs(10), 1);
+        let _a = push(&q, 1, 1);
+        let (tx, _rx) = oneshot::channel();
+        assert!(q.push(accepted(1, 1), Instant::now(), None, tx).is_err());
+        let kinds: Vec<FailureKind> = q.take_failures().iter().map(|f| f.kind).collect();
+        assert_eq!(kinds, vec![FailureKind::QueueFull]);
+        assert!(q.take_failures().is_empty(), "taken once");
+        let (_, failures) = q.next_batch(Duration::ZERO);
+        assert!(failures.is_empty(), "and not again by the instance thread");
     }
 
     #[test]
