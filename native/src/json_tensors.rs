@@ -7,7 +7,7 @@
 //! Outputs are written flat, as Triton does.
 use serde_json::{Number, Value};
 
-use crate::spec::itemsize;
+use crate::spec::{framed_elements, itemsize};
 
 /// The elements a shape holds; an error a caller can act on for a negative
 /// dimension or one past what memory could hold.
@@ -179,18 +179,10 @@ pub fn raw_to_data(datatype: &str, raw: &[u8]) -> Option<Vec<Value>> {
         "BF16" => numbers!(u16, 2, |v: u16| float(half::bf16::from_bits(v).to_f64())),
         "FP32" => numbers!(f32, 4, |v: f32| float(f64::from(v))),
         "FP64" => numbers!(f64, 8, float),
-        "BYTES" => {
-            let mut items = Vec::new();
-            let mut rest = raw;
-            while !rest.is_empty() {
-                let (head, tail) = rest.split_at_checked(4)?;
-                let length = u32::from_le_bytes(head.try_into().ok()?) as usize;
-                let (item, tail) = tail.split_at_checked(length)?;
-                items.push(Value::String(std::str::from_utf8(item).ok()?.to_owned()));
-                rest = tail;
-            }
-            items
-        }
+        "BYTES" => framed_elements(raw)?
+            .into_iter()
+            .map(|item| Some(Value::String(std::str::from_utf8(item).ok()?.to_owned())))
+            .collect::<Option<Vec<_>>>()?,
         _ => return None,
     })
 }

@@ -121,8 +121,11 @@ enum Route {
         version: String,
     },
     Index,
-    Load(String),
-    Unload(String),
+    /// Model control: load (true) or unload the named model.
+    Control {
+        name: String,
+        load: bool,
+    },
     /// Triton's shared-memory, trace and logging routes: the gRPC method that refuses them.
     NotOffered(&'static str),
 }
@@ -153,8 +156,10 @@ fn route(path: &str) -> Option<Route> {
             version: String::new(),
         },
         ["v2", "repository", "index"] => Route::Index,
-        ["v2", "repository", "models", name, "load"] => Route::Load((*name).to_owned()),
-        ["v2", "repository", "models", name, "unload"] => Route::Unload((*name).to_owned()),
+        ["v2", "repository", "models", name, verb @ ("load" | "unload")] => Route::Control {
+            name: (*name).to_owned(),
+            load: *verb == "load",
+        },
         ["v2", "systemsharedmemory", ..] => Route::NotOffered("SystemSharedMemoryStatus"),
         ["v2", "cudasharedmemory", ..] => Route::NotOffered("CudaSharedMemoryStatus"),
         ["v2", "trace", ..] | ["v2", "models", _, "trace", ..] => Route::NotOffered("TraceSetting"),
@@ -234,7 +239,7 @@ impl Rest {
                 ModelAction::Infer => Method::POST,
                 _ => Method::GET,
             },
-            Route::Index | Route::Load(_) | Route::Unload(_) => Method::POST,
+            Route::Index | Route::Control { .. } => Method::POST,
             Route::NotOffered(_) => method.clone(),
         };
         // Triton answers the repository index to GET as well.
@@ -354,11 +359,10 @@ impl Rest {
                     &models.unwrap_or_else(|| json!([])),
                 ))
             }
-            Route::Load(name) | Route::Unload(name) => {
+            Route::Control { name, load } => {
                 let body = self.read_body(&parts.headers, body).await?;
                 let parameters = repository_parameters(&parse_object(&body)?)?;
-                let loading = path.ends_with("/load");
-                let (method, body): (&str, Bytes) = if loading {
+                let (method, body): (&str, Bytes) = if load {
                     let request = RepositoryModelLoadRequest {
                         repository_name: String::new(),
                         model_name: name.clone(),
@@ -374,7 +378,7 @@ impl Rest {
                     ("RepositoryModelUnload", request.encode_to_vec().into())
                 };
                 self.call(method, body).await?;
-                let verb = if loading { "load" } else { "unload" };
+                let verb = if load { "load" } else { "unload" };
                 Ok(json_response(
                     StatusCode::OK,
                     &json!({ "name": name, verb: true }),
@@ -921,7 +925,14 @@ mod tests {
         assert!(
             matches!(route("/v2/models/stats"), Some(Route::Statistics { name, .. }) if name.is_empty())
         );
-        assert!(matches!(route("/v2/repository/models/m/load"), Some(Route::Load(n)) if n == "m"));
+        assert!(matches!(
+            route("/v2/repository/models/m/load"),
+            Some(Route::Control { name, load: true }) if name == "m"
+        ));
+        assert!(matches!(
+            route("/v2/repository/models/load/unload"),
+            Some(Route::Control { name, load: false }) if name == "load"
+        ));
         assert!(route("/v1/models/m").is_none());
         assert!(route("/v2/models/m/bogus").is_none());
     }

@@ -254,6 +254,19 @@ fn text_framing_holds(bytes: &[u8], count: u64) -> bool {
     rest.is_empty()
 }
 
+/// The elements of a BYTES tensor's raw bytes (each a 4-byte little-endian length,
+/// then that many bytes), or None where that framing does not hold to the end.
+pub fn framed_elements(raw: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut elements = Vec::new();
+    let mut rest = raw;
+    while let Some((header, tail)) = rest.split_first_chunk::<4>() {
+        let (element, tail) = tail.split_at_checked(u32::from_le_bytes(*header) as usize)?;
+        elements.push(element);
+        rest = tail;
+    }
+    rest.is_empty().then_some(elements)
+}
+
 /// Whether every value of an integer tensor lies within the bounds.
 fn within(bytes: &[u8], datatype: &str, (low, high): (Option<i64>, Option<i64>)) -> bool {
     let low = low.map_or(i128::MIN, i128::from);

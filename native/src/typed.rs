@@ -108,14 +108,10 @@ pub fn raw_to_contents(datatype: &str, raw: &[u8]) -> Option<InferTensorContents
         "FP32" => contents.fp32_contents = widen!(f32, 4, f32),
         "FP64" => contents.fp64_contents = widen!(f64, 8, f64),
         "BYTES" => {
-            let mut rest = raw;
-            while !rest.is_empty() {
-                let (head, tail) = rest.split_at_checked(4)?;
-                let length = u32::from_le_bytes(head.try_into().ok()?) as usize;
-                let (item, tail) = tail.split_at_checked(length)?;
-                contents.bytes_contents.push(Bytes::copy_from_slice(item));
-                rest = tail;
-            }
+            contents.bytes_contents = crate::spec::framed_elements(raw)?
+                .into_iter()
+                .map(Bytes::copy_from_slice)
+                .collect();
         }
         _ => return None,
     }
@@ -163,5 +159,8 @@ mod tests {
         let text = raw_to_contents("BYTES", &[1, 0, 0, 0, b'z']).expect("typed");
         assert_eq!(text.bytes_contents, vec![Bytes::from_static(b"z")]);
         assert!(raw_to_contents("BF16", &[0, 0]).is_none());
+        // The framing must hold to the end: an element past it, or half a length.
+        assert!(raw_to_contents("BYTES", &[5, 0, 0, 0, b'a']).is_none());
+        assert!(raw_to_contents("BYTES", &[1, 0, 0, 0, b'z', 1, 0]).is_none());
     }
 }
