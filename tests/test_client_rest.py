@@ -404,10 +404,10 @@ def test_https_with_a_token(pki: TestPKI, tmp_path: Path) -> None:
     add_sub_model(tmp_path / "models" / "simple" / "1" / "model.onnx")
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN}\n")
-    tls = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
+    tls = pki.server_flags
     server = RunningServer(
         tmp_path / "models", [*tls, "--auth-token-file", str(tokens)], http=True,
-        credentials=grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes()),
+        credentials=pki.channel_credentials(),
         token=TOKEN, server_name="localhost",
     )  # fmt: skip
     trusted = TLSConfig(root_certificates=pki.ca)
@@ -448,14 +448,10 @@ def test_https_with_a_token(pki: TestPKI, tmp_path: Path) -> None:
 @needs_rest
 def test_mutual_tls(pki: TestPKI, tmp_path: Path) -> None:
     add_sub_model(tmp_path / "models" / "simple" / "1" / "model.onnx")
-    tls = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
+    tls = pki.server_flags
     server = RunningServer(
         tmp_path / "models", [*tls, "--tls-client-ca", str(pki.ca)], http=True,
-        credentials=grpc.ssl_channel_credentials(
-            root_certificates=pki.ca.read_bytes(),
-            private_key=pki.client.key.read_bytes(),
-            certificate_chain=pki.client.cert.read_bytes(),
-        ),
+        credentials=pki.channel_credentials(client=True),
         server_name="localhost",
     )  # fmt: skip
     url = f"https://localhost:{server.http_port}"

@@ -377,8 +377,8 @@ def test_https_with_tokens_and_mutual_tls(pki: TestPKI, tmp_path: Path) -> None:
     add_sub_model(tmp_path / "models" / "simple" / "1" / "model.onnx")
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN}\n")
-    tls = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
-    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+    tls = pki.server_flags
+    credentials = pki.channel_credentials()
     server = RunningServer(
         tmp_path / "models", [*tls, "--auth-token-file", str(tokens), "--log-level", "DEBUG"],
         http=True,
@@ -412,11 +412,7 @@ def test_https_with_tokens_and_mutual_tls(pki: TestPKI, tmp_path: Path) -> None:
         assert " onnxserve.server.access: POST /v2/models/simple/infer 200 " in log
     mutual = RunningServer(
         tmp_path / "models", [*tls, "--tls-client-ca", str(pki.ca)], http=True,
-        credentials=grpc.ssl_channel_credentials(
-            root_certificates=pki.ca.read_bytes(),
-            private_key=pki.client.key.read_bytes(),
-            certificate_chain=pki.client.cert.read_bytes(),
-        ),
+        credentials=pki.channel_credentials(client=True),
         server_name="localhost",
     )  # fmt: skip
     with mutual:

@@ -230,10 +230,10 @@ def test_json_logs_stay_json_through_a_handshake_flood_and_a_model_s_stderr(
         'output [ { name: "OUTPUT0" data_type: TYPE_FP32 dims: [ 1 ] } ]\n',
     )
     pki = make_pki(tmp_path / "pki")
-    args = ["--log-format", "json", "--tls-cert", str(pki.server.cert)]
-    args += ["--tls-key", str(pki.server.key)]
-    credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
-    server = RunningServer(repository, args, credentials=credentials, server_name="localhost")
+    args = ["--log-format", "json", *pki.server_flags]
+    server = RunningServer(
+        repository, args, credentials=pki.channel_credentials(), server_name="localhost"
+    )
     with server:
         for _ in range(20):  # plaintext at a TLS port: failed handshakes
             with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:

@@ -55,15 +55,6 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def tls_credentials(pki: TestPKI, client: bool = False) -> grpc.ChannelCredentials:
-    pair = pki.client if client else None
-    return grpc.ssl_channel_credentials(
-        root_certificates=pki.ca.read_bytes(),
-        private_key=pair.key.read_bytes() if pair else None,
-        certificate_chain=pair.cert.read_bytes() if pair else None,
-    )
-
-
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokens = tmp_path_factory.mktemp("tokens") / "tokens"
@@ -74,10 +65,14 @@ def token_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def guarded(pki: TestPKI, repository: Path, token_file: Path) -> Iterator[RunningServer]:
     """TLS, a token file and a plaintext health port."""
-    args = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
-    args += ["--auth-token-file", str(token_file), "--health-port", str(free_port())]
+    args = [*pki.server_flags, "--auth-token-file", str(token_file)]
+    args += ["--health-port", str(free_port())]
     server = RunningServer(
-        repository, args, credentials=tls_credentials(pki), token=TOKEN, server_name="localhost"
+        repository,
+        args,
+        credentials=pki.channel_credentials(),
+        token=TOKEN,
+        server_name="localhost",
     )
     with server:
         yield server
@@ -190,10 +185,10 @@ def test_sighup_rereads_the_token_file_and_no_token_reaches_the_log(
 
 
 def test_mutual_tls_needs_a_client_certificate_from_the_ca(pki: TestPKI, repository: Path) -> None:
-    args = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
+    args = pki.server_flags
     args += ["--tls-client-ca", str(pki.ca)]
     mutual = RunningServer(
-        repository, args, credentials=tls_credentials(pki, client=True), server_name="localhost"
+        repository, args, credentials=pki.channel_credentials(client=True), server_name="localhost"
     )
     options = [("grpc.ssl_target_name_override", "localhost")]
     with mutual:
@@ -205,7 +200,7 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(pki: TestPKI, reposit
             private_key=pki.stranger.key.read_bytes(),
             certificate_chain=pki.stranger.cert.read_bytes(),
         )
-        for credentials in (tls_credentials(pki), stranger):
+        for credentials in (pki.channel_credentials(), stranger):
             with grpc.secure_channel(mutual.address, credentials, options) as channel:
                 with pytest.raises(grpc.RpcError) as refused:
                     pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(SIMPLE, timeout=10)

@@ -12,6 +12,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,6 +32,20 @@ class TestPKI:
     server: Pair
     client: Pair
     stranger: Pair  # a client certificate from another CA
+
+    @property
+    def server_flags(self) -> list[str]:
+        """``onnxserve serve``'s flags for TLS with the server pair."""
+        return ["--tls-cert", str(self.server.cert), "--tls-key", str(self.server.key)]
+
+    def channel_credentials(self, client: bool = False) -> grpc.ChannelCredentials:
+        """A gRPC client's TLS: trusting the CA; ``client``: presenting the client pair."""
+        pair = self.client if client else None
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca.read_bytes(),
+            private_key=pair.key.read_bytes() if pair else None,
+            certificate_chain=pair.cert.read_bytes() if pair else None,
+        )
 
 
 def _name(common_name: str) -> x509.Name:
